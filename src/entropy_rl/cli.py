@@ -1,0 +1,131 @@
+"""Command line: parses, validates, calls the library. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _train(args: argparse.Namespace) -> int:
+    from entropy_rl.train.config import ConfigError, build_config  # noqa: PLC0415
+
+    flags: dict[str, Any] = {}
+    run: dict[str, Any] = {}
+    if args.out:
+        run["out_dir"] = args.out
+    if args.steps is not None:
+        run["steps"] = args.steps
+    if args.seed is not None:
+        run["seed"] = args.seed
+    if args.no_progress:
+        run["progress"] = False
+    if run:
+        flags["run"] = run
+    config_file = args.config
+    if args.resume:
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume {args.resume}: no config.yaml there; is it a run directory?")
+        config_file = config_file or saved
+        flags.setdefault("run", {})["out_dir"] = args.resume
+    cfg = build_config(preset=args.preset, config_file=config_file, overrides=args.overrides, flags=flags)
+    from entropy_rl.train.trainer import Trainer  # noqa: PLC0415
+
+    trainer = Trainer(cfg, resume=bool(args.resume))
+    print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+    try:
+        last = trainer.fit()
+    except KeyboardInterrupt:
+        print(f"checkpoint saved; continue with: entropy-rl train --resume {trainer.run_dir}", file=sys.stderr)
+        return 130
+    keys = ("reward/mean", "acc/train", "acc/eval", "eval/greedy_acc", "entropy/mean")
+    summary = "  ".join(f"{k}={last[k]:.3f}" for k in keys if isinstance(last.get(k), float))
+    print(f"done: step {trainer.step}  {summary}\nmetrics: {trainer.run_dir / 'metrics.jsonl'}")
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from entropy_rl.train.config import available_presets, preset_description  # noqa: PLC0415
+
+    for name in available_presets():
+        print(f"{name:16s} {preset_description(name)}")
+    return 0
+
+
+def _explain_clip(args: argparse.Namespace) -> int:
+    from entropy_rl.ops.clip import format_clip_table  # noqa: PLC0415
+
+    print(format_clip_table(list(args.probs), eps_low=args.eps_low, eps_high=args.eps_high))
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from entropy_rl.tasks.pretrain import main as pretrain_main  # noqa: PLC0415
+
+    pretrain_main(args.rest)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from entropy_rl.report import write_report  # noqa: PLC0415
+
+    out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "report"
+    html = write_report([Path(p) for p in args.run_dirs], out)
+    print(f"report: {html}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="entropy-rl",
+        description="RL fine-tuning of language models with the policy's entropy measured and controlled.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="RL-train a model (default: the built-in tiny model, DAPO preset)")
+    t.add_argument("--config", help="YAML config file (sections model, data, rollout, algo, control, eval, run)")
+    t.add_argument("--preset", help="preset to start from (see `entropy-rl presets`; default dapo)")
+    t.add_argument("--out", help="run directory (default runs/<name>-<time>)")
+    t.add_argument("--steps", type=int, help="number of RL steps")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. algo.lr=1e-4")
+    t.set_defaults(fn=_train)
+
+    s = sub.add_parser("presets", help="list the shipped presets")
+    s.set_defaults(fn=_presets)
+
+    c = sub.add_parser("explain-clip", help="what room the PPO clip leaves a token's probability")
+    c.add_argument("probs", type=float, nargs="+", help="old probabilities, e.g. 0.9 0.4 0.01")
+    c.add_argument("--eps-low", type=float, default=0.2)
+    c.add_argument("--eps-high", type=float, default=0.28)
+    c.set_defaults(fn=_explain_clip)
+
+    r = sub.add_parser("pretrain", help="make a built-in starting checkpoint by supervised training", add_help=False)
+    r.add_argument("rest", nargs=argparse.REMAINDER)
+    r.set_defaults(fn=_pretrain)
+
+    rep = sub.add_parser("report", help="figures and one HTML page from one or more run directories")
+    rep.add_argument("run_dirs", nargs="+")
+    rep.add_argument("--out", help="output directory (default RUN_DIR/report)")
+    rep.set_defaults(fn=_report)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train" and not args.preset and not args.config and not args.resume:
+        args.preset = "dapo"
+    try:
+        return int(args.fn(args))
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
+        print(f"entropy-rl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

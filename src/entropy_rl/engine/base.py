@@ -1,0 +1,48 @@
+"""The rollout-engine interface: prompts in, sampled completions out.
+
+The trainer talks to generation only through this interface, so a transformers ``generate``
+engine (engine.hf) and a vLLM engine can serve the same loop. Token ids in, token ids out: the
+engine does not know about tasks or rewards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass
+class Generation:
+    """``n`` completions per prompt, prompt-major: row ``i * n + j`` is sample ``j`` of prompt ``i``."""
+
+    prompt_ids: list[list[int]]
+    """Prompt token ids of each row (repeated for each sample)."""
+    completion_ids: list[list[int]]
+    """Sampled token ids, without padding; ends with EOS unless truncated."""
+    truncated: list[bool]
+    """True where the completion hit max_new_tokens without EOS."""
+    sampler_logprobs: list[list[float]] | None = None
+    """Log-probs the sampler assigned to each completion token (engines that report them, e.g.
+    vLLM; used for train/inference mismatch correction). None when not reported."""
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)
+
+
+class RolloutEngine(Protocol):
+    def generate(
+        self,
+        prompts: list[list[int]],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        greedy: bool = False,
+    ) -> Generation:
+        """Sample ``n`` completions for each prompt (or one greedy completion when ``greedy``)."""
+        ...
+
+    def sync_weights(self, model: Any) -> None:
+        """Make the engine sample from ``model``'s current weights (no-op when shared)."""
+        ...

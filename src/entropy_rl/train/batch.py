@@ -1,0 +1,146 @@
+"""A rollout as tensors, and the policy's per-token statistics on it.
+
+Layout: each row is ``prompt + completion`` right-padded to L, so position ids are the natural
+0..L-1 and no left padding reaches the model in training. Per-token quantities are
+*response-aligned*: shape [B, T] with T the longest completion, column j = the j-th completion
+token, predicted by the hidden state at position ``prompt_len - 1 + j``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from entropy_rl.ops.token_stats import fused_logprobs_entropy, token_entropy, token_logprobs
+
+
+@dataclass
+class RolloutBatch:
+    input_ids: Tensor  # (B, L) prompt + completion, right-padded
+    attention_mask: Tensor  # (B, L)
+    prompt_lens: Tensor  # (B,)
+    targets: Tensor  # (B, T) completion token ids (pad beyond each length)
+    mask: Tensor  # (B, T) 1.0 on completion tokens that enter the loss
+    rewards: Tensor  # (B,)
+    advantages: Tensor  # (B,)
+    old_logprobs: Tensor | None = None  # (B, T)
+    ref_logprobs: Tensor | None = None  # (B, T)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def rows(self, idx: Tensor) -> RolloutBatch:
+        """Sub-batch of rows ``idx``, trimmed to its own longest sequence and completion."""
+        width = int(self.attention_mask[idx].sum(1).max())
+        t = max(1, int((self.targets[idx] != -1).sum(1).max()))
+
+        def cut(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x[idx, :t]
+
+        return RolloutBatch(
+            input_ids=self.input_ids[idx, :width],
+            attention_mask=self.attention_mask[idx, :width],
+            prompt_lens=self.prompt_lens[idx],
+            targets=self.targets[idx, :t],
+            mask=self.mask[idx, :t],
+            rewards=self.rewards[idx],
+            advantages=self.advantages[idx],
+            old_logprobs=cut(self.old_logprobs),
+            ref_logprobs=cut(self.ref_logprobs),
+        )
+
+
+def build_batch(
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    *,
+    rewards: Tensor,
+    advantages: Tensor,
+    pad_token_id: int,
+    loss_mask: list[bool] | None = None,
+) -> RolloutBatch:
+    """Pack token lists into a RolloutBatch. ``loss_mask[i] = False`` keeps row i out of the loss
+    (e.g. truncated completions when masked). Targets are -1 beyond each completion."""
+    b = len(prompt_ids)
+    width = max(len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True))
+    t = max(1, max(len(c) for c in completion_ids))
+    input_ids = torch.full((b, width), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((b, width), dtype=torch.long)
+    targets = torch.full((b, t), -1, dtype=torch.long)
+    mask = torch.zeros((b, t))
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
+        seq = p + c
+        input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention[i, : len(seq)] = 1
+        if c:
+            targets[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+            if loss_mask is None or loss_mask[i]:
+                mask[i, : len(c)] = 1.0
+    return RolloutBatch(
+        input_ids=input_ids,
+        attention_mask=attention,
+        prompt_lens=torch.tensor([len(p) for p in prompt_ids], dtype=torch.long),
+        targets=targets,
+        mask=mask,
+        rewards=rewards.float(),
+        advantages=advantages.float(),
+    )
+
+
+def _response_index(batch: RolloutBatch) -> Tensor:
+    """(B, T) position in the sequence whose output predicts completion token j."""
+    t = batch.targets.shape[1]
+    pos = batch.prompt_lens[:, None] - 1 + torch.arange(t)[None, :]
+    return pos.clamp(max=batch.input_ids.shape[1] - 1)
+
+
+def policy_token_stats(
+    model: Any,
+    batch: RolloutBatch,
+    *,
+    temperature: float,
+    mode: str = "fused",
+    chunk_size: int = 1024,
+    with_top1: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Log-prob of each completion token and the full-vocabulary entropy of the sampling
+    distribution softmax(logits / temperature) at each completion position.
+
+    Returns (logprobs, entropy, top1_prob or None), each (B, T) float32; values at padded
+    positions are finite but meaningless (mask them). ``mode="fused"`` goes from hidden states
+    through the lm_head chunk by chunk and never holds (B, T, V) logits; ``"full"`` uses the
+    model's own logits (needed for heads with soft-capping or scaling).
+    """
+    device = next(model.parameters()).device
+    ids = batch.input_ids.to(device)
+    att = batch.attention_mask.to(device)
+    index = _response_index(batch).to(device)  # (B, T)
+    targets = batch.targets.clamp(min=0).to(device)  # (B, T); pad targets -> 0, masked later
+    if mode == "fused":
+        hidden = model.base_model(input_ids=ids, attention_mask=att).last_hidden_state  # (B, L, D)
+        h = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, T, D)
+        head = model.get_output_embeddings()
+        out = fused_logprobs_entropy(
+            h,
+            head.weight,
+            targets,
+            bias=getattr(head, "bias", None),
+            temperature=temperature,
+            chunk_size=chunk_size,
+            return_top1=with_top1,
+        )
+        logp, ent = out[0], out[1]
+        top1 = out[2] if with_top1 else None
+    elif mode == "full":
+        logits = model(input_ids=ids, attention_mask=att).logits  # (B, L, V)
+        z = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))  # (B, T, V)
+        logp = token_logprobs(z, targets, temperature=temperature)
+        ent = token_entropy(z, temperature=temperature)
+        top1 = torch.softmax(z.detach().float() / temperature, -1).amax(-1) if with_top1 else None
+    else:
+        raise ValueError(f"mode must be 'fused' or 'full', got {mode!r}")
+    return logp.float(), ent.float(), (None if top1 is None else top1.float())

@@ -1,0 +1,436 @@
+"""Training configuration: typed dataclasses, validated at construction, loaded from YAML.
+
+A config is nested sections (``model``, ``data``, ``rollout``, ``algo``, ``control``, ``eval``,
+``run``). Layering, last wins: defaults <- preset YAML <- user YAML (``--config``) <- flags <-
+``section.key=value`` overrides. An unknown key or a value of the wrong type fails before any work,
+naming the key and the allowed keys or type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-4 as a float (YAML 1.1 wants 1.0e-4)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: the message names the key and what is allowed."""
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None
+    """Anything ``AutoModelForCausalLM.from_pretrained`` loads (local dir or hub id). None: the
+    built-in tiny checkpoint of ``data.task``."""
+    dtype: str = "float32"
+    """Parameter dtype: float32, bfloat16 or float16."""
+    logits: str = "auto"
+    """How the update gets log-probs and entropy: ``fused`` (hidden states x lm_head, chunked, never
+    holds [tokens, V] logits), ``full`` (the model's own logits), or ``auto`` (fused when the
+    vocabulary is >= 4096 and the model has a plain linear head)."""
+    chunk_size: int = 1024
+    """Rows per chunk for the fused log-prob/entropy computation."""
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _choice("model.logits", self.logits, ("auto", "fused", "full"))
+        _positive("model.chunk_size", self.chunk_size)
+
+
+@dataclass
+class DataConfig:
+    task: str = "addition"
+    """Built-in task (its prompts, reward and held-out set); ignored for prompts when ``prompts``
+    or ``dataset`` is given, still used for the reward unless ``reward`` is set."""
+    task_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra arguments of the built-in task."""
+    prompts: str | None = None
+    """JSONL file with one object per line: a prompt column and any reference fields."""
+    eval_prompts: str | None = None
+    """JSONL of held-out prompts (default: the task's eval set, or 5% of ``prompts``)."""
+    dataset: str | None = None
+    """A ``datasets`` data set name or path (needs the ``datasets`` extra)."""
+    dataset_split: str = "train"
+    dataset_config: str | None = None
+    prompt_column: str = "prompt"
+    answer_column: str = "answer"
+    chat_template: bool = False
+    """Wrap each prompt as a user message with the tokenizer's chat template (instruct models)."""
+    reward: str | None = None
+    """Reward function: a built-in name (exact_match, numeric_match, math_verify) or
+    ``package.module:function`` with signature ``fn(prompt, completion, **fields) -> float``.
+    None: the task's own reward."""
+    reward_on_error: str = "raise"
+    """``raise``: a reward function that raises stops the run, reporting prompt and completion.
+    ``zero``: that sample gets reward 0 and ``reward/errors`` counts it."""
+
+    def __post_init__(self) -> None:
+        _choice("data.reward_on_error", self.reward_on_error, ("raise", "zero"))
+        if self.prompts is not None and self.dataset is not None:
+            raise ConfigError("set data.prompts (a JSONL file) or data.dataset, not both")
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 32
+    """Prompt groups per RL step (after dynamic sampling)."""
+    group_size: int = 8
+    """Samples per prompt (G)."""
+    temperature: float = 1.0
+    """Sampling temperature; log-probs and entropy are those of softmax(logits / temperature)."""
+    top_p: float = 1.0
+    max_new_tokens: int | None = None
+    """Completion length cap (None: the task's default, else 256)."""
+    dynamic_sampling: bool = False
+    """DAPO: drop groups whose rewards are all equal and sample more until the batch is full."""
+    max_sample_rounds: int = 4
+    """Cap on generation rounds per step under dynamic sampling (verl: 10)."""
+    overlong_shaping: bool = False
+    """DAPO soft overlong penalty added to the reward (needs ``overlong_cache``)."""
+    overlong_cache: int = 4
+    """L_cache of the overlong penalty, in tokens; L_max is max_new_tokens."""
+    mask_truncated: bool = False
+    """Drop truncated completions from the loss (TRL mask_truncated_completions)."""
+    batch_size: int = 256
+    """Sequences per generate call (memory knob only)."""
+
+    def __post_init__(self) -> None:
+        for k in ("prompts_per_step", "group_size", "max_sample_rounds", "batch_size"):
+            _positive(f"rollout.{k}", getattr(self, k))
+        if self.temperature <= 0:
+            raise ConfigError(f"rollout.temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens is not None:
+            _positive("rollout.max_new_tokens", self.max_new_tokens)
+        if self.dynamic_sampling and self.group_size < 2:
+            raise ConfigError("rollout.dynamic_sampling needs rollout.group_size >= 2")
+
+
+@dataclass
+class AlgoConfig:
+    advantage: str = "grpo"
+    """Advantage estimator (grpo, dr_grpo, rloo, reinforce_pp_baseline)."""
+    advantage_kwargs: dict[str, Any] = field(default_factory=dict)
+    loss: str = "ppo"
+    """Policy loss from the registry (ppo, cispo, gspo, gpg, clip_cov, kl_cov)."""
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Hyperparameters of the loss, e.g. {eps_low: 0.2, eps_high: 0.28}."""
+    agg: str = "token-mean"
+    """Loss aggregation: token-mean, seq-mean-token-mean, seq-mean-token-sum,
+    seq-mean-token-sum-norm."""
+    ppo_epochs: int = 4
+    """Passes over each rollout. With 1 epoch and 1 mini-batch the ratio is exactly 1 and the clip
+    never acts (warned)."""
+    mini_batches: int = 2
+    """Optimizer steps per epoch (the rollout is shuffled and split)."""
+    micro_batch_size: int = 64
+    """Sequences per forward/backward (gradient accumulation inside a mini-batch)."""
+    lr: float = 1e-4
+    warmup_steps: int = 10
+    """Linear warm-up, in RL steps."""
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    entropy_coef: float = 0.0
+    """Fixed entropy bonus coefficient (controllers may override it)."""
+    kl_coef: float = 0.0
+    """KL to the reference (starting) model; 0 means no reference model is loaded."""
+    kl_kind: str = "k3"
+    kl_in: str = "loss"
+    """``loss`` (GRPO style) or ``reward`` (PPO/RLHF style, per-sequence sum)."""
+    max_bad_steps: int = 5
+    """Consecutive non-finite losses or gradients before the run stops."""
+
+    def __post_init__(self) -> None:
+        for k in ("ppo_epochs", "mini_batches", "micro_batch_size", "max_bad_steps"):
+            _positive(f"algo.{k}", getattr(self, k))
+        if self.lr <= 0:
+            raise ConfigError(f"algo.lr must be > 0, got {self.lr}")
+        for k in ("warmup_steps", "weight_decay", "grad_clip", "kl_coef", "entropy_coef"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"algo.{k} must be >= 0, got {getattr(self, k)}")
+        _choice("algo.agg", self.agg, _AGG_MODES)
+        _choice("algo.kl_kind", self.kl_kind, ("k1", "k2", "k3"))
+        _choice("algo.kl_in", self.kl_in, ("loss", "reward"))
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+
+
+_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+
+
+@dataclass
+class ControlConfig:
+    controller: str = "none"
+    """Entropy controller: none, fixed, adaptive (Skywork-OR1), target (schedule tracked by PI)."""
+    controller_kwargs: dict[str, Any] = field(default_factory=dict)
+    detector: bool = True
+    """Run the collapse detector on every step's metrics."""
+    detector_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Rule thresholds and actions (see control.detector.DetectorConfig)."""
+
+
+@dataclass
+class EvalConfig:
+    every: int = 10
+    """Evaluate on the held-out set every N steps (and at the start and end); 0 disables."""
+    n_prompts: int = 128
+    samples: int = 8
+    """Samples per held-out prompt (for avg@k, pass@k and distinct answers)."""
+    greedy: bool = True
+    """Also measure greedy accuracy."""
+
+    def __post_init__(self) -> None:
+        if self.every < 0:
+            raise ConfigError(f"eval.every must be >= 0, got {self.every}")
+        _positive("eval.n_prompts", self.n_prompts)
+        _positive("eval.samples", self.samples)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    steps: int = 150
+    out_dir: str | None = None
+    """Run directory (default runs/<name>-<time>)."""
+    save_every: int = 25
+    """Checkpoint every N steps (and at the end); 0: only at the end."""
+    keep_checkpoints: int = 2
+    log_samples: int = 4
+    """Completions written to samples.jsonl per step."""
+    threads: int | None = None
+    """torch CPU threads (None: torch's default)."""
+    progress: bool = True
+    device: str = "auto"
+    """auto (cuda if available), cpu, cuda, cuda:N."""
+
+    def __post_init__(self) -> None:
+        _positive("run.steps", self.steps)
+        if self.save_every < 0:
+            raise ConfigError(f"run.save_every must be >= 0, got {self.save_every}")
+        _positive("run.keep_checkpoints", self.keep_checkpoints)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    preset: str | None = None
+    """Name of the preset this config started from (informational)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        d = self.to_dict()
+        d["algo"]["betas"] = list(d["algo"]["betas"])
+        return yaml.safe_dump(d, sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _positive(key: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{key} must be >= 1, got {value}")
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert int -> float and list -> tuple."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(key, a, value)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if tp is Any:
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) != len(value):
+            raise ConfigError(f"{key} must have {len(args)} items, got {value!r}")
+        return tuple(_coerce(key, a, v) for a, v in zip(args, value, strict=True))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp in (int, float, str) and (not isinstance(value, tp) or isinstance(value, bool)):
+        raise ConfigError(f"{key} must be of type {tp.__name__}, got {value!r}")
+    return value
+
+
+def _section(key: str, cls: type, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown key {key}.{unknown[0]}; allowed keys in {key}: {names}")
+    kwargs = {k: _coerce(f"{key}.{k}", hints[k], v) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key}: {e}") from e
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    """Build and validate a Config from a nested mapping (as loaded from YAML)."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(d).__name__}")
+    hints = typing.get_type_hints(Config)
+    sections = [f.name for f in dataclasses.fields(Config)]
+    unknown = sorted(set(d) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown config section {unknown[0]!r}; allowed: {sections}")
+    kwargs: dict[str, Any] = {}
+    for name in sections:
+        if name not in d:
+            continue
+        if name == "preset":
+            kwargs[name] = _coerce("preset", hints[name], d[name])
+            continue
+        value = d[name] if d[name] is not None else {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"config section {name!r} must be a mapping, got {value!r}")
+        kwargs[name] = _section(name, hints[name], value)
+    return Config(**kwargs)
+
+
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of nested mappings; values of ``top`` win (dict-valued keys merge too)."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """``section.key=value`` (value parsed as YAML) -> nested dict.
+
+    ``algo.loss_kwargs.eps_high=0.28`` -> {"algo": {"loss_kwargs": {"eps_high": 0.28}}}.
+    """
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value, e.g. algo.lr=1e-4")
+    path, raw = item.split("=", 1)
+    keys = path.strip().split(".")
+    if len(keys) < 2 or not all(keys):
+        raise ConfigError(f"override {item!r} needs a section and a key, e.g. algo.lr=1e-4")
+    value: Any = yaml_load(raw) if raw.strip() else None
+    out: dict[str, Any] = {keys[-1]: value}
+    for k in reversed(keys[:-1]):
+        out = {k: out}
+    return out
+
+
+def available_presets() -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in _preset_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def _preset_dir() -> Any:
+    return resources.files("entropy_rl") / "presets"
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    if name not in available_presets():
+        raise ConfigError(f"unknown preset {name!r}; available presets: {available_presets()}")
+    d = yaml_load((_preset_dir() / f"{name}.yaml").read_text()) or {}
+    d.pop("description", None)
+    d["preset"] = name
+    return d
+
+
+def preset_description(name: str) -> str:
+    d = yaml_load((_preset_dir() / f"{name}.yaml").read_text()) or {}
+    return str(d.get("description", ""))
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        d = yaml_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of sections")
+    return d
+
+
+def build_config(
+    *,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    flags: dict[str, Any] | None = None,
+) -> Config:
+    """defaults <- preset <- config file <- flags <- overrides; validated."""
+    d: dict[str, Any] = {}
+    file_d = load_yaml(config_file) if config_file is not None else {}
+    preset = preset or file_d.get("preset")
+    if preset:
+        d = merge(d, load_preset(preset))
+    d = merge(d, file_d)
+    if flags:
+        d = merge(d, flags)
+    for item in overrides:
+        d = merge(d, parse_override(item))
+    return config_from_dict(d)

@@ -1,0 +1,150 @@
+"""Where prompts and rewards come from: a built-in task, a JSONL file, or a ``datasets`` data set."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from entropy_rl.tasks.base import Example, Task, example_fields, get_task
+from entropy_rl.train.config import ConfigError, DataConfig
+
+RewardFn = Callable[[Example, str], float]
+
+
+class PromptSource(Protocol):
+    def sample(self, n: int, rng: random.Random) -> list[Example]: ...
+
+    def eval_set(self) -> list[Example]: ...
+
+
+class TaskSource:
+    """Prompts and held-out set of a built-in task."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+
+    def sample(self, n: int, rng: random.Random) -> list[Example]:
+        return self.task.sample_train(n, rng)
+
+    def eval_set(self) -> list[Example]:
+        return self.task.eval_set()
+
+
+class RecordsSource:
+    """Prompts drawn without replacement from a list, reshuffled every epoch by the caller's rng."""
+
+    def __init__(self, train: list[Example], eval_examples: list[Example]) -> None:
+        if not train:
+            raise ConfigError("the prompt data set is empty")
+        self.train = train
+        self._eval = eval_examples
+        self._order: list[int] = []
+
+    def sample(self, n: int, rng: random.Random) -> list[Example]:
+        out: list[Example] = []
+        while len(out) < n:
+            if not self._order:
+                self._order = list(range(len(self.train)))
+                rng.shuffle(self._order)
+            out.append(self.train[self._order.pop()])
+        return out
+
+    def eval_set(self) -> list[Example]:
+        return self._eval
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": list(self._order)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._order = list(state["order"])
+
+
+def _record_to_example(rec: dict[str, Any], where: str, prompt_col: str, answer_col: str) -> Example:
+    if prompt_col not in rec:
+        raise ConfigError(
+            f"{where} has no {prompt_col!r} column (columns: {sorted(rec)}); set data.prompt_column"
+        )
+    meta = {k: v for k, v in rec.items() if k not in (prompt_col, answer_col)}
+    answer = rec.get(answer_col)
+    return Example(prompt=str(rec[prompt_col]), answer=None if answer is None else str(answer), meta=meta)
+
+
+def load_jsonl(path: str | Path, *, prompt_column: str = "prompt", answer_column: str = "answer") -> list[Example]:
+    """One JSON object per line -> Examples; the other columns become reward fields."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"prompt file {p} does not exist")
+    out = []
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{p}:{i} is not valid JSON: {e}") from e
+        if not isinstance(rec, dict):
+            raise ConfigError(f"{p}:{i} must be a JSON object with a prompt column")
+        out.append(_record_to_example(rec, f"{p}:{i}", prompt_column, answer_column))
+    return out
+
+
+def load_hf_dataset(cfg: DataConfig) -> list[Example]:
+    try:
+        import datasets  # noqa: PLC0415
+    except ImportError as e:
+        raise ImportError("data.dataset needs the datasets extra: pip install 'entropy-rl[datasets]'") from e
+    assert cfg.dataset is not None
+    ds = datasets.load_dataset(cfg.dataset, cfg.dataset_config, split=cfg.dataset_split)
+    return [
+        _record_to_example(dict(rec), f"{cfg.dataset}[{i}]", cfg.prompt_column, cfg.answer_column)
+        for i, rec in enumerate(ds)
+    ]
+
+
+def build_prompt_source(cfg: DataConfig, task: Task | None, seed: int) -> PromptSource:
+    """The task's prompts, or records from JSONL / datasets with a held-out split."""
+    if cfg.prompts is None and cfg.dataset is None:
+        if task is None:
+            raise ConfigError("no prompts: set data.task, data.prompts or data.dataset")
+        return TaskSource(task)
+    kw = {"prompt_column": cfg.prompt_column, "answer_column": cfg.answer_column}
+    records = load_jsonl(cfg.prompts, **kw) if cfg.prompts is not None else load_hf_dataset(cfg)
+    if cfg.eval_prompts is not None:
+        return RecordsSource(records, load_jsonl(cfg.eval_prompts, **kw))
+    shuffled = records[:]
+    random.Random(seed).shuffle(shuffled)
+    n_eval = max(1, len(shuffled) // 20) if len(shuffled) >= 20 else 0
+    return RecordsSource(shuffled[n_eval:] or shuffled, shuffled[:n_eval])
+
+
+def build_reward(cfg: DataConfig, task: Task | None) -> RewardFn:
+    """A reward over (example, completion text): the task's own, or a named / user function."""
+    if cfg.reward is None:
+        if task is None:
+            raise ConfigError("no reward: set data.reward or use a built-in data.task")
+        return task.reward
+    from entropy_rl.tasks.rewards import load_reward  # noqa: PLC0415
+
+    fn = load_reward(cfg.reward)
+
+    def reward(example: Example, completion: str) -> float:
+        return float(fn(example.prompt, completion, **example_fields(example)))
+
+    return reward
+
+
+def build_task(cfg: DataConfig) -> Task | None:
+    """The built-in task named by data.task (None when it is empty)."""
+    if not cfg.task:
+        return None
+    import entropy_rl.tasks  # noqa: F401, PLC0415  (registers the built-in tasks)
+
+    try:
+        return get_task(cfg.task, **cfg.task_kwargs)
+    except TypeError as e:
+        raise ConfigError(f"data.task_kwargs does not fit task {cfg.task!r}: {e}") from e
+    except ValueError as e:
+        raise ConfigError(str(e)) from e

@@ -1,0 +1,46 @@
+"""Held-out evaluation during training: greedy accuracy, avg@k / pass@k, distinct answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from entropy_rl.control.evaluation import eval_summary
+
+
+def evaluate(trainer: Any) -> dict[str, float]:
+    """Sample ``eval.samples`` completions at the training temperature (and one greedy) for the
+    first ``eval.n_prompts`` held-out prompts. A sample is correct when its reward is > 0.5
+    (verifiable rewards are 1 / 0). ``acc/eval`` is avg@k at the sampling temperature."""
+    c = trainer.cfg
+    examples = trainer.source.eval_set()[: c.eval.n_prompts]
+    if not examples:
+        return {}
+    trainer.engine.sync_weights(trainer.model)
+    prompts = [trainer.encoder.encode_prompt(e.prompt) for e in examples]
+    k = c.eval.samples
+    gen = trainer.engine.generate(
+        prompts, n=k, temperature=c.rollout.temperature, top_p=c.rollout.top_p,
+        max_new_tokens=trainer.max_new_tokens,
+    )  # fmt: skip
+    texts = trainer.encoder.decode(gen.completion_ids)
+    correct, answers, comps = [], [], []
+    extract = trainer.task.extract_answer if trainer.task is not None else (lambda t: t.strip() or None)
+    for i, ex in enumerate(examples):
+        rows = texts[i * k : (i + 1) * k]
+        correct.append([trainer.reward_fn(ex, t) > 0.5 for t in rows])
+        answers.append([extract(t) for t in rows])
+        comps.append(rows)
+    greedy = None
+    if c.eval.greedy:
+        g = trainer.engine.generate(
+            prompts, n=1, temperature=1.0, top_p=1.0, max_new_tokens=trainer.max_new_tokens, greedy=True
+        )
+        greedy = [trainer.reward_fn(ex, t) > 0.5 for ex, t in zip(examples, trainer.encoder.decode(g.completion_ids), strict=True)]
+    ks = sorted({1, *(x for x in (2, 4, 8, 16, 32, 64) if x <= k), k})
+    unit = list if trainer.task is not None else str.split  # built-in tasks are character-level
+    out = eval_summary(correct, answers, comps, ks=ks, greedy_correct=greedy, tokenize=unit)
+    h = trainer.last_entropy
+    if h is not None:  # the entropy-performance law R = -a exp(H) + b, refit on every eval
+        trainer.entropy_fit.add(h, out["acc/eval"])
+        out |= trainer.entropy_fit.fit()
+    return out

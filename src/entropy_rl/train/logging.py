@@ -1,0 +1,79 @@
+"""Metric sinks: RUN_DIR/metrics.jsonl always, TensorBoard when installed and asked for."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class Logger(Protocol):
+    def log(self, step: int, metrics: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlLogger:
+    """One JSON object per line, flushed every step, so a crash loses at most the current step."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._f = open(path, "a")  # noqa: SIM115
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        self._f.write(json.dumps(metrics) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    @staticmethod
+    def truncate_after(path: Path, step: int) -> int:
+        """On resume: keep lines with ``step <= step``; lines after it move to ``<name>.orphaned``
+        (appended, never deleted). Returns how many lines moved."""
+        if not path.exists():
+            return 0
+        keep, moved = [], []
+        for line in path.read_text().splitlines():
+            try:
+                s = json.loads(line).get("step", 0)
+            except (json.JSONDecodeError, AttributeError):
+                moved.append(line)  # a torn last line from a kill
+                continue
+            (keep if s <= step else moved).append(line)
+        if moved:
+            with open(path.with_name(path.name + ".orphaned"), "a") as f:
+                f.write("\n".join(moved) + "\n")
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)
+        return len(moved)
+
+
+class TensorBoardLogger:
+    def __init__(self, log_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+
+        self.writer = SummaryWriter(str(log_dir))
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        for k, v in metrics.items():
+            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def default_loggers(run_dir: Path) -> list[Logger]:
+    loggers: list[Logger] = [JsonlLogger(run_dir / "metrics.jsonl")]
+    try:
+        import tensorboard  # noqa: F401, PLC0415
+    except ImportError:
+        return loggers
+    loggers.append(TensorBoardLogger(run_dir / "tb"))
+    return loggers

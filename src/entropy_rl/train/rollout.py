@@ -1,0 +1,210 @@
+"""Rollout -> reward -> advantage -> filter: everything that produces one step's training batch.
+
+DAPO dynamic sampling: groups whose rewards are all equal carry no advantage signal (every
+A = 0), so they are dropped and more prompts are sampled, up to ``max_sample_rounds`` generation
+rounds; if the cap is hit the step trains on the groups it has (``groups/kept`` says how many).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from entropy_rl.engine.base import RolloutEngine
+from entropy_rl.ops.advantages import compute_advantages
+from entropy_rl.tasks.base import Example
+from entropy_rl.tasks.rewards import overlong_penalty
+from entropy_rl.train.batch import RolloutBatch, build_batch
+from entropy_rl.train.config import Config
+from entropy_rl.train.data import PromptSource, RewardFn
+
+
+class RewardError(RuntimeError):
+    """A reward function raised: the message carries the prompt and the completion."""
+
+
+@dataclass
+class Samples:
+    """One or more generation rounds, G samples per prompt, prompt-major."""
+
+    examples: list[Example]  # one per group
+    prompt_ids: list[list[int]]  # one per row
+    completion_ids: list[list[int]]
+    texts: list[str]
+    truncated: list[bool]
+    correct: list[float]  # the reward function's value, before shaping
+    rewards: list[float]  # after overlong shaping (what the advantage sees)
+
+    def group(self, g: int, size: int) -> slice:
+        return slice(g * size, (g + 1) * size)
+
+
+class Encoder:
+    """Text <-> token ids with the model's tokenizer (optionally through its chat template)."""
+
+    def __init__(self, tokenizer: Any, *, chat_template: bool = False) -> None:
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        if self.chat_template:
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+            )
+            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        return list(self.tokenizer.batch_decode(ids, skip_special_tokens=True))
+
+
+def score(
+    reward_fn: RewardFn,
+    examples: list[Example],
+    texts: list[str],
+    group_size: int,
+    *,
+    on_error: str,
+    errors: list[int],
+) -> list[float]:
+    """reward_fn on every (example, completion); ``on_error='zero'`` counts failures in errors[0]."""
+    out = []
+    for i, text in enumerate(texts):
+        ex = examples[i // group_size]
+        try:
+            r = float(reward_fn(ex, text))
+            if not math.isfinite(r):
+                raise ValueError(f"reward is not finite: {r}")
+        except Exception as e:
+            if on_error == "raise":
+                raise RewardError(
+                    f"the reward function raised {type(e).__name__}: {e}\n  prompt: {ex.prompt!r}\n"
+                    f"  completion: {text!r}\n(set data.reward_on_error=zero to score such "
+                    "samples 0 and count them instead)"
+                ) from e
+            errors[0] += 1
+            r = 0.0
+        out.append(r)
+    return out
+
+
+def sample_round(
+    cfg: Config,
+    n_prompts: int,
+    *,
+    source: PromptSource,
+    engine: RolloutEngine,
+    encoder: Encoder,
+    reward_fn: RewardFn,
+    rng: random.Random,
+    max_new_tokens: int,
+    errors: list[int],
+) -> Samples:
+    """Sample ``n_prompts`` prompts, G completions each, and score them."""
+    ro = cfg.rollout
+    examples = source.sample(n_prompts, rng)
+    prompt_ids = [encoder.encode_prompt(e.prompt) for e in examples]
+    gen = engine.generate(
+        prompt_ids, n=ro.group_size, temperature=ro.temperature, top_p=ro.top_p, max_new_tokens=max_new_tokens
+    )
+    texts = encoder.decode(gen.completion_ids)
+    correct = score(reward_fn, examples, texts, ro.group_size, on_error=cfg.data.reward_on_error, errors=errors)
+    rewards = list(correct)
+    if ro.overlong_shaping:
+        for i, ids in enumerate(gen.completion_ids):
+            rewards[i] += overlong_penalty(len(ids), max_len=max_new_tokens, cache_len=ro.overlong_cache)
+    return Samples(examples, gen.prompt_ids, gen.completion_ids, texts, gen.truncated, correct, rewards)
+
+
+def _concat(parts: list[Samples]) -> Samples:
+    return Samples(*[sum((getattr(p, f) for p in parts), []) for f in Samples.__dataclass_fields__])
+
+
+def _select_groups(s: Samples, groups: list[int], size: int) -> Samples:
+    rows = [i for g in groups for i in range(g * size, (g + 1) * size)]
+    pick = lambda xs: [xs[i] for i in rows]  # noqa: E731
+    return Samples(
+        [s.examples[g] for g in groups],
+        pick(s.prompt_ids),
+        pick(s.completion_ids),
+        pick(s.texts),
+        pick(s.truncated),
+        pick(s.correct),
+        pick(s.rewards),
+    )
+
+
+def collect(
+    cfg: Config,
+    *,
+    source: PromptSource,
+    engine: RolloutEngine,
+    encoder: Encoder,
+    reward_fn: RewardFn,
+    rng: random.Random,
+    max_new_tokens: int,
+    pad_token_id: int,
+    advantage_fn: Callable[..., torch.Tensor] | None = None,
+) -> tuple[RolloutBatch | None, Samples, dict[str, float]]:
+    """One step's batch: returns (batch or None if no group has signal, first-round samples,
+    metrics). Training accuracy is measured on the first round, before any filtering."""
+    ro = cfg.rollout
+    g_size = ro.group_size
+    errors = [0]
+    kw = dict(source=source, engine=engine, encoder=encoder, reward_fn=reward_fn, rng=rng)
+    first = sample_round(cfg, ro.prompts_per_step, max_new_tokens=max_new_tokens, errors=errors, **kw)  # type: ignore[arg-type]
+    rounds, parts, n_groups_seen, n_zero_var = 1, [], 0, 0
+    current = first
+    while True:
+        n = len(current.examples)
+        keep = []
+        for g in range(n):
+            rs = current.rewards[current.group(g, g_size)]
+            if max(rs) - min(rs) > 1e-9 or not ro.dynamic_sampling:
+                keep.append(g)
+            if max(rs) - min(rs) <= 1e-9:
+                n_zero_var += 1
+        n_groups_seen += n
+        parts.append(_select_groups(current, keep, g_size))
+        have = sum(len(p.examples) for p in parts)
+        if not ro.dynamic_sampling or have >= ro.prompts_per_step or rounds >= ro.max_sample_rounds:
+            break
+        rounds += 1
+        # ask for a little more than the gap, scaled by the observed keep rate
+        keep_rate = max(have / n_groups_seen, 0.1)
+        want = min(ro.prompts_per_step * 4, math.ceil((ro.prompts_per_step - have) / keep_rate))
+        current = sample_round(cfg, want, max_new_tokens=max_new_tokens, errors=errors, **kw)  # type: ignore[arg-type]
+    kept = _concat(parts)
+    if len(kept.examples) > ro.prompts_per_step:
+        kept = _select_groups(kept, list(range(ro.prompts_per_step)), g_size)
+    n_rows = len(first.texts)
+    lengths = [len(c) for c in first.completion_ids]
+    metrics = {
+        "reward/mean": sum(first.rewards) / n_rows,
+        "reward/std": float(torch.tensor(first.rewards).std()) if n_rows > 1 else 0.0,
+        "acc/train": sum(1.0 for c in first.correct if c > 0.5) / n_rows,
+        "length/mean": sum(lengths) / n_rows,
+        "length/truncated_frac": sum(first.truncated) / n_rows,
+        "groups/zero_var_frac": n_zero_var / max(n_groups_seen, 1),
+        "groups/sample_rounds": float(rounds),
+        "groups/kept": float(len(kept.examples)),
+        "reward/errors": float(errors[0]),
+    }
+    if not kept.examples:
+        return None, first, metrics
+    rewards = torch.tensor(kept.rewards)
+    if advantage_fn is not None:
+        adv = advantage_fn(rewards, group_size=g_size)
+    else:
+        adv = compute_advantages(cfg.algo.advantage, rewards, group_size=g_size, **cfg.algo.advantage_kwargs)
+    loss_rows = [not t for t in kept.truncated] if ro.mask_truncated else None
+    batch = build_batch(
+        kept.prompt_ids, kept.completion_ids, rewards=rewards, advantages=adv,
+        pad_token_id=pad_token_id, loss_mask=loss_rows,
+    )  # fmt: skip
+    return batch, first, metrics

@@ -1,0 +1,413 @@
+"""The trainer: rollout -> reward -> advantage -> filter -> update -> monitor -> log.
+
+``Trainer(config).fit()`` runs the loop. Every part can be replaced by passing an object:
+``model``/``tokenizer``, ``engine`` (a RolloutEngine), ``reward_fn`` ((example, text) -> float),
+``prompt_source``, ``advantage_fn`` ((rewards, group_size=G) -> advantages), ``optimizer``,
+``loggers`` (objects with ``log(step, metrics)`` and ``close()``), ``controller``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from entropy_rl.control.controllers import make_controller
+from entropy_rl.control.evaluation import EntropyPerformanceFit
+from entropy_rl.control.detector import CollapseDetector, DetectorConfig
+from entropy_rl.control.monitor import EntropyDynamics, entropy_by_position, entropy_stats, logp_adv_covariance
+from entropy_rl.engine.base import RolloutEngine
+from entropy_rl.engine.hf import HFGenerateEngine
+from entropy_rl.train import checkpoint as ckpt
+from entropy_rl.train.batch import RolloutBatch
+from entropy_rl.train.config import Config
+from entropy_rl.train.data import PromptSource, RewardFn, build_prompt_source, build_reward, build_task
+from entropy_rl.train.evaluate import evaluate
+from entropy_rl.train.logging import JsonlLogger, Logger, default_loggers
+from entropy_rl.train.rollout import Encoder, collect
+from entropy_rl.train.update import UpdateSettings, ppo_update, record_old_logprobs, warn_if_on_policy
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped itself (repeated non-finite steps, or a detector rule with action=stop)."""
+
+
+def load_model(cfg: Config) -> tuple[Any, Any]:
+    """The model and tokenizer named by model.path (default: the task's built-in checkpoint)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
+
+    path = cfg.model.path
+    if path is None:
+        from entropy_rl.tasks.pretrain import builtin_checkpoint  # noqa: PLC0415
+
+        path = str(builtin_checkpoint(cfg.data.task))
+    kw = {"trust_remote_code": cfg.model.trust_remote_code}
+    tok = AutoTokenizer.from_pretrained(path, **kw)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.model.dtype], **kw)
+    return model, tok
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        model: Any = None,
+        tokenizer: Any = None,
+        engine: RolloutEngine | None = None,
+        reward_fn: RewardFn | None = None,
+        prompt_source: PromptSource | None = None,
+        advantage_fn: Callable[..., torch.Tensor] | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        loggers: list[Logger] | None = None,
+        controller: Any = None,
+        resume: bool = False,
+    ) -> None:
+        self.cfg = c = config
+        if c.run.threads:
+            torch.set_num_threads(c.run.threads)
+        self._seed(c.run.seed)
+        self.run_dir = Path(c.run.out_dir or f"runs/{c.run.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if not resume and (self.run_dir / "metrics.jsonl").exists():
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run; use --resume {self.run_dir} to continue it "
+                "or choose another --out"
+            )
+        self.task = build_task(c.data)
+        self.source = prompt_source or build_prompt_source(c.data, self.task, c.run.seed)
+        self.reward_fn = reward_fn or build_reward(c.data, self.task)
+        if model is None:
+            model, tokenizer = load_model(c)
+        if tokenizer is None:
+            raise ValueError("pass the tokenizer together with a model")
+        self.device = _device(c.run.device)
+        self.model = model.to(self.device)
+        self.model.eval()  # no dropout during RL: the ratio must compare the same function
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.encoder = Encoder(tokenizer, chat_template=c.data.chat_template)
+        self.engine = engine or HFGenerateEngine(
+            self.model, pad_token_id=self.pad_id, eos_token_id=tokenizer.eos_token_id,
+            batch_size=c.rollout.batch_size,
+        )  # fmt: skip
+        default_len = self.task.default_max_new_tokens if self.task is not None else 256
+        self.max_new_tokens = c.rollout.max_new_tokens or default_len
+        self.ref_model = None
+        if c.algo.kl_coef > 0:
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.advantage_fn = advantage_fn
+        self.optimizer = optimizer or torch.optim.AdamW(
+            self.model.parameters(), lr=c.algo.lr, betas=c.algo.betas, weight_decay=c.algo.weight_decay
+        )
+        warm = max(c.algo.warmup_steps, 1)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm))
+        self.controller = controller or make_controller(c.control.controller, **c.control.controller_kwargs)
+        self.detector = (
+            CollapseDetector(DetectorConfig(**c.control.detector_kwargs), total_steps=c.run.steps)
+            if c.control.detector
+            else None
+        )
+        self.dynamics = EntropyDynamics()
+        self.entropy_fit = EntropyPerformanceFit()
+        self.last_entropy: float | None = None
+        self.rng = random.Random(c.run.seed)
+        self.shuffle = torch.Generator().manual_seed(c.run.seed)
+        self.loss_kwargs = dict(c.algo.loss_kwargs)
+        self.entropy_coef = c.algo.entropy_coef
+        self.step = 0
+        self.bad_in_a_row = 0
+        self.stop_reason: str | None = None
+        warn_if_on_policy(c.algo.ppo_epochs, c.algo.mini_batches)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._resume()
+        (self.run_dir / "config.yaml").write_text(c.to_yaml())
+        self.loggers = loggers if loggers is not None else default_loggers(self.run_dir)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, float]:
+        """Train for run.steps RL steps; returns the last step's metrics."""
+        c = self.cfg
+        last: dict[str, float] = {}
+        bar = _progress(c.run.steps, self.step, enabled=c.run.progress)
+        try:
+            if self.step == 0 and c.eval.every:
+                self._log_eval_only(0)
+            while self.step < c.run.steps and self.stop_reason is None:
+                self.step += 1
+                t0 = time.perf_counter()
+                batch, metrics = self.rollout()  # rollout -> reward -> advantage -> filter
+                t1 = time.perf_counter()
+                if batch is not None:
+                    metrics |= self.update(batch)  # old log-probs, then epochs x mini-batches
+                metrics |= {"time/rollout": t1 - t0, "time/update": time.perf_counter() - t1}
+                if c.eval.every and (self.step % c.eval.every == 0 or self.step == c.run.steps):
+                    metrics |= evaluate(self)
+                metrics |= self.control(metrics)  # controller, collapse detector
+                metrics["time/step"] = time.perf_counter() - t0
+                metrics["throughput/tokens_per_s"] = metrics.pop("_tokens", 0.0) / metrics["time/step"]
+                self.log(metrics)
+                bar.update(metrics)
+                last = metrics
+                if c.run.save_every and self.step % c.run.save_every == 0:
+                    self.save()
+            self.save()
+        except KeyboardInterrupt:
+            bar.close()
+            print(f"\ninterrupted at step {self.step}: saving a checkpoint", file=sys.stderr)
+            self.save()
+            raise
+        finally:
+            bar.close()
+            for lg in self.loggers:
+                lg.close()
+        if self.stop_reason:
+            print(f"stopped at step {self.step}: {self.stop_reason}", file=sys.stderr)
+        return last
+
+    # ------------------------------------------------------------------ parts
+    def rollout(self) -> tuple[RolloutBatch | None, dict[str, float]]:
+        self.engine.sync_weights(self.model)
+        batch, samples, metrics = collect(
+            self.cfg, source=self.source, engine=self.engine, encoder=self.encoder,
+            reward_fn=self.reward_fn, rng=self.rng, max_new_tokens=self.max_new_tokens,
+            pad_token_id=self.pad_id, advantage_fn=self.advantage_fn,
+        )  # fmt: skip
+        metrics["_tokens"] = float(sum(len(c) for c in samples.completion_ids))
+        self._write_samples(samples)
+        return batch, metrics
+
+    def settings(self) -> UpdateSettings:
+        c = self.cfg
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        mode = c.model.logits
+        if mode == "auto":
+            softcap = getattr(self.model.config, "final_logit_softcapping", None)
+            mode = "fused" if vocab >= 4096 and not softcap else "full"
+        return UpdateSettings(
+            loss=c.algo.loss, loss_kwargs=self.loss_kwargs, agg=c.algo.agg, epochs=c.algo.ppo_epochs,
+            mini_batches=c.algo.mini_batches, micro_batch_size=c.algo.micro_batch_size,
+            temperature=c.rollout.temperature, grad_clip=c.algo.grad_clip, entropy_coef=self.entropy_coef,
+            kl_coef=c.algo.kl_coef, kl_kind=c.algo.kl_kind, kl_in_loss=c.algo.kl_in == "loss",
+            logits_mode=mode, chunk_size=c.model.chunk_size, max_len=self.max_new_tokens,
+        )  # fmt: skip
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        s = self.settings()
+        old = record_old_logprobs(self.model, self.ref_model, batch, s)
+        batch.old_logprobs, batch.ref_logprobs = old["logprobs"], old.get("ref_logprobs")
+        if self.ref_model is not None and not s.kl_in_loss:  # KL as a per-sequence reward penalty
+            from entropy_rl.ops.kl import kl_estimate  # noqa: PLC0415
+
+            kl_seq = (kl_estimate(batch.old_logprobs, old["ref_logprobs"], kind=s.kl_kind) * batch.mask).sum(1)
+            batch.advantages = batch.advantages - self.cfg.algo.kl_coef * kl_seq
+        # monitor: from the rollout policy's own pass (no extra forward)
+        seen = (batch.targets != -1).float()
+        metrics = entropy_stats(old["entropy"], old["logprobs"], seen, top1_prob=old["top1"])
+        metrics |= entropy_by_position(old["entropy"], seen, max_len=self.max_new_tokens)
+        self.last_entropy = metrics["entropy/mean"]
+        adv_tok = batch.advantages[:, None].expand_as(batch.mask)
+        metrics["cov/logp_adv"] = logp_adv_covariance(old["logprobs"], adv_tok, batch.mask)
+        upd, bad = ppo_update(self.model, self.optimizer, batch, s, generator=self.shuffle)
+        metrics |= upd
+        all_bad = bad > 0 and upd["update/optimizer_steps"] == 0
+        self.bad_in_a_row = self.bad_in_a_row + 1 if all_bad else 0
+        if self.bad_in_a_row >= self.cfg.algo.max_bad_steps:
+            raise TrainingStopped(
+                f"{self.bad_in_a_row} RL steps in a row had only non-finite losses or gradients; "
+                "lower algo.lr or check the reward scale (the last checkpoint is intact)"
+            )
+        lr = self.scheduler.get_last_lr()[0]
+        metrics["lr"] = lr
+        lr_scale = lr * upd["update/optimizer_steps"]
+        metrics |= self.dynamics.update(metrics["entropy/mean"], metrics["cov/logp_adv"], lr_scale)
+        self.scheduler.step()
+        return metrics
+
+    def control(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Controller update, then the collapse detector; applies the actions it may take."""
+        out = self.controller.update(self.step, metrics) if self.controller is not None else {}
+        if self.controller is not None:
+            coef = getattr(self.controller, "entropy_coef", None)
+            if coef is not None:
+                self.entropy_coef = float(coef)
+            eps_high = getattr(self.controller, "eps_high", None)
+            if eps_high is not None:
+                self.loss_kwargs["eps_high"] = float(eps_high)
+        out["control/entropy_coef"] = self.entropy_coef
+        if "eps_high" in self.loss_kwargs:
+            out["control/eps_high"] = float(self.loss_kwargs["eps_high"])
+        if self.detector is None:
+            return out
+        for event in self.detector.observe({**metrics, **out, "step": self.step}):
+            self._on_event(event)
+        return out
+
+    def _on_event(self, event: Any) -> None:
+        record = event.to_json() if hasattr(event, "to_json") else dict(event)
+        with open(self.run_dir / "events.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(f"[step {self.step}] {record['rule']}: {record['message']}", file=sys.stderr)
+        action = record.get("action")
+        if action == "stop":
+            self.stop_reason = f"collapse detector rule {record['rule']} (action=stop)"
+        elif action == "raise_eps_high":
+            self.loss_kwargs["eps_high"] = float(self.loss_kwargs.get("eps_high", 0.2)) + 0.05
+        elif action == "raise_entropy_coef":
+            self.entropy_coef = max(self.entropy_coef * 2.0, 1e-3)
+        elif action == "rollback":
+            self._rollback()
+
+    def _rollback(self) -> None:
+        """Reload weights and optimizer from the newest checkpoint (training goes on from there)."""
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        if latest is None:
+            print("rollback requested but no checkpoint exists yet; continuing", file=sys.stderr)
+            return
+        self._load_weights(latest)
+        self.optimizer.load_state_dict(ckpt.load_state(latest)["optimizer"])
+
+    def log(self, metrics: dict[str, float]) -> None:
+        row = {"step": self.step, **{k: _finite(v) for k, v in metrics.items() if not k.startswith("_")}}
+        for lg in self.loggers:
+            lg.log(self.step, row)
+
+    def _log_eval_only(self, step: int) -> None:
+        for lg in self.loggers:
+            lg.log(step, {"step": step, **{k: _finite(v) for k, v in evaluate(self).items()}})
+
+    def _write_samples(self, samples: Any) -> None:
+        n = self.cfg.run.log_samples
+        if n <= 0:
+            return
+        g = self.cfg.rollout.group_size
+        with open(self.run_dir / "samples.jsonl", "a") as f:
+            for i in range(min(n, len(samples.texts))):
+                row = i * g % len(samples.texts)
+                ex = samples.examples[row // g]
+                rec = {"step": self.step, "prompt": ex.prompt, "completion": samples.texts[row],
+                       "reward": samples.rewards[row]}  # fmt: skip
+                f.write(json.dumps(rec) + "\n")
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        st: dict[str, Any] = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "trainer_rng": self.rng.getstate(),
+            "shuffle_rng": self.shuffle.get_state(),
+            "dynamics": self.dynamics.state_dict(),
+            "loss_kwargs": dict(self.loss_kwargs),
+            "entropy_coef": self.entropy_coef,
+            "bad_in_a_row": self.bad_in_a_row,
+            "last_entropy": self.last_entropy,
+        }
+        for name in ("controller", "detector", "source", "entropy_fit"):
+            obj = getattr(self, name)
+            if obj is not None and hasattr(obj, "state_dict"):
+                st[name] = obj.state_dict()
+        return st
+
+    def save(self) -> Path:
+        return ckpt.save_checkpoint(
+            self.run_dir, self.step, model=self.model, tokenizer=self.tokenizer,
+            state=self.state(), keep=self.cfg.run.keep_checkpoints,
+        )  # fmt: skip
+
+    def _load_weights(self, path: Path) -> None:
+        from safetensors.torch import load_file  # noqa: PLC0415
+
+        files = sorted(path.glob("*.safetensors"))
+        weights: dict[str, torch.Tensor] = {}
+        for f in files:
+            weights |= load_file(str(f))
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        tied = {k for k in missing if "lm_head" in k}  # tied embeddings are saved once
+        if set(missing) - tied or unexpected:
+            raise RuntimeError(f"checkpoint {path} does not fit the model: missing {missing}, unexpected {unexpected}")
+
+    def _resume(self) -> None:
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        if latest is None:
+            raise FileNotFoundError(f"no complete checkpoint in {self.run_dir}/checkpoints to resume from")
+        self._load_weights(latest)
+        st = ckpt.load_state(latest)
+        self.step = int(st["step"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        ckpt.set_rng_state(st["rng"])
+        self.rng.setstate(st["trainer_rng"])
+        self.shuffle.set_state(st["shuffle_rng"])
+        self.dynamics.load_state_dict(st["dynamics"])
+        self.loss_kwargs = dict(st["loss_kwargs"])
+        self.entropy_coef = float(st["entropy_coef"])
+        self.bad_in_a_row = int(st["bad_in_a_row"])
+        self.last_entropy = st.get("last_entropy")
+        for name in ("controller", "detector", "source", "entropy_fit"):
+            obj = getattr(self, name)
+            if name in st and obj is not None and hasattr(obj, "load_state_dict"):
+                obj.load_state_dict(st[name])
+        JsonlLogger.truncate_after(self.run_dir / "metrics.jsonl", self.step)
+        JsonlLogger.truncate_after(self.run_dir / "events.jsonl", self.step)
+        JsonlLogger.truncate_after(self.run_dir / "samples.jsonl", self.step)
+
+    def _seed(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class _Progress:
+    def __init__(self, total: int, start: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm  # noqa: PLC0415
+
+                self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
+            except ImportError:
+                warnings.warn("tqdm not installed: no progress bar", stacklevel=2)
+
+    def update(self, m: dict[str, float]) -> None:
+        if self.bar is None:
+            return
+        post = {"reward": m.get("reward/mean"), "acc": m.get("acc/train"), "H": m.get("entropy/mean")}
+        if "acc/eval" in m:
+            post["eval"] = m["acc/eval"]
+        self.bar.set_postfix({k: f"{v:.3f}" for k, v in post.items() if v is not None}, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _progress(total: int, start: int, *, enabled: bool) -> _Progress:
+    return _Progress(total, start, enabled)
