@@ -1,0 +1,161 @@
+"""Shared look of the report figures: colours, fonts, event markers, legends, PNG rendering.
+
+matplotlib is the optional ``report`` extra: it is imported only inside functions, through
+the object-oriented API (``Figure`` + ``FigureCanvasAgg``), so the report never touches
+pyplot's global backend or an interactive session the caller may have open.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from entropy_rl.report.load import RunData
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure, FigureBase
+    from matplotlib.legend import Legend
+
+INSTALL_HINT = "pip install 'entropy-rl[report]'"
+
+# Okabe-Ito colours for runs; orange / vermillion are kept for event severities so a
+# collapse marker is never mistaken for a run.
+RUN_COLORS = (
+    "#0072B2",  # blue
+    "#009E73",  # bluish green
+    "#CC79A7",  # reddish purple
+    "#56B4E9",  # sky blue
+    "#444444",  # dark grey
+    "#8C564B",  # brown
+    "#9467BD",  # purple
+    "#BCBD22",  # olive
+)
+SEVERITY_COLORS = {"warning": "#E69F00", "critical": "#D55E00"}
+
+RC = {
+    "font.size": 11,
+    "axes.titlesize": 11.5,
+    "axes.titlepad": 10,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 9.5,
+    "figure.titlesize": 13,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "lines.linewidth": 1.8,
+    "legend.frameon": False,
+    "savefig.facecolor": "white",
+}
+
+
+def require_matplotlib() -> None:
+    """ImportError naming the extra to install when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"the entropy-rl report needs matplotlib: {INSTALL_HINT}") from err
+
+
+def style() -> AbstractContextManager[Any]:
+    """rc_context with the report's fonts and grid (restores the caller's settings on exit)."""
+    require_matplotlib()
+    import matplotlib
+
+    return matplotlib.rc_context(RC)
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A constrained-layout Figure on the Agg canvas (no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def to_png(fig: Figure, *, dpi: int) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def color(i: int) -> str:
+    """The colour of run number i, the same in every panel."""
+    return RUN_COLORS[i % len(RUN_COLORS)]
+
+
+def rolling_mean(y: np.ndarray, n_points: int) -> np.ndarray:
+    """Centred moving average over ~5% of the points (edges averaged over what exists)."""
+    w = max(1, round(n_points / 20))
+    if w <= 1 or y.size < 3:
+        return y
+    kernel = np.ones(w)
+    return np.convolve(y, kernel, "same") / np.convolve(np.ones_like(y), kernel, "same")
+
+
+def mark_events(ax: Axes, runs: Sequence[RunData], *, label: bool) -> None:
+    """Vertical line per collapse event (colour = severity), a run-coloured flag on top.
+
+    ``label`` writes the rule name beside the line; labels closer than 4% of the x-range to
+    the previous one are dropped so they never overlap.
+    """
+    from matplotlib.transforms import blended_transform_factory
+
+    trans = blended_transform_factory(ax.transData, ax.transAxes)
+    events = sorted(
+        ((ev.step, i, ev) for i, run in enumerate(runs) for ev in run.events),
+        key=lambda t: (t[0], t[1]),
+    )
+    if not events:
+        return
+    lo, hi = ax.get_xlim()
+    min_gap = 0.04 * (hi - lo)
+    last_labelled = -np.inf
+    for step, i, ev in events:
+        c = SEVERITY_COLORS.get(ev.severity, SEVERITY_COLORS["warning"])
+        ax.axvline(step, color=c, lw=1.3, ls=(0, (5, 2)), alpha=0.9, zorder=1.5)
+        ax.plot([step], [1.0], marker="v", ms=7, color=color(i), transform=trans, clip_on=False,
+                zorder=4, markeredgecolor="white", markeredgewidth=0.6)  # fmt: skip
+        if label and step - last_labelled >= min_gap:
+            ax.text(step, 0.965, f" {ev.rule}", transform=trans, rotation=90, va="top",
+                    ha="left", fontsize=8.5, color=c, zorder=5,
+                    bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none",
+                          "alpha": 0.7})  # fmt: skip
+            last_labelled = step
+    ax.set_xlim(min(lo, events[0][0]), max(hi, events[-1][0]))
+
+
+def run_legend(
+    fig: FigureBase, runs: Sequence[RunData], *, loc: str = "outside lower center", events: bool = True
+) -> Legend:
+    """One legend for the runs (colour) and, if ``events``, the event severities present."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=color(i), lw=3, label=r.label) for i, r in enumerate(runs)]
+    severities = {ev.severity for r in runs for ev in r.events} if events else set()
+    for sev in ("warning", "critical"):
+        if sev in severities:
+            handles.append(
+                Line2D([], [], color=SEVERITY_COLORS[sev], lw=1.3, ls=(0, (5, 2)),
+                       label=f"{sev} event")  # fmt: skip
+            )
+    ncols = min(len(handles), 4)
+    return fig.legend(handles=handles, loc=loc, ncols=ncols, fontsize=10)
+
+
+def style_legend(ax: Axes, items: Sequence[tuple[str, dict[str, Any]]], **kwargs: Any) -> None:
+    """Legend for line styles in grey (colour belongs to the runs): items = (label, Line2D kwargs)."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color="0.35", **kw, label=lbl) for lbl, kw in items]
+    ax.legend(handles=handles, **kwargs)

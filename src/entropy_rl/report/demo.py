@@ -1,0 +1,166 @@
+"""Two synthetic run directories for trying the report without training anything.
+
+``make_demo_runs(dir)`` writes
+  healthy/     entropy-targeted clip-higher run: entropy settles at its 0.45 nats target,
+               eval accuracy climbs steadily, pass@16 holds up, no collapse events;
+  collapsing/  plain GRPO run: entropy falls 0.92 -> ~0.05 nats, accuracy plateaus, pass@16
+               drops below its starting value, the detector fires twice.
+Both follow the entropy-performance law R = -a * exp(H) + b (Cui et al. 2025) plus noise,
+and pass@k = 1 - (1 - p)^(k^d) with a "diversity" exponent d that the collapsing run loses.
+The numbers are made up to look like the runs in /work/shared/FINDINGS.md; they are not data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+__all__ = ["make_demo_runs"]
+
+_KS = (1, 2, 4, 8, 16)
+
+
+def _run_rows(
+    rng: np.random.Generator,
+    *,
+    steps: int,
+    eval_every: int,
+    h_start: float,
+    h_floor: float,
+    tau: float,
+    a: float,
+    b: float,
+    diversity: tuple[float, float],
+    upper_clip: float,
+    target: float | None,
+) -> list[dict[str, Any]]:
+    t = np.arange(1, steps + 1, dtype=float)
+    h = h_floor + (h_start - h_floor) * np.exp(-(t - 1) / tau)
+    h = np.clip(h * (1 + 0.03 * rng.standard_normal(steps)), 1e-3, None)
+    acc = np.clip(b - a * np.exp(h) + 0.025 * rng.standard_normal(steps), 0, 1)
+    frac = (t - 1) / (steps - 1)
+    div = diversity[0] + (diversity[1] - diversity[0]) * frac
+    rows: list[dict[str, Any]] = []
+    prev_h: float | None = None
+    for i in range(steps):
+        hi = float(h[i])
+        actual = None if prev_h is None else hi - prev_h
+        predicted = None if actual is None else 0.75 * actual + 0.004 * rng.standard_normal()
+        prev_h = hi
+        pos_shape = np.array([1.9, 1.1, 0.65, 0.35])  # early response tokens carry the entropy
+        upper = max(0.0, upper_clip * (0.6 + 0.8 * hi) + 0.002 * rng.standard_normal())
+        step_time = 0.85 + 0.05 * rng.standard_normal()
+        row: dict[str, Any] = {
+            "step": i + 1,
+            "reward/mean": float(acc[i] + 0.02 * rng.standard_normal()),
+            "reward/std": float(np.sqrt(acc[i] * (1 - acc[i]))),
+            "acc/train": float(acc[i]),
+            "entropy/mean": hi,
+            "entropy/p10": hi * 0.04,
+            "entropy/p50": hi * 0.45,
+            "entropy/p90": hi * 2.6,
+            "entropy/near_det_frac": float(np.exp(-4 * hi)),
+            **{f"entropy/pos_{k}": float(hi * s) for k, s in enumerate(pos_shape)},
+            "entropy/predicted_delta": predicted,
+            "entropy/actual_delta": actual,
+            "clip/upper_frac": upper,
+            "clip/lower_frac": max(0.0, 0.6 * upper + 0.001 * rng.standard_normal()),
+            "clip/dual_frac": 0.0004 + 0.0002 * rng.random(),
+            "ratio/abs_dev": 0.05 + 0.04 * hi + 0.004 * rng.standard_normal(),
+            "kl/old_approx": 0.002 + 0.001 * rng.random(),
+            "lr": 2e-4,
+            "time/rollout": step_time * 0.6,
+            "time/update": step_time * 0.4,
+            "time/step": step_time,
+        }
+        if target is not None:
+            row["control/target_entropy"] = target
+            row["control/entropy_coef"] = float(max(0.0, 0.01 * (target - hi) / target + 0.002))
+        if i == 0 or (i + 1) % eval_every == 0:
+            p1 = float(np.clip(acc[i] + 0.03 + 0.015 * rng.standard_normal(), 0, 1))
+            row["acc/eval"] = p1
+            for k in _KS:
+                row[f"eval/pass@{k}"] = 1 - (1 - p1) ** (k ** div[i])
+        rows.append(row)
+    return rows
+
+
+def _write_run(
+    run_dir: Path, config: dict[str, Any], rows: list[dict[str, Any]], events: list[dict[str, Any]]
+) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    with (run_dir / "metrics.jsonl").open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    with (run_dir / "events.jsonl").open("w", encoding="utf-8") as f:
+        for ev in events:
+            f.write(json.dumps(ev) + "\n")
+
+
+def _detect(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A stand-in for the collapse detector: first drop below 40% of start, then near-determinism."""
+    h0 = rows[0]["entropy/mean"]
+    events: list[dict[str, Any]] = []
+    drop = next((r for r in rows if r["entropy/mean"] < 0.4 * h0), None)
+    if drop is not None:
+        events.append(
+            {
+                "step": drop["step"],
+                "rule": "entropy_drop",
+                "severity": "warning",
+                "values": {"entropy": drop["entropy/mean"], "start": h0},
+                "message": f"entropy {drop['entropy/mean']:.3f} < 40% of its start {h0:.3f}",
+                "action": None,
+            }
+        )
+    det = next((r for r in rows if r["entropy/near_det_frac"] > 0.7), None)
+    if det is not None:
+        events.append(
+            {
+                "step": det["step"],
+                "rule": "near_deterministic",
+                "severity": "critical",
+                "values": {"near_det_frac": det["entropy/near_det_frac"]},
+                "message": f"{det['entropy/near_det_frac']:.0%} of tokens have H < 0.01 nats",
+                "action": "raise eps_high",
+            }
+        )
+    return events
+
+
+def make_demo_runs(directory: str | Path, *, steps: int = 120, seed: int = 0) -> list[Path]:
+    """Write the synthetic ``healthy`` and ``collapsing`` runs under ``directory``; return their dirs."""
+    if steps < 10:
+        raise ValueError(f"steps must be >= 10 for a meaningful demo, got {steps}")
+    directory = Path(directory)
+    rng = np.random.default_rng(seed)
+    healthy = _run_rows(
+        rng, steps=steps, eval_every=10, h_start=0.92, h_floor=0.45, tau=steps / 5,
+        a=0.39, b=1.33, diversity=(0.8, 0.75), upper_clip=0.02, target=0.45,
+    )  # fmt: skip
+    collapsing = _run_rows(
+        rng, steps=steps, eval_every=10, h_start=0.92, h_floor=0.04, tau=steps / 7,
+        a=0.20, b=0.85, diversity=(0.8, 0.25), upper_clip=0.03, target=None,
+    )  # fmt: skip
+    base = {"seed": seed + 1, "model": "tiny-qwen2-1m", "task": "digit_sum", "lr": 2e-4}
+    dirs = [directory / "healthy", directory / "collapsing"]
+    _write_run(
+        dirs[0],
+        {"name": "clip-higher + target", "preset": "dapo", **base,
+         "loss": {"kind": "dapo", "eps_low": 0.2, "eps_high": 0.28}},
+        healthy,
+        [],
+    )  # fmt: skip
+    _write_run(
+        dirs[1],
+        {"name": "grpo baseline", "preset": "grpo", **base,
+         "loss": {"kind": "grpo", "eps_low": 0.2, "eps_high": 0.2}},
+        collapsing,
+        _detect(collapsing),
+    )  # fmt: skip
+    return dirs

@@ -1,0 +1,460 @@
+"""The report's panels: one function per figure, each drawing into a Figure or SubFigure.
+
+Every panel has ``needs(runs) -> reason | None`` (None: drawable; a reason: skipped with a
+note) and ``draw(fig, runs) -> notes``. Runs keep one colour everywhere (``_style.color``);
+line style and markers carry the other dimension (metric, clip side, k). Collapse events are
+marked on every axis whose x is the step. ``render_figures`` writes one PNG per panel plus an
+overview of all of them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from entropy_rl.report._style import (
+    color,
+    mark_events,
+    new_figure,
+    require_matplotlib,
+    rolling_mean,
+    run_legend,
+    style,
+    style_legend,
+    to_png,
+)
+from entropy_rl.report.load import RunData, as_finite
+from entropy_rl.report.summary import fit_entropy_performance, fmt, rh_points
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import FigureBase
+
+__all__ = ["PANELS", "Panel", "RenderedFigure", "render_figures"]
+
+Runs = Sequence[RunData]
+
+
+def _keys_matching(runs: Runs, pattern: str) -> list[int]:
+    """Sorted integer suffixes of the keys matching ``pattern`` (one capture group) in any run."""
+    rx = re.compile(pattern)
+    found = {int(m.group(1)) for r in runs for k in r.keys if (m := rx.fullmatch(k))}
+    return sorted(found)
+
+
+def _need_any(*keys: str) -> Callable[[Runs], str | None]:
+    def needs(runs: Runs) -> str | None:
+        if any(r.has(k) for r in runs for k in keys):
+            return None
+        return f"no run logged {' or '.join(keys)}"
+
+    return needs
+
+
+def _missing_note(runs: Runs, keys: Sequence[str], what: str) -> list[str]:
+    return [f"{r.label}: no {what} ({', '.join(keys)})" for r in runs if not any(map(r.has, keys))]
+
+
+# 1. entropy ---------------------------------------------------------------------------------
+
+
+def draw_entropy(fig: FigureBase, runs: Runs) -> list[str]:
+    ax = fig.subplots()
+    any_band = any_target = False
+    for i, run in enumerate(runs):
+        steps, h = run.series("entropy/mean")
+        if steps.size == 0:
+            continue
+        ax.plot(steps, h, color=color(i), lw=2, zorder=3)
+        s_band, p10, p90 = run.paired("entropy/p10", "entropy/p90")
+        if s_band.size:
+            ax.fill_between(s_band, p10, p90, color=color(i), alpha=0.13, lw=0, zorder=2)
+            any_band = True
+        s_t, target = run.series("control/target_entropy")
+        if s_t.size:
+            ax.plot(s_t, target, color=color(i), ls="--", lw=1.4, zorder=3)
+            any_target = True
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("step")
+    ax.set_ylabel("entropy (nats / token)")
+    items = [("mean", {"lw": 2})]
+    if any_band:
+        items.append(("p10–p90 of tokens", {"lw": 8, "alpha": 0.25}))
+    if any_target:
+        items.append(("target (controller)", {"ls": "--", "lw": 1.4}))
+    style_legend(ax, items, loc="upper right")
+    mark_events(ax, runs, label=True)
+    return _missing_note(runs, ["entropy/mean"], "entropy")
+
+
+# 2. reward and accuracy ---------------------------------------------------------------------
+
+
+def _noisy_line(ax: Axes, steps: np.ndarray, y: np.ndarray, c: str) -> None:
+    """Per-step values faint, their moving average bold."""
+    ax.plot(steps, y, color=c, lw=0.8, alpha=0.35)
+    ax.plot(steps, rolling_mean(y, y.size), color=c, lw=2)
+
+
+def draw_reward_acc(fig: FigureBase, runs: Runs) -> list[str]:
+    has_reward = any(r.has("reward/mean") for r in runs)
+    has_acc = any(r.has(k) for r in runs for k in ("acc/train", "acc/eval"))
+    axes = list(np.atleast_1d(fig.subplots(1, int(has_reward) + int(has_acc), sharex=True)))
+    if has_reward:
+        ax = axes.pop(0)
+        for i, run in enumerate(runs):
+            steps, y = run.series("reward/mean")
+            if steps.size:
+                _noisy_line(ax, steps, y, color(i))
+        ax.set_title("reward/mean (faint: per step, bold: moving average)")
+        ax.set_xlabel("step")
+        ax.set_ylabel("mean reward")
+        mark_events(ax, runs, label=True)
+    if has_acc:
+        ax = axes.pop(0)
+        for i, run in enumerate(runs):
+            steps, y = run.series("acc/train")
+            if steps.size:
+                _noisy_line(ax, steps, y, color(i))
+            steps, y = run.series("acc/eval")
+            if steps.size:
+                ax.plot(steps, y, color=color(i), ls="--", lw=1.3, marker="o", ms=6,
+                        markeredgecolor="white", zorder=4)  # fmt: skip
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title("accuracy: train (sampled) and eval")
+        ax.set_xlabel("step")
+        ax.set_ylabel("fraction correct")
+        style_legend(ax, [("acc/train (moving avg)", {"lw": 2}),
+                          ("acc/eval", {"ls": "--", "marker": "o", "lw": 1.3})],
+                     loc="lower right")  # fmt: skip
+        mark_events(ax, runs, label=not has_reward)
+    return _missing_note(runs, ["reward/mean", "acc/train", "acc/eval"], "reward or accuracy")
+
+
+# 3. clipping --------------------------------------------------------------------------------
+
+_CLIP_SIDES = (
+    ("clip/upper_frac", "upper (r > 1+ε_high, A > 0)", "-"),
+    ("clip/lower_frac", "lower (r < 1−ε_low, A < 0)", "--"),
+    ("clip/dual_frac", "dual (r > c, A < 0)", ":"),
+)
+
+
+def draw_clip(fig: FigureBase, runs: Runs) -> list[str]:
+    sides = [s for s in _CLIP_SIDES if any(r.has(s[0]) for r in runs)]
+    has_ratio = any(r.has("ratio/abs_dev") for r in runs)
+    n = int(bool(sides)) + int(has_ratio)
+    ratios = [2.2, 1] if n == 2 else [1]
+    axes = list(np.atleast_1d(fig.subplots(1, n, width_ratios=ratios)))
+    if sides:
+        ax = axes.pop(0)
+        for i, run in enumerate(runs):
+            for key, _, ls in sides:
+                steps, y = run.series(key)
+                if steps.size:
+                    ax.plot(steps, 100 * y, color=color(i), ls=ls, lw=1.6)
+        ax.set_ylim(bottom=0)
+        ax.set_title("clipped tokens by side")
+        ax.set_xlabel("step")
+        ax.set_ylabel("% of response tokens")
+        style_legend(ax, [(lbl, {"ls": ls}) for _, lbl, ls in sides], loc="upper right")
+        mark_events(ax, runs, label=True)
+    if has_ratio:
+        ax = axes.pop(0)
+        for i, run in enumerate(runs):
+            steps, y = run.series("ratio/abs_dev")
+            if steps.size:
+                ax.plot(steps, y, color=color(i), lw=1.6)
+        ax.set_ylim(bottom=0)
+        ax.set_title("update size: mean |r − 1|")
+        ax.set_xlabel("step")
+        ax.set_ylabel("ratio/abs_dev")
+        mark_events(ax, runs, label=not sides)
+    return _missing_note(runs, [s[0] for s in _CLIP_SIDES], "clip fractions")
+
+
+# 4. predicted vs actual entropy change ------------------------------------------------------
+
+_DELTA = ("entropy/predicted_delta", "entropy/actual_delta")
+
+
+def _needs_delta(runs: Runs) -> str | None:
+    if any(r.paired(*_DELTA)[0].size >= 3 for r in runs):
+        return None
+    return "no run logged entropy/predicted_delta and entropy/actual_delta on >= 3 common steps"
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def draw_delta(fig: FigureBase, runs: Runs) -> list[str]:
+    ax_sc, ax_t = fig.subplots(1, 2, width_ratios=[1, 1.6])
+    lo, hi = np.inf, -np.inf
+    corr: list[tuple[int, float, int]] = []
+    for i, run in enumerate(runs):
+        steps, pred, act = run.paired(*_DELTA)
+        if steps.size < 3:
+            continue
+        ax_sc.scatter(pred, act, s=16, color=color(i), alpha=0.6, lw=0)
+        corr.append((i, _pearson(pred, act), steps.size))
+        lo, hi = min(lo, pred.min(), act.min()), max(hi, pred.max(), act.max())
+        # Per-step deltas are noisy; their running sums show whether the prediction tracks
+        # the entropy trajectory (the sum of actual deltas is H(step) - H(first step)).
+        ax_t.plot(steps, np.cumsum(act), color=color(i), lw=2)
+        ax_t.plot(steps, np.cumsum(pred), color=color(i), lw=1.5, ls="--")
+    ax_sc.plot([lo, hi], [lo, hi], color="0.5", lw=1, ls=":", zorder=1)
+    ax_sc.axhline(0, color="0.6", lw=0.8)
+    ax_sc.axvline(0, color="0.6", lw=0.8)
+    for row, (i, r, n) in enumerate(corr):
+        ax_sc.text(0.03, 0.97 - 0.08 * row, f"r = {r:.2f}  (n = {n})", transform=ax_sc.transAxes,
+                   color=color(i), va="top", fontsize=10.5, fontweight="bold")  # fmt: skip
+    ax_sc.set_title("per step: actual vs predicted (Pearson r)")
+    ax_sc.set_xlabel("predicted Δ = −lr·Cov(log π, A)")
+    ax_sc.set_ylabel("actual Δ entropy (nats)")
+    ax_t.axhline(0, color="0.6", lw=0.8)
+    ax_t.set_title("running sum over steps")
+    ax_t.set_xlabel("step")
+    ax_t.set_ylabel("cumulative Δ entropy (nats)")
+    style_legend(ax_t, [("actual Σ Δ", {"lw": 2}), ("predicted Σ Δ", {"ls": "--"})],
+                 loc="lower left")  # fmt: skip
+    mark_events(ax_t, runs, label=True)
+    return [f"{r.label}: fewer than 3 steps with both deltas" for r in runs
+            if r.paired(*_DELTA)[0].size < 3]  # fmt: skip
+
+
+# 5. entropy by position ---------------------------------------------------------------------
+
+_POS = r"entropy/pos_(\d+)"
+
+
+def _needs_pos(runs: Runs) -> str | None:
+    return None if _keys_matching(runs, _POS) else "no run logged entropy/pos_K"
+
+
+def draw_position(fig: FigureBase, runs: Runs) -> list[str]:
+    buckets = _keys_matching(runs, _POS)
+    drawn = [(i, r) for i, r in enumerate(runs) if any(r.has(f"entropy/pos_{k}") for k in buckets)]
+    if len(drawn) == 1:  # one run: heatmap, step on x, position bucket on y
+        i, run = drawn[0]
+        steps = np.array([r["step"] for r in run.records], float)
+        grid = np.full((len(buckets), steps.size), np.nan)
+        for row, k in enumerate(buckets):
+            s, y = run.series(f"entropy/pos_{k}")
+            grid[row, np.searchsorted(steps, s)] = y
+        ax = fig.subplots()
+        mesh = ax.pcolormesh(steps, np.array(buckets, float), grid, shading="nearest",
+                             cmap="magma", vmin=0)  # fmt: skip
+        ax.invert_yaxis()
+        ax.grid(False)
+        ax.set_yticks(buckets, [f"{k}" for k in buckets])
+        ax.set_xlabel("step")
+        ax.set_ylabel("position bucket (0 = start of answer)")
+        fig.colorbar(mesh, ax=ax, label="entropy (nats)", pad=0.01)
+        mark_events(ax, runs, label=True)
+    else:  # several runs: one small axis per bucket, runs overlaid
+        axes = np.atleast_1d(fig.subplots(1, len(buckets), sharey=True)).ravel()
+        for ax, k in zip(axes, buckets, strict=True):
+            for i, run in drawn:
+                steps, y = run.series(f"entropy/pos_{k}")
+                if steps.size:
+                    ax.plot(steps, y, color=color(i), lw=1.6)
+            ax.set_title(f"bucket {k}" + (" (start)" if k == buckets[0] else ""))
+            ax.set_xlabel("step")
+            ax.set_ylim(bottom=0)
+            mark_events(ax, runs, label=False)
+        axes[0].set_ylabel("entropy (nats)")
+    return [f"{r.label}: no entropy/pos_K" for r in runs if all(r is not d[1] for d in drawn)]
+
+
+# 6. pass@k ----------------------------------------------------------------------------------
+
+_PASS = r"eval/pass@(\d+)"
+
+
+def _needs_pass(runs: Runs) -> str | None:
+    return None if _keys_matching(runs, _PASS) else "no run logged eval/pass@k"
+
+
+def _pass_curve(run: RunData, ks: Sequence[int], which: int) -> tuple[int, list[int], list[float]]:
+    """(step, ks, pass@k) of the first (which=0) or last (which=-1) record holding pass@k."""
+    rows = [r for r in run.records if any(f"eval/pass@{k}" in r for k in ks)]
+    row = rows[which]
+    pts = [(k, as_finite(row.get(f"eval/pass@{k}"))) for k in ks]
+    return int(row["step"]), [k for k, v in pts if v is not None], [v for _, v in pts if v is not None]
+
+
+def draw_pass(fig: FigureBase, runs: Runs) -> list[str]:
+    ks = _keys_matching(runs, _PASS)
+    ax_k, ax_t = fig.subplots(1, 2, width_ratios=[1, 1.6])
+    drawn = [(i, r) for i, r in enumerate(runs) if any(r.has(f"eval/pass@{k}") for k in ks)]
+    # Over time only the smallest and largest k: pass@1 is what RL optimises, pass@k_max is
+    # what it may give up (Yue et al. 2025); all k in between crowd the axis.
+    k_styles = [(ks[0], "-", "o")] + ([(ks[-1], "--", "s")] if len(ks) > 1 else [])
+    for i, run in drawn:
+        s0, k0, v0 = _pass_curve(run, ks, 0)
+        s1, k1, v1 = _pass_curve(run, ks, -1)
+        if s0 != s1:
+            ax_k.plot(k0, v0, color=color(i), ls="--", marker="o", mfc="white", lw=1.3)
+        ax_k.plot(k1, v1, color=color(i), marker="o", markeredgecolor="white")
+        for k, ls, marker in k_styles:
+            steps, y = run.series(f"eval/pass@{k}")
+            if steps.size:
+                ax_t.plot(steps, y, color=color(i), lw=1.5, ls=ls, marker=marker, ms=5)
+    ax_k.set_xscale("log", base=2)
+    ax_k.set_xticks(ks, [str(k) for k in ks])
+    ax_k.minorticks_off()
+    ax_k.set_xlabel("k")
+    ax_k.set_ylabel("pass@k")
+    ax_k.set_title("first eval vs last eval")
+    style_legend(ax_k, [("first eval", {"ls": "--", "marker": "o", "mfc": "white"}),
+                        ("last eval", {"marker": "o"})], loc="lower right")  # fmt: skip
+    ax_t.set_xlabel("step")
+    ax_t.set_ylabel("pass@k")
+    ax_t.set_title(" and ".join(f"pass@{k}" for k, _, _ in k_styles) + " over training")
+    style_legend(ax_t, [(f"pass@{k}", {"ls": ls, "marker": m}) for k, ls, m in k_styles],
+                 loc="lower right")  # fmt: skip
+    mark_events(ax_t, runs, label=True)
+    return [f"{r.label}: no eval/pass@k" for r in runs if all(r is not d[1] for d in drawn)]
+
+
+# 7. entropy-performance fit -----------------------------------------------------------------
+
+
+def _needs_rh(runs: Runs) -> str | None:
+    for r in runs:
+        key, _, h, perf = rh_points(r)
+        if key and fit_entropy_performance(h, perf) is not None:
+            return None
+    return "no run has >= 3 steps with entropy/mean and acc/eval (or reward/mean) to fit"
+
+
+def draw_rh(fig: FigureBase, runs: Runs) -> list[str]:
+    from matplotlib.colors import Normalize
+
+    fits = []
+    for i, r in enumerate(runs):
+        key, steps, h, perf = rh_points(r)
+        fit = fit_entropy_performance(h, perf) if key else None
+        if fit is not None:
+            fits.append((i, r, key, steps, h, perf, fit))
+    ncols = min(len(fits), 3)
+    nrows = -(-len(fits) // ncols)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharey=True)).ravel()
+    norm = Normalize(vmin=1, vmax=max(float(f[3].max()) for f in fits))
+    h_max = max(float(f[4].max()) for f in fits) * 1.08
+    sc = None
+    for ax, (i, run, key, steps, h, perf, fit) in zip(axes, fits, strict=False):
+        inside = np.linspace(h.min(), h.max(), 100)  # solid where there is data,
+        beyond = np.linspace(0, h.min(), 100)  # dotted where the law extrapolates to H = 0
+        ax.plot(inside, fit.predict(inside), color=color(i), lw=2.2, zorder=2)
+        ax.plot(beyond, fit.predict(beyond), color=color(i), lw=1.6, ls=":", zorder=2)
+        sc = ax.scatter(h, perf, c=steps, cmap="viridis", norm=norm, s=36, zorder=3,
+                        edgecolors="white", linewidths=0.5)  # fmt: skip
+        ax.axhline(fit.ceiling, color=color(i), ls=(0, (1, 3)), lw=1)
+        ax.plot([0], [fit.ceiling], marker="*", ms=14, color=color(i), zorder=4, clip_on=False)
+        ax.text(0.98, fit.ceiling, f"ceiling b − a = {fmt(fit.ceiling)}", color=color(i),
+                transform=ax.get_yaxis_transform(), ha="right", va="bottom",
+                fontsize=10.5, fontweight="bold")  # fmt: skip
+        r2 = f"R² {fit.r2:.2f}" if np.isfinite(fit.r2) else "R constant"
+        ax.set_title(f"{run.label}\na = {fmt(fit.a)}, b = {fmt(fit.b)}, {r2}, n = {fit.n}",
+                     color=color(i))  # fmt: skip
+        ax.set_xlim(0, h_max)
+        ax.set_xlabel("entropy/mean (nats)")
+        ax.set_ylabel("eval accuracy" if key == "acc/eval" else "mean reward")
+    for ax in axes[len(fits) :]:
+        ax.set_visible(False)
+    if sc is not None:
+        fig.colorbar(sc, ax=list(axes[: len(fits)]), label="step", pad=0.01, shrink=0.9)
+    return [f"{r.label}: too few points for the R-H fit" for r in runs
+            if all(r is not f[1] for f in fits)]  # fmt: skip
+
+
+# registry and rendering ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One figure: its file stem, a title saying what to look for, and its two functions."""
+
+    slug: str
+    title: str
+    needs: Callable[[Runs], str | None]
+    draw: Callable[[FigureBase, Runs], list[str]]
+    size: tuple[float, float] = (11.0, 4.4)
+    time_axis: bool = True  # x is the step: collapse events are marked and in the legend
+
+
+PANELS: tuple[Panel, ...] = (
+    Panel("entropy", "Policy entropy: a slide toward 0 means the policy has stopped exploring",
+          _need_any("entropy/mean"), draw_entropy),
+    Panel("reward_accuracy", "Reward and accuracy: do they keep rising while entropy falls?",
+          _need_any("reward/mean", "acc/train", "acc/eval"), draw_reward_acc),
+    Panel("clipping", "Clipping: which side of the trust region binds, and how big the updates are",
+          _need_any(*(s[0] for s in _CLIP_SIDES), "ratio/abs_dev"), draw_clip),
+    Panel("entropy_delta", "Entropy change: does −lr·Cov(log π, A) predict the next step's Δ?",
+          _needs_delta, draw_delta),
+    Panel("entropy_position", "Entropy by position in the answer: where the policy still explores",
+          _needs_pos, draw_position),
+    Panel("pass_at_k", "pass@k: a last-eval curve below the first at large k means RL narrowed "
+          "what the model can solve", _needs_pass, draw_pass),
+    Panel("entropy_performance", "Entropy–performance law R = −a·exp(H) + b: the curve at H = 0 "
+          "is the ceiling the run heads for", _needs_rh, draw_rh, (11.0, 4.6), time_axis=False),
+)  # fmt: skip
+
+
+@dataclass
+class RenderedFigure:
+    """A panel as it went into the report: its PNG, or why it was skipped, plus notes."""
+
+    slug: str
+    title: str
+    path: Path | None = None
+    png: bytes | None = None
+    skipped: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _draw_into(fig: FigureBase, panel: Panel, runs: Runs, *, title_size: float) -> list[str]:
+    fig.suptitle(panel.title, fontsize=title_size, fontweight="bold", x=0.01, ha="left")
+    return panel.draw(fig, runs)
+
+
+def render_figures(runs: Runs, out_dir: Path, *, dpi: int = 110) -> list[RenderedFigure]:
+    """Draw every panel to ``out_dir/<slug>.png`` and all drawable ones to ``overview.png``."""
+    require_matplotlib()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rendered: list[RenderedFigure] = []
+    with style():
+        for panel in PANELS:
+            item = RenderedFigure(panel.slug, panel.title, skipped=panel.needs(runs))
+            rendered.append(item)
+            if item.skipped is not None:
+                continue
+            fig = new_figure(*panel.size)
+            item.notes = _draw_into(fig, panel, runs, title_size=13)
+            run_legend(fig, runs, events=panel.time_axis)
+            item.png = to_png(fig, dpi=dpi)
+            item.path = out_dir / f"{panel.slug}.png"
+            item.path.write_bytes(item.png)
+        drawable = [p for p, r in zip(PANELS, rendered, strict=True) if r.skipped is None]
+        if drawable:
+            ncols = 2 if len(drawable) > 1 else 1
+            nrows = -(-len(drawable) // ncols)
+            fig = new_figure(10.0 * ncols, 4.3 * nrows + 0.6)
+            subfigs = np.atleast_1d(fig.subfigures(nrows, ncols, squeeze=False)).ravel()
+            for sub, panel in zip(subfigs, drawable, strict=False):
+                _draw_into(sub, panel, runs, title_size=12)
+            run_legend(fig, runs, loc="outside upper center")
+            png = to_png(fig, dpi=dpi)
+            path = out_dir / "overview.png"
+            path.write_bytes(png)
+            rendered.insert(0, RenderedFigure("overview", "Overview", path=path, png=png))
+    return rendered

@@ -1,0 +1,233 @@
+"""Read a run directory written by the trainer: metrics, collapse events and config.
+
+A run directory holds
+  metrics.jsonl   one JSON object per RL step (keys: docs/metrics.md); required
+  events.jsonl    collapse-detector events (format: bottom of docs/metrics.md); optional
+  config.yaml     the resolved config (``name``, ``preset``, ``seed``, ...); optional
+
+Runs are read while they are still being written, so the last line of a JSONL file may be
+cut off mid-object: it is skipped with a ``TruncatedRunWarning`` and a note on the run. A
+broken line anywhere else means the file is corrupt and raises ValueError with its line
+number. Metric values may be absent on some steps (eval metrics every N steps), ``null`` or
+``NaN``; ``RunData.series`` returns only the finite ones. This module needs only numpy and
+PyYAML, so summaries work without the ``report`` extra.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+__all__ = ["Event", "RunData", "TruncatedRunWarning", "load_run", "load_runs"]
+
+METRICS_FILE = "metrics.jsonl"
+EVENTS_FILE = "events.jsonl"
+CONFIG_FILE = "config.yaml"
+SEVERITIES = ("warning", "critical")
+
+
+class TruncatedRunWarning(UserWarning):
+    """The last line of a JSONL file was incomplete (the run is still being written)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One collapse-detector event: ``{"step", "rule", "severity", "values", "message", "action"}``."""
+
+    step: int
+    rule: str
+    severity: str  # "warning" | "critical"
+    message: str = ""
+    action: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunData:
+    """One run as read from disk.
+
+    ``records`` are the metric rows sorted by ``step``; a step logged twice (a resumed run
+    re-logging steps) keeps its last row. ``notes`` collects what was skipped while reading.
+    """
+
+    path: Path
+    label: str
+    config: dict[str, Any]
+    records: list[dict[str, Any]]
+    events: list[Event]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def keys(self) -> set[str]:
+        """Every metric key that has at least one finite value."""
+        return {k for r in self.records for k, v in r.items() if as_finite(v) is not None}
+
+    def has(self, key: str) -> bool:
+        """True if ``key`` has at least one finite value in this run."""
+        return any(as_finite(r.get(key)) is not None for r in self.records)
+
+    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of the steps where ``key`` is a finite number; both shape (n,)."""
+        steps: list[float] = []
+        values: list[float] = []
+        for r in self.records:
+            v = as_finite(r.get(key))
+            if v is not None:
+                steps.append(float(r["step"]))
+                values.append(v)
+        return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+
+    def paired(self, key_x: str, key_y: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(steps, x, y) over the steps where both keys are finite; each shape (n,)."""
+        steps: list[float] = []
+        xs: list[float] = []
+        ys: list[float] = []
+        for r in self.records:
+            x, y = as_finite(r.get(key_x)), as_finite(r.get(key_y))
+            if x is not None and y is not None:
+                steps.append(float(r["step"]))
+                xs.append(x)
+                ys.append(y)
+        return np.asarray(steps, float), np.asarray(xs, float), np.asarray(ys, float)
+
+    @property
+    def last_step(self) -> int:
+        return int(self.records[-1]["step"])
+
+
+def as_finite(value: Any) -> float | None:
+    """The value as a float if it is a finite number (not bool, None, NaN, inf or a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def _read_jsonl(path: Path, notes: list[str]) -> list[dict[str, Any]]:
+    """Parse one JSON object per line; skip blank lines and a cut-off last line (with a warning)."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
+    rows: list[dict[str, Any]] = []
+    for idx, (lineno, line) in enumerate(numbered):
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+        except ValueError as err:
+            if idx == len(numbered) - 1:
+                msg = f"{path}: skipped incomplete last line {lineno} (run still being written?)"
+                warnings.warn(msg, TruncatedRunWarning, stacklevel=3)
+                notes.append(msg)
+                break
+            raise ValueError(
+                f"{path}, line {lineno}: not a JSON object ({err}); only the last line of a "
+                "run that is still being written may be incomplete"
+            ) from err
+        rows.append(obj)
+    return rows
+
+
+def _read_metrics(path: Path, notes: list[str]) -> list[dict[str, Any]]:
+    by_step: dict[int, dict[str, Any]] = {}
+    for i, row in enumerate(_read_jsonl(path, notes)):
+        step = as_finite(row.get("step"))
+        s = int(step) if step is not None else i + 1  # no step key: 1-based row number
+        if s in by_step:
+            notes.append(f"{path.name}: step {s} logged twice; kept the later row")
+        by_step[s] = {**row, "step": s}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _read_events(path: Path, notes: list[str]) -> list[Event]:
+    events: list[Event] = []
+    for row in _read_jsonl(path, notes):
+        step = as_finite(row.get("step"))
+        if step is None:
+            notes.append(f"{path.name}: skipped an event without a step: {row}")
+            continue
+        severity = str(row.get("severity") or "warning").lower()
+        if severity not in SEVERITIES:
+            notes.append(f"{path.name}: unknown severity {severity!r} at step {int(step)}")
+        values = row.get("values")
+        action = row.get("action")
+        events.append(
+            Event(
+                step=int(step),
+                rule=str(row.get("rule") or "unknown"),
+                severity=severity,
+                message=str(row.get("message") or ""),
+                action=None if action is None else str(action),
+                values=values if isinstance(values, dict) else {},
+            )
+        )
+    return sorted(events, key=lambda e: e.step)
+
+
+def _read_config(path: Path, notes: list[str]) -> dict[str, Any]:
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        notes.append(f"{path.name}: could not be parsed ({err.__class__.__name__}); ignored")
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def run_label(config: dict[str, Any], run_dir: Path) -> str:
+    """``name`` (else ``preset``) from the config plus ``seed N``; else the directory name."""
+    base = config.get("name") or config.get("preset")
+    seed = config.get("seed")
+    if not base:
+        return run_dir.name if seed is None else f"{run_dir.name} seed {seed}"
+    return str(base) if seed is None else f"{base} seed {seed}"
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read one run directory; FileNotFoundError if it has no metrics.jsonl."""
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / METRICS_FILE
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist (or is not a directory)")
+    if not metrics_path.is_file():
+        raise FileNotFoundError(
+            f"{metrics_path} not found: a run directory must contain {METRICS_FILE} "
+            "(one JSON object per step, written by the trainer)"
+        )
+    notes: list[str] = []
+    records = _read_metrics(metrics_path, notes)
+    if not records:
+        raise ValueError(f"{metrics_path} holds no complete step yet; nothing to report")
+    events_path = run_dir / EVENTS_FILE
+    events = _read_events(events_path, notes) if events_path.is_file() else []
+    config_path = run_dir / CONFIG_FILE
+    config = _read_config(config_path, notes) if config_path.is_file() else {}
+    return RunData(
+        path=run_dir,
+        label=run_label(config, run_dir),
+        config=config,
+        records=records,
+        events=events,
+        notes=notes,
+    )
+
+
+def load_runs(run_dirs: list[Path]) -> list[RunData]:
+    """Read several runs; labels that collide get their directory name appended."""
+    if not run_dirs:
+        raise ValueError("no run directories given; pass at least one RUN_DIR")
+    runs = [load_run(d) for d in run_dirs]
+    labels = [r.label for r in runs]
+    for r in runs:
+        if labels.count(r.label) > 1:
+            r.label = f"{r.label} ({r.path.name})"
+    labels = [r.label for r in runs]
+    for i, r in enumerate(runs):
+        if labels.count(r.label) > 1:  # same dir name under different parents
+            r.label = f"{r.label} #{i + 1}"
+    return runs
