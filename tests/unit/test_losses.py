@@ -104,7 +104,8 @@ def test_aggregate_empty_batch_is_zero_and_padding_never_leaks(mode: str) -> Non
     out.backward()
     assert float(out.detach()) == 0.0
     assert x.grad is not None and torch.equal(x.grad, torch.zeros(2, 3, dtype=F64))
-    assert float(aggregate(x, torch.zeros(2, 3), mode, num_tokens=0, num_seqs=0, max_len=3)) == 0
+    zero_counts = aggregate(x, torch.zeros(2, 3), mode, num_tokens=0, num_seqs=0, max_len=3)
+    assert float(zero_counts.detach()) == 0.0
 
 
 def test_aggregate_gradient_weights() -> None:
@@ -143,27 +144,33 @@ def test_ppo_hand_worked_clip_higher() -> None:
     # token-mean = (-1.28 + 0.8 - 1.1) / 3 = -0.526667; each gradient is divided by 3
     case = _ratio_case([math.log(1.5), math.log(0.5), math.log(1.1)], [1.0, -1.0, 1.0])
     loss, m = policy_loss("ppo", **case, eps_low=0.2, eps_high=0.28)
-    assert float(loss) == pytest.approx((-1.28 + 0.8 - 1.1) / 3)
+    assert loss.item() == pytest.approx((-1.28 + 0.8 - 1.1) / 3)
     loss.backward()
-    torch.testing.assert_close(case["logprobs"].grad, torch.tensor([[0.0, 0.0, -1.1 / 3]], dtype=F64))
+    torch.testing.assert_close(
+        case["logprobs"].grad, torch.tensor([[0.0, 0.0, -1.1 / 3]], dtype=F64)
+    )
     assert m["clip/upper_frac"] == pytest.approx(1 / 3)
     assert m["clip/lower_frac"] == pytest.approx(1 / 3)
-    assert m["loss/policy"] == pytest.approx(float(loss))
+    assert m["loss/policy"] == pytest.approx(loss.item())
 
 
 def test_ppo_dual_clip() -> None:
-    # r = 4, A = -1, eps 0.2, c = 3: ppo term max(4, 1.2) = 4, capped at -c*A = 3 -> grad 0
-    # r = 2, A = -1: max(2, 1.2) = 2 < 3 -> not capped, grad -A*r = 2
-    # mean = (3 + 2) / 2 = 2.5; without the dual clip (4 + 2) / 2 = 3
-    case = _ratio_case([math.log(4.0), math.log(2.0)], [-1.0, -1.0])
+    # eps 0.2, c = 3:
+    # token 0: r = 4, A = -1: ppo term max(4, 1.2) = 4, capped at -c*A = 3 -> grad 0, dual
+    # token 1: r = 2, A = -1: max(2, 1.2) = 2 < 3 -> not capped, grad -A*r = 2
+    # token 2: r = 4, A = +1: -min(4, 1.2) = -1.2, upper clip (the dual clip is for A < 0)
+    # mean = (3 + 2 - 1.2) / 3 = 1.266667; without the dual clip (4 + 2 - 1.2) / 3 = 1.6
+    log_r, adv = [math.log(4.0), math.log(2.0), math.log(4.0)], [-1.0, -1.0, 1.0]
+    case = _ratio_case(log_r, adv)
     loss, m = policy_loss("ppo", **case, dual_clip_c=3.0)
-    assert float(loss) == pytest.approx(2.5)
+    assert loss.item() == pytest.approx(3.8 / 3)
     loss.backward()
-    torch.testing.assert_close(case["logprobs"].grad, torch.tensor([[0.0, 1.0]], dtype=F64))
-    assert m["clip/dual_frac"] == pytest.approx(0.5)
+    torch.testing.assert_close(case["logprobs"].grad, torch.tensor([[0.0, 2 / 3, 0.0]], dtype=F64))
+    assert m["clip/dual_frac"] == pytest.approx(1 / 3)
+    assert m["clip/upper_frac"] == pytest.approx(1 / 3)
     assert m["clip/lower_frac"] == 0.0
-    loss, m = policy_loss("ppo", **_ratio_case([math.log(4.0), math.log(2.0)], [-1.0, -1.0]))
-    assert float(loss) == pytest.approx(3.0)
+    loss, m = policy_loss("ppo", **_ratio_case(log_r, adv))
+    assert loss.item() == pytest.approx(1.6)
     assert m["clip/dual_frac"] == 0.0
 
 
@@ -206,7 +213,7 @@ def test_cispo_hand_worked_keeps_gradient_of_clipped_tokens() -> None:
     loss, m = policy_loss(
         "cispo", logprobs=lp, old_logprobs=old, advantages=adv, mask=torch.ones(1, 2)
     )
-    assert float(loss) == pytest.approx(0.39)
+    assert loss.item() == pytest.approx(0.39)
     loss.backward()
     torch.testing.assert_close(lp.grad, torch.tensor([[-1.28 / 2, 0.5 / 2]], dtype=F64))
     assert m["clip/upper_frac"] == pytest.approx(0.5)  # token 0; no lower bound -> 0
@@ -222,7 +229,7 @@ def test_gspo_sequence_ratio_hand_value() -> None:
         case["mask"] = torch.tensor([[1, 1, 0]])
         case["advantages"] = torch.tensor([adv], dtype=F64)
         loss, m = policy_loss("gspo", **case)
-        assert float(loss) == pytest.approx(expected, abs=1e-12)
+        assert loss.item() == pytest.approx(expected, abs=1e-12)
         assert m["clip/lower_frac"] == lower
     assert math.exp(-0.1) == pytest.approx(0.904837, abs=1e-6)
 
@@ -237,7 +244,7 @@ def test_gpg_hand_value() -> None:
         advantages=torch.tensor([[2.0, -1.0]], dtype=F64),
         mask=torch.ones(1, 2),
     )
-    assert float(loss) == pytest.approx(-0.5)
+    assert loss.item() == pytest.approx(-0.5)
     loss.backward()
     torch.testing.assert_close(lp.grad, torch.tensor([[-1.0, 0.5]], dtype=F64))
     assert m["clip/upper_frac"] == m["clip/lower_frac"] == m["clip/dual_frac"] == 0.0
@@ -257,7 +264,7 @@ def test_kl_cov_hand_worked() -> None:
     }
     loss, m = policy_loss("kl_cov", **kwargs, kl_cov_frac=0.25)
     r = math.exp(0.1)
-    assert float(loss) == pytest.approx((-2 * r + 0.1 + r) / 4, abs=1e-12)
+    assert loss.item() == pytest.approx((-2 * r + 0.1 + r) / 4, abs=1e-12)
     assert m["clip/kl_cov_frac"] == 0.25
     loss.backward()
     # grad: d(-A r)/dlogpi = -A r; token 0 also + coef * sign(log r) = +1
@@ -369,7 +376,9 @@ def test_clip_cov_detaches_only_in_bounds_unclipped_tokens() -> None:
     # same seed -> same tokens
     g1, g2 = (torch.Generator().manual_seed(7) for _ in range(2))
     h = {"clip_ratio": 0.05, "cov_lower": lower, "cov_upper": upper}
-    assert torch.equal(grads("clip_cov", **h, generator=g1)[1], grads("clip_cov", **h, generator=g2)[1])
+    assert torch.equal(
+        grads("clip_cov", **h, generator=g1)[1], grads("clip_cov", **h, generator=g2)[1]
+    )
 
 
 def test_kl_cov_penalises_top_covariance_tokens_only() -> None:
@@ -421,9 +430,7 @@ def test_padding_invariance_every_loss_and_agg(name: str) -> None:
         for inputs in (b, padded):
             lp = inputs["logprobs"].clone().requires_grad_(True)
             rest = {k: v for k, v in inputs.items() if k != "logprobs"}
-            loss, m = policy_loss(
-                name, logprobs=lp, **rest, agg=agg, max_len=16, **_hparams(name)
-            )
+            loss, m = policy_loss(name, logprobs=lp, **rest, agg=agg, max_len=16, **_hparams(name))
             loss.backward()
             assert lp.grad is not None
             results.append((loss.detach(), lp.grad, m))
@@ -470,8 +477,8 @@ def test_fully_masked_row_and_batch_are_finite(name: str) -> None:
         loss.backward()
         assert lp.grad is not None and bool(torch.isfinite(lp.grad).all())
         assert torch.count_nonzero(lp.grad[1]) == 0
-        assert math.isfinite(float(loss)) and all(math.isfinite(v) for v in m.values())
-    assert float(loss) == 0.0 and m["_count/tokens"] == 0.0 and m["ratio/max"] == 0.0
+        assert math.isfinite(loss.item()) and all(math.isfinite(v) for v in m.values())
+    assert loss.item() == 0.0 and m["_count/tokens"] == 0.0 and m["ratio/max"] == 0.0
 
 
 @settings(max_examples=40, deadline=None)
@@ -488,18 +495,25 @@ def test_every_loss_finite_for_finite_inputs(b: int, t: int, data: st.DataObject
     lp = torch.tensor(floats(-20.0, 0.0))
     old = torch.tensor(floats(-20.0, 0.0))
     adv = torch.tensor(floats(-10.0, 10.0))
-    mask = torch.tensor(data.draw(st.lists(st.lists(st.booleans(), min_size=t, max_size=t),
-                                           min_size=b, max_size=b)))
+    mask = torch.tensor(
+        data.draw(st.lists(st.lists(st.booleans(), min_size=t, max_size=t), min_size=b, max_size=b))
+    )
     for name in ALL_LOSSES:
         for agg in AGG_MODES:
             x = lp.clone().requires_grad_(True)
             loss, m = policy_loss(
-                name, logprobs=x, old_logprobs=old, advantages=adv, mask=mask, agg=agg,
-                max_len=t, **_hparams(name),
+                name,
+                logprobs=x,
+                old_logprobs=old,
+                advantages=adv,
+                mask=mask,
+                agg=agg,
+                max_len=t,
+                **_hparams(name),
             )
             loss.backward()
             assert x.grad is not None
-            assert math.isfinite(float(loss)), (name, agg)
+            assert math.isfinite(loss.item()), (name, agg)
             assert bool(torch.isfinite(x.grad).all()), (name, agg)
             assert all(math.isfinite(v) for v in m.values()), (name, agg, m)
 
@@ -574,7 +588,9 @@ def test_bad_names_and_shapes() -> None:
         policy_loss("grpo", **b)
     with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) eps for policy loss 'gpg'"):
         policy_loss("gpg", **b, eps=0.2)
-    with pytest.raises(ValueError, match=r"clip_eps .*allowed: eps, eps_low, eps_high, dual_clip_c"):
+    with pytest.raises(
+        ValueError, match=r"clip_eps .*allowed: eps, eps_low, eps_high, dual_clip_c"
+    ):
         policy_loss("ppo", **b, clip_eps=0.2)
     with pytest.raises(ValueError, match="unknown aggregation mode 'sum'"):
         policy_loss("ppo", **b, agg="sum")
