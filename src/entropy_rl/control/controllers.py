@@ -153,7 +153,7 @@ class TargetSchedule:
             raise ValueError(f"unknown schedule keys {sorted(unknown)}; allowed {sorted(allowed)}")
         return cls(kind, **d)
 
-    def __call__(self, step: int) -> float:
+    def __call__(self, step: float) -> float:
         if self.kind == "constant":
             return self.start
         assert self.total_steps is not None  # checked in __post_init__

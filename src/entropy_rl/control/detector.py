@@ -1,0 +1,464 @@
+"""Collapse detector: rules over the per-step metric stream that emit events.
+
+``CollapseDetector.observe(metrics)`` takes one step's metrics (the row written to
+``metrics.jsonl``) and returns the events that fired at that step. Four rules:
+
+* ``entropy_drop``: ``entropy/mean`` fell by more than a fraction of its peak within a
+  window of steps while accuracy did not improve;
+* ``entropy_floor``: ``entropy/mean`` under a floor before a given fraction of training;
+* ``exploration_collapse``: ``eval/distinct_answers`` fell to <= a minimum, or pass@K at the
+  largest K stalled or fell while pass@1 rose over the last evaluations;
+* ``entropy_explosion``: entropy above a ceiling (absolute or a multiple of its initial
+  value), ``gen/repetition`` risen above its initial value, or ``length/mean`` above a multiple
+  of its initial value.
+
+A rule whose metrics are absent (or non-finite) at a step is skipped for that step: it
+neither fires nor counts as quiet. Each rule fires once per episode: after firing it stays
+silent until its condition has been false at ``rearm_steps`` consecutive evaluations and
+``cooldown_steps`` steps have passed. The detector only *reports* the configured action
+(``Event.action``); the trainer carries it out. ``is_healthy`` is False while any rule's
+condition held at its latest evaluation; the trainer can use it to mark the last healthy
+checkpoint for ``rollback``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+__all__ = ["ACTIONS", "RULES", "CollapseDetector", "DetectorConfig", "Event"]
+
+ACTIONS = ("none", "stop", "raise_eps_high", "raise_entropy_coef", "rollback")
+RULES = ("entropy_drop", "entropy_floor", "exploration_collapse", "entropy_explosion")
+Severity = Literal["warning", "critical"]
+
+ENTROPY = "entropy/mean"
+DISTINCT = "eval/distinct_answers"
+REPETITION = "gen/repetition"
+LENGTH = "length/mean"
+PASS1_KEYS = ("eval/pass@1", "acc/eval")
+_PASS_AT = re.compile(r"^eval/pass@(\d+)$")
+
+
+@dataclass
+class DetectorConfig:
+    """Thresholds, windows and actions of the four rules; every field has a default.
+
+    Actions are one of ``ACTIONS``: none, stop, raise_eps_high, raise_entropy_coef, rollback.
+    """
+
+    entropy_drop_enabled: bool = True
+    """Run the entropy_drop rule."""
+    entropy_drop_window: int = 10
+    """Steps back over which the drop is measured: from the window's peak to now."""
+    entropy_drop_frac: float = 0.5
+    """Fires when (peak - now) / peak exceeds this fraction, in (0, 1)."""
+    entropy_drop_min_acc_gain: float = 0.02
+    """...and accuracy gained less than this over the window: mean of the newer half of the
+    window's accuracy values minus the mean of the older half."""
+    entropy_drop_action: str = "none"
+    """Action reported with entropy_drop events (severity warning)."""
+
+    entropy_floor_enabled: bool = True
+    """Run the entropy_floor rule."""
+    entropy_floor_value: float = 0.05
+    """Fires when entropy/mean is below this many nats..."""
+    entropy_floor_before_frac: float = 0.5
+    """...at a step before this fraction of total_steps, in (0, 1]."""
+    entropy_floor_action: str = "none"
+    """Action reported with entropy_floor events (severity critical)."""
+
+    exploration_collapse_enabled: bool = True
+    """Run the exploration_collapse rule (on evaluation steps only)."""
+    exploration_distinct_min: float = 1.0
+    """Fires when eval/distinct_answers (per prompt) falls to <= this from a baseline above it."""
+    exploration_passk_window: int = 3
+    """Number of evaluations compared for the pass@K-vs-pass@1 check (first vs last), >= 2."""
+    exploration_passk_max_gain: float = 0.0
+    """pass@K at the largest K counts as stalled when it gained at most this over the window..."""
+    exploration_pass1_min_gain: float = 0.05
+    """...while pass@1 (eval/pass@1, else acc/eval) gained at least this."""
+    exploration_passk_saturated: float = 0.98
+    """pass@K at or above this is saturated, not stalled: the pass@K check is then skipped."""
+    exploration_collapse_action: str = "none"
+    """Action reported with exploration_collapse events (severity warning)."""
+
+    entropy_explosion_enabled: bool = True
+    """Run the entropy_explosion rule."""
+    explosion_entropy_ceiling: float | None = None
+    """Absolute ceiling on entropy/mean in nats; None disables this check."""
+    explosion_entropy_mult: float | None = 3.0
+    """Fires when entropy/mean exceeds this multiple of its initial value; None disables."""
+    explosion_repetition_rise: float | None = 0.2
+    """Fires when gen/repetition exceeds its initial value by this much; None disables."""
+    explosion_length_mult: float | None = 2.0
+    """Fires when length/mean exceeds this multiple of its initial value; None disables."""
+    entropy_explosion_action: str = "none"
+    """Action reported with entropy_explosion events (critical when entropy crossed its
+    ceiling, warning when only repetition or length did)."""
+
+    accuracy_keys: tuple[str, ...] = ("acc/train", "acc/eval")
+    """Accuracy metrics for entropy_drop, in order of preference (first with >= 2 values in
+    the window is used)."""
+    baseline_steps: int = 1
+    """A metric's initial value is the mean of its first this-many observations."""
+    cooldown_steps: int = 20
+    """Minimum steps between two events of the same rule."""
+    rearm_steps: int = 3
+    """A rule re-arms after its condition was false at this many consecutive evaluations."""
+
+    def __post_init__(self) -> None:
+        self.accuracy_keys = tuple(self.accuracy_keys)
+        for rule in RULES:
+            action = getattr(self, f"{rule}_action")
+            if action not in ACTIONS:
+                raise ValueError(f"{rule}_action must be one of {ACTIONS}, got {action!r}")
+        for name, low in (
+            ("entropy_drop_window", 1),
+            ("exploration_passk_window", 2),
+            ("baseline_steps", 1),
+            ("cooldown_steps", 0),
+            ("rearm_steps", 1),
+        ):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+        for name, lo, hi in (
+            ("entropy_drop_frac", 0.0, 1.0),
+            ("entropy_floor_before_frac", 0.0, 1.0),
+        ):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and lo < v <= hi):
+                raise ValueError(f"{name} must be in ({lo}, {hi}], got {v!r}")
+        for name in (
+            "entropy_drop_min_acc_gain",
+            "entropy_floor_value",
+            "exploration_distinct_min",
+            "exploration_passk_max_gain",
+            "exploration_pass1_min_gain",
+            "exploration_passk_saturated",
+        ):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        for name in (
+            "explosion_entropy_ceiling",
+            "explosion_entropy_mult",
+            "explosion_repetition_rise",
+            "explosion_length_mult",
+        ):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and 0 < v < math.inf):
+                raise ValueError(f"{name} must be a positive number or None, got {v!r}")
+        if not self.accuracy_keys:
+            raise ValueError("accuracy_keys must name at least one metric")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DetectorConfig:
+        """From a config mapping; unknown keys raise ValueError listing the valid ones."""
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown detector options {unknown}; valid: {valid}")
+        return cls(**d)
+
+    def action_for(self, rule: str) -> str | None:
+        """The configured action of ``rule``; None for ``"none"``."""
+        action = getattr(self, f"{rule}_action")
+        return None if action == "none" else str(action)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One detector event: a line of ``events.jsonl`` (schema in docs/metrics.md)."""
+
+    step: int
+    """RL step at which the rule fired."""
+    rule: str
+    """One of ``RULES``."""
+    severity: Severity
+    """warning or critical."""
+    values: dict[str, float]
+    """The numbers the rule compared."""
+    message: str
+    """One line saying what happened."""
+    action: str | None
+    """The configured action for the trainer, None for none."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["values"] = {k: (v if math.isfinite(v) else None) for k, v in self.values.items()}
+        return d
+
+    def to_json(self) -> str:
+        """Strict JSON (non-finite values become null)."""
+        return json.dumps(self.to_dict(), allow_nan=False)
+
+
+@dataclass
+class _RuleState:
+    active: bool = False
+    armed: bool = True
+    quiet: int = 0
+    last_fired: int | None = None
+
+
+# (condition, severity, values, message), or None when the rule cannot be evaluated.
+_Check = tuple[bool, Severity, dict[str, float], str] | None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+class CollapseDetector:
+    """Watch the metric stream; see the module docstring for the rules.
+
+    Args:
+        config: thresholds and actions (defaults: ``DetectorConfig()``).
+        total_steps: planned RL steps, for ``entropy_floor_before_frac``.
+    """
+
+    def __init__(self, config: DetectorConfig | None, total_steps: int) -> None:
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}")
+        self.config = config if config is not None else DetectorConfig()
+        self.total_steps = total_steps
+        self._step = 0
+        self._history: dict[str, deque[tuple[int, float]]] = {}
+        self._first: dict[str, list[float]] = {}
+        self._rules = {r: _RuleState() for r in RULES}
+        self.last_healthy_step: int | None = None
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def is_healthy(self) -> bool:
+        """True when no enabled rule's condition held at its latest evaluation."""
+        return not any(s.active for s in self._rules.values())
+
+    def observe(self, metrics: Mapping[str, Any]) -> list[Event]:
+        """Feed one step's metrics; return the events fired at this step (often none).
+
+        ``metrics["step"]`` is the step; without it the previous step + 1 is used.
+        """
+        step_value = _number(metrics.get("step"))
+        step = int(step_value) if step_value is not None else self._step + 1
+        self._step = step
+        now: dict[str, float] = {}
+        for key, raw in metrics.items():
+            v = _number(raw)
+            if v is not None and key != "step":
+                now[key] = v
+                self._record(key, step, v)
+
+        cfg = self.config
+        checks = {
+            "entropy_drop": self._check_drop,
+            "entropy_floor": self._check_floor,
+            "exploration_collapse": self._check_exploration,
+            "entropy_explosion": self._check_explosion,
+        }
+        events = []
+        for rule, check in checks.items():
+            if not getattr(cfg, f"{rule}_enabled"):
+                continue
+            result = check(step, now)
+            if result is None:
+                continue
+            event = self._hysteresis(rule, step, *result)
+            if event is not None:
+                events.append(event)
+        if self.is_healthy:
+            self.last_healthy_step = step
+        return events
+
+    def state_dict(self) -> dict[str, Any]:
+        """Histories, baselines and rule states as plain JSON-able values."""
+        return {
+            "step": self._step,
+            "history": {k: [list(p) for p in d] for k, d in self._history.items()},
+            "first": {k: list(v) for k, v in self._first.items()},
+            "rules": {r: asdict(s) for r, s in self._rules.items()},
+            "last_healthy_step": self.last_healthy_step,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore from :meth:`state_dict` (the config comes from the constructor)."""
+        try:
+            step = int(state["step"])
+            history = {
+                k: deque(((int(s), float(v)) for s, v in pts), maxlen=self._maxlen(k))
+                for k, pts in state["history"].items()
+            }
+            first = {k: [float(x) for x in v] for k, v in state["first"].items()}
+            rules = {r: _RuleState(**state["rules"][r]) for r in RULES}
+            last = state["last_healthy_step"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a CollapseDetector state dict: {exc!r}") from exc
+        self._step, self._history, self._first, self._rules = step, history, first, rules
+        self.last_healthy_step = None if last is None else int(last)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _maxlen(self, key: str) -> int:
+        """History length: drop window + 1 for entropy/accuracy, the pass@k window for eval."""
+        n = 1
+        if key == ENTROPY or key in self.config.accuracy_keys:
+            n = self.config.entropy_drop_window + 1
+        if key in PASS1_KEYS or _PASS_AT.match(key):
+            n = max(n, self.config.exploration_passk_window)
+        return n
+
+    def _record(self, key: str, step: int, value: float) -> None:
+        tracked = key == ENTROPY or key in self.config.accuracy_keys or key in PASS1_KEYS
+        if tracked or _PASS_AT.match(key):
+            hist = self._history.setdefault(key, deque(maxlen=self._maxlen(key)))
+            hist.append((step, value))
+        first = self._first.setdefault(key, [])
+        if len(first) < self.config.baseline_steps:
+            first.append(value)
+
+    def _baseline(self, key: str) -> float | None:
+        first = self._first.get(key, [])
+        if len(first) < self.config.baseline_steps:
+            return None
+        return sum(first) / len(first)
+
+    def _hysteresis(
+        self,
+        rule: str,
+        step: int,
+        cond: bool,
+        severity: Severity,
+        values: dict[str, float],
+        msg: str,
+    ) -> Event | None:
+        """Fire on the first step of an episode (armed and out of cooldown), else stay quiet."""
+        st = self._rules[rule]
+        st.active = cond
+        if not cond:
+            st.quiet += 1
+            if st.quiet >= self.config.rearm_steps:
+                st.armed = True
+            return None
+        st.quiet = 0
+        cooled = st.last_fired is None or step - st.last_fired >= self.config.cooldown_steps
+        if not (st.armed and cooled):
+            return None
+        st.armed, st.last_fired = False, step
+        return Event(step, rule, severity, values, msg, self.config.action_for(rule))
+
+    # ------------------------------------------------------------------ rules
+
+    def _check_drop(self, step: int, now: dict[str, float]) -> _Check:
+        cfg = self.config
+        if ENTROPY not in now:
+            return None
+        start = step - cfg.entropy_drop_window
+        hs = [v for s, v in self._history[ENTROPY] if s >= start]  # includes this step
+        peak, h = max(hs), now[ENTROPY]
+        if len(hs) < 2 or peak <= 0:
+            return None
+        for key in cfg.accuracy_keys:
+            accs = [v for s, v in self._history.get(key, ()) if s >= start]
+            if len(accs) >= 2:
+                half = len(accs) // 2
+                gain = sum(accs[-half:]) / half - sum(accs[:half]) / half
+                break
+        else:
+            return None
+        drop = (peak - h) / peak
+        cond = drop > cfg.entropy_drop_frac and gain < cfg.entropy_drop_min_acc_gain
+        values = {"entropy": h, "entropy_peak": peak, "drop_frac": drop, "acc_gain": gain}
+        msg = (
+            f"entropy/mean fell {drop:.0%} within {cfg.entropy_drop_window} steps"
+            f" ({peak:.3g} -> {h:.3g} nats) while {key} changed {gain:+.3f}"
+        )
+        return cond, "warning", values, msg
+
+    def _check_floor(self, step: int, now: dict[str, float]) -> _Check:
+        cfg = self.config
+        if ENTROPY not in now:
+            return None
+        h, progress = now[ENTROPY], step / self.total_steps
+        cond = progress < cfg.entropy_floor_before_frac and h < cfg.entropy_floor_value
+        values = {"entropy": h, "floor": cfg.entropy_floor_value, "progress": progress}
+        msg = (
+            f"entropy/mean {h:.3g} nats is under the floor {cfg.entropy_floor_value:g} at"
+            f" {progress:.0%} of training (floor holds until {cfg.entropy_floor_before_frac:.0%})"
+        )
+        return cond, "critical", values, msg
+
+    def _check_exploration(self, step: int, now: dict[str, float]) -> _Check:
+        cfg = self.config
+        evaluated, values, parts = False, dict[str, float](), list[str]()
+        base = self._baseline(DISTINCT)
+        if DISTINCT in now and base is not None:
+            evaluated = True
+            d = now[DISTINCT]
+            values |= {"distinct_answers": d, "distinct_answers_initial": base}
+            if base > cfg.exploration_distinct_min >= d:
+                parts.append(f"eval/distinct_answers fell to {d:.2f} per prompt (from {base:.2f})")
+        ks = [int(mt.group(1)) for key in now if (mt := _PASS_AT.match(key))]
+        ks = [k for k in ks if k > 1]
+        pass1 = next((key for key in PASS1_KEYS if key in now), None)
+        if ks and pass1 is not None:
+            k_key = f"eval/pass@{max(ks)}"
+            hk, h1 = self._history[k_key], self._history[pass1]
+            w = cfg.exploration_passk_window
+            if len(hk) >= w and len(h1) >= w:
+                evaluated = True
+                dk, d1 = hk[-1][1] - hk[-w][1], h1[-1][1] - h1[-w][1]
+                values |= {"passk": hk[-1][1], "passk_gain": dk, "pass1_gain": d1}
+                stalled = hk[-1][1] < cfg.exploration_passk_saturated
+                stalled = stalled and dk <= cfg.exploration_passk_max_gain
+                if stalled and d1 >= cfg.exploration_pass1_min_gain:
+                    parts.append(
+                        f"{k_key} moved {dk:+.3f} over the last {w} evals while {pass1}"
+                        f" rose {d1:+.3f}: diversity traded for pass@1"
+                    )
+        if not evaluated:
+            return None
+        return bool(parts), "warning", values, "; ".join(parts)
+
+    def _check_explosion(self, step: int, now: dict[str, float]) -> _Check:
+        cfg = self.config
+        evaluated, values, parts, critical = False, dict[str, float](), list[str](), False
+        if ENTROPY in now:
+            h, base = now[ENTROPY], self._baseline(ENTROPY)
+            ceilings = []
+            if cfg.explosion_entropy_ceiling is not None:
+                ceilings.append(cfg.explosion_entropy_ceiling)
+            if cfg.explosion_entropy_mult is not None and base is not None:
+                ceilings.append(cfg.explosion_entropy_mult * base)
+            if ceilings:
+                evaluated, ceiling = True, min(ceilings)
+                values |= {"entropy": h, "entropy_ceiling": ceiling}
+                if h > ceiling:
+                    critical = True
+                    parts.append(f"entropy/mean {h:.3g} nats above its ceiling {ceiling:.3g}")
+        rep_base = self._baseline(REPETITION)
+        if cfg.explosion_repetition_rise is not None and REPETITION in now and rep_base is not None:
+            evaluated, r = True, now[REPETITION]
+            values |= {"repetition": r, "repetition_initial": rep_base}
+            if r - rep_base > cfg.explosion_repetition_rise:
+                parts.append(f"gen/repetition rose to {r:.3g} (from {rep_base:.3g})")
+        len_base = self._baseline(LENGTH)
+        if cfg.explosion_length_mult is not None and LENGTH in now and len_base is not None:
+            evaluated, n = True, now[LENGTH]
+            values |= {"length": n, "length_initial": len_base}
+            if n > cfg.explosion_length_mult * len_base:
+                mult = cfg.explosion_length_mult
+                parts.append(f"length/mean {n:.4g} above {mult:g}x its initial {len_base:.4g}")
+        if not evaluated:
+            return None
+        return bool(parts), "critical" if critical else "warning", values, "; ".join(parts)
