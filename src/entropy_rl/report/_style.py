@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -70,7 +70,7 @@ def style() -> AbstractContextManager[Any]:
     require_matplotlib()
     import matplotlib
 
-    return matplotlib.rc_context(RC)
+    return matplotlib.rc_context(cast(Any, RC))
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -124,19 +124,42 @@ def mark_events(ax: Axes, runs: Sequence[RunData], *, label: bool) -> None:
     for step, i, ev in events:
         c = SEVERITY_COLORS.get(ev.severity, SEVERITY_COLORS["warning"])
         ax.axvline(step, color=c, lw=1.3, ls=(0, (5, 2)), alpha=0.9, zorder=1.5)
-        ax.plot([step], [1.0], marker="v", ms=7, color=color(i), transform=trans, clip_on=False,
-                zorder=4, markeredgecolor="white", markeredgewidth=0.6)  # fmt: skip
+        ax.plot(
+            [step],
+            [1.0],
+            marker="v",
+            ms=7,
+            color=color(i),
+            transform=trans,
+            clip_on=False,
+            zorder=4,
+            markeredgecolor="white",
+            markeredgewidth=0.6,
+        )
         if label and step - last_labelled >= min_gap:
-            ax.text(step, 0.965, f" {ev.rule}", transform=trans, rotation=90, va="top",
-                    ha="left", fontsize=8.5, color=c, zorder=5,
-                    bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none",
-                          "alpha": 0.7})  # fmt: skip
+            ax.text(
+                step,
+                0.965,
+                f" {ev.rule}",
+                transform=trans,
+                rotation=90,
+                va="top",
+                ha="left",
+                fontsize=8.5,
+                color=c,
+                zorder=5,
+                bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7},
+            )
             last_labelled = step
     ax.set_xlim(min(lo, events[0][0]), max(hi, events[-1][0]))
 
 
 def run_legend(
-    fig: FigureBase, runs: Sequence[RunData], *, loc: str = "outside lower center", events: bool = True
+    fig: FigureBase,
+    runs: Sequence[RunData],
+    *,
+    loc: Literal["outside lower center", "outside upper center"] = "outside lower center",
+    events: bool = True,
 ) -> Legend:
     """One legend for the runs (colour) and, if ``events``, the event severities present."""
     from matplotlib.lines import Line2D
@@ -146,15 +169,19 @@ def run_legend(
     for sev in ("warning", "critical"):
         if sev in severities:
             handles.append(
-                Line2D([], [], color=SEVERITY_COLORS[sev], lw=1.3, ls=(0, (5, 2)),
-                       label=f"{sev} event")  # fmt: skip
+                Line2D(
+                    [], [], color=SEVERITY_COLORS[sev], lw=1.3, ls=(0, (5, 2)), label=f"{sev} event"
+                )
             )
     ncols = min(len(handles), 4)
     return fig.legend(handles=handles, loc=loc, ncols=ncols, fontsize=10)
 
 
 def style_legend(ax: Axes, items: Sequence[tuple[str, dict[str, Any]]], **kwargs: Any) -> None:
-    """Legend for line styles in grey (colour belongs to the runs): items = (label, Line2D kwargs)."""
+    """Legend for line styles, drawn in grey since colour belongs to the runs.
+
+    items: (label, Line2D keyword arguments) per entry.
+    """
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color="0.35", **kw, label=lbl) for lbl, kw in items]

@@ -41,7 +41,8 @@ def _run_rows(
     t = np.arange(1, steps + 1, dtype=float)
     h = h_floor + (h_start - h_floor) * np.exp(-(t - 1) / tau)
     h = np.clip(h * (1 + 0.03 * rng.standard_normal(steps)), 1e-3, None)
-    acc = np.clip(b - a * np.exp(h) + 0.025 * rng.standard_normal(steps), 0, 1)
+    law = b - a * np.exp(h)  # the entropy-performance law, noiseless
+    acc = np.clip(law + 0.025 * rng.standard_normal(steps), 0, 1)
     frac = (t - 1) / (steps - 1)
     div = diversity[0] + (diversity[1] - diversity[0]) * frac
     rows: list[dict[str, Any]] = []
@@ -81,7 +82,7 @@ def _run_rows(
             row["control/target_entropy"] = target
             row["control/entropy_coef"] = float(max(0.0, 0.01 * (target - hi) / target + 0.002))
         if i == 0 or (i + 1) % eval_every == 0:
-            p1 = float(np.clip(acc[i] + 0.03 + 0.015 * rng.standard_normal(), 0, 1))
+            p1 = float(np.clip(law[i] + 0.03 + 0.012 * rng.standard_normal(), 0, 1))
             row["acc/eval"] = p1
             for k in _KS:
                 row[f"eval/pass@{k}"] = 1 - (1 - p1) ** (k ** div[i])
@@ -103,7 +104,7 @@ def _write_run(
 
 
 def _detect(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A stand-in for the collapse detector: first drop below 40% of start, then near-determinism."""
+    """Stand-in for the collapse detector: entropy below 40% of its start; near-determinism."""
     h0 = rows[0]["entropy/mean"]
     events: list[dict[str, Any]] = []
     drop = next((r for r in rows if r["entropy/mean"] < 0.4 * h0), None)
@@ -134,33 +135,62 @@ def _detect(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def make_demo_runs(directory: str | Path, *, steps: int = 120, seed: int = 0) -> list[Path]:
-    """Write the synthetic ``healthy`` and ``collapsing`` runs under ``directory``; return their dirs."""
+    """Write the synthetic ``healthy`` and ``collapsing`` runs under ``directory``.
+
+    Returns the two run directories, healthy first.
+    """
     if steps < 10:
         raise ValueError(f"steps must be >= 10 for a meaningful demo, got {steps}")
     directory = Path(directory)
     rng = np.random.default_rng(seed)
     healthy = _run_rows(
-        rng, steps=steps, eval_every=10, h_start=0.92, h_floor=0.45, tau=steps / 5,
-        a=0.39, b=1.33, diversity=(0.8, 0.75), upper_clip=0.02, target=0.45,
-    )  # fmt: skip
+        rng,
+        steps=steps,
+        eval_every=10,
+        h_start=0.92,
+        h_floor=0.45,
+        tau=steps / 5,
+        a=0.39,
+        b=1.33,
+        diversity=(0.8, 0.75),
+        upper_clip=0.02,
+        target=0.45,
+    )
     collapsing = _run_rows(
-        rng, steps=steps, eval_every=10, h_start=0.92, h_floor=0.04, tau=steps / 7,
-        a=0.20, b=0.85, diversity=(0.8, 0.25), upper_clip=0.03, target=None,
-    )  # fmt: skip
+        rng,
+        steps=steps,
+        eval_every=10,
+        h_start=0.92,
+        h_floor=0.04,
+        tau=steps / 7,
+        a=0.20,
+        b=0.85,
+        diversity=(0.8, 0.25),
+        upper_clip=0.03,
+        target=None,
+    )
     base = {"seed": seed + 1, "model": "tiny-qwen2-1m", "task": "digit_sum", "lr": 2e-4}
     dirs = [directory / "healthy", directory / "collapsing"]
     _write_run(
         dirs[0],
-        {"name": "clip-higher + target", "preset": "dapo", **base,
-         "loss": {"kind": "dapo", "eps_low": 0.2, "eps_high": 0.28}},
+        {
+            "name": "clip-higher + target",
+            "preset": "dapo",
+            **base,
+            "loss": {"kind": "dapo", "eps_low": 0.2, "eps_high": 0.28},
+        },
         healthy,
         [],
-    )  # fmt: skip
+    )
     _write_run(
         dirs[1],
-        {"name": "grpo baseline", "preset": "grpo", **base,
-         "loss": {"kind": "grpo", "eps_low": 0.2, "eps_high": 0.2}},
+        {
+            "name": "grpo baseline",
+            "preset": "grpo",
+            **base,
+            "loss": {"kind": "grpo", "eps_low": 0.2, "eps_high": 0.2},
+        },
         collapsing,
         _detect(collapsing),
-    )  # fmt: skip
+    )
     return dirs

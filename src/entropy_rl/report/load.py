@@ -39,7 +39,7 @@ class TruncatedRunWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Event:
-    """One collapse-detector event: ``{"step", "rule", "severity", "values", "message", "action"}``."""
+    """One collapse-detector event (a line of events.jsonl; format in docs/metrics.md)."""
 
     step: int
     rule: str

@@ -41,16 +41,36 @@ class EntropyFit:
 
 
 def fit_entropy_performance(entropy: np.ndarray, performance: np.ndarray) -> EntropyFit | None:
-    """Fit R = -a * exp(H) + b by ordinary least squares of R on x = exp(H).
+    """Fit R = -a * exp(H) + b by least squares of R on x = exp(H); None if undetermined.
 
-    entropy, performance: shape (n,), paired points (H_i, R_i). The model is linear in
-    x = exp(H): R = b + s * x with s = -a, so [s, b] = lstsq([x, 1], R). Returns None when the
-    fit is undetermined (fewer than 3 points, or all H equal).
+    entropy, performance: shape (n,), paired points (H_i, R_i). The fit itself is
+    ``control.evaluation.EntropyPerformanceFit`` (the one place the law is computed) when
+    that module imports, else the same regression here. Undetermined: fewer than 3 points
+    or all H equal.
     """
     h = np.asarray(entropy, dtype=float)
     r = np.asarray(performance, dtype=float)
     if h.shape != r.shape or h.ndim != 1:
-        raise ValueError(f"entropy and performance must be 1-D of one shape, got {h.shape}, {r.shape}")
+        raise ValueError(
+            f"entropy and performance must be 1-D arrays of one shape, got {h.shape}, {r.shape}"
+        )
+    try:
+        from entropy_rl.control.evaluation import EntropyPerformanceFit
+    except ImportError:
+        return _lstsq_fit(h, r)
+    law = EntropyPerformanceFit()
+    for hi, ri in zip(h.tolist(), r.tolist(), strict=True):
+        law.add(hi, ri)
+    out = law.fit()
+    if not math.isfinite(out["entropy_law/a"]):
+        return None
+    return EntropyFit(
+        a=out["entropy_law/a"], b=out["entropy_law/b"], r2=out["entropy_law/r2"], n=h.size
+    )
+
+
+def _lstsq_fit(h: np.ndarray, r: np.ndarray) -> EntropyFit | None:
+    """Fallback: [s, b] = lstsq([exp(H), 1], R), a = -s; r2 = 1 - SS_res / SS_tot."""
     if h.size < 3 or np.ptp(h) == 0.0:
         return None
     x = np.exp(h)
@@ -63,7 +83,10 @@ def fit_entropy_performance(entropy: np.ndarray, performance: np.ndarray) -> Ent
 
 
 def rh_points(run: RunData) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
-    """(performance key, steps, H, R) for the R-H fit: eval accuracy if >= 3 eval points, else reward."""
+    """(performance key, steps, H, R) for the R-H fit.
+
+    R is eval accuracy where >= 3 steps hold it with entropy/mean, else reward/mean.
+    """
     for key in ("acc/eval", "reward/mean"):
         steps, h, r = run.paired("entropy/mean", key)
         if steps.size >= 3:
@@ -180,9 +203,7 @@ def headline(s: RunSummary) -> str:
         parts.append("entropy/mean was not logged")
     if s.acc_key and s.acc_start is not None and s.acc_end is not None:
         name = "eval accuracy" if s.acc_key == "acc/eval" else "train accuracy"
-        parts[-1] += " while " + _change(
-            name, s.acc_start, s.acc_end, "", rel_tol=0.02, pct=False
-        )
+        parts[-1] += " while " + _change(name, s.acc_start, s.acc_end, "", rel_tol=0.02, pct=False)
     text = f"Over {s.steps} steps {parts[0]}; {_events_phrase(s)}."
     if (
         s.entropy_min is not None
