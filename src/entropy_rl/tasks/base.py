@@ -1,0 +1,131 @@
+"""Task interface and registry.
+
+A task supplies prompts, a held-out evaluation set and a verifiable reward. The trainer only
+sees this interface: it samples training prompts with `sample_train`, generates completions,
+scores them with `reward` (1.0 correct, 0.0 otherwise) and evaluates on `eval_set`.
+
+Completions are the *decoded text* of the generated tokens with special tokens removed
+(`tokenizer.decode(ids, skip_special_tokens=True)`); a literal ``<eos>`` left in the text is
+also accepted and everything after it is ignored (see `clean_completion`).
+
+Tasks are registered by name with `@register_task` so a config string selects them:
+
+    task = get_task("addition", digits=2)
+    batch = task.sample_train(32, random.Random(0))
+"""
+
+from __future__ import annotations
+
+import abc
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+__all__ = [
+    "Example",
+    "Task",
+    "available_tasks",
+    "clean_completion",
+    "example_fields",
+    "get_task",
+    "register_task",
+]
+
+EOS_TEXT = "<eos>"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt of a task.
+
+    Attributes:
+        prompt: text given to the model (without the <bos> token, which the tokenizer adds).
+        answer: the reference answer when there is exactly one; None for tasks with many
+            valid answers (those keep what the checker needs in `meta`).
+        meta: extra fields passed to reward functions as keyword arguments
+            (e.g. ``{"target": 14, "hard": False}`` for digitsum).
+    """
+
+    prompt: str
+    answer: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def example_fields(example: Example) -> dict[str, Any]:
+    """Keyword fields for a user-facing reward ``fn(prompt, completion, **fields)``.
+
+    Returns ``{"answer": example.answer, **example.meta}``.
+    """
+    return {"answer": example.answer, **example.meta}
+
+
+def clean_completion(completion: str) -> str:
+    """Text of a completion up to the first literal ``<eos>``, surrounding whitespace removed."""
+    return completion.split(EOS_TEXT, 1)[0].strip()
+
+
+class Task(abc.ABC):
+    """Base class of built-in tasks.
+
+    Subclasses set `name` (registry key) and `default_max_new_tokens` (enough for the longest
+    valid answer plus <eos> and a little slack, so overlong shaping has room to act), and
+    implement `sample_train`, `eval_set` and `extract_answer` / `is_correct`.
+    """
+
+    name: ClassVar[str] = ""
+    default_max_new_tokens: int = 8
+
+    @abc.abstractmethod
+    def sample_train(self, n: int, rng: random.Random) -> list[Example]:
+        """`n` training prompts drawn with `rng` (never from the held-out set)."""
+
+    @abc.abstractmethod
+    def eval_set(self) -> list[Example]:
+        """The held-out evaluation prompts; the same list on every call (fixed by seed)."""
+
+    @abc.abstractmethod
+    def extract_answer(self, completion: str) -> str | None:
+        """The answer in `completion` in canonical form, or None if it is malformed."""
+
+    @abc.abstractmethod
+    def is_correct(self, example: Example, completion: str) -> bool:
+        """Whether `completion` is a valid answer to `example`."""
+
+    def reward(self, example: Example, completion: str) -> float:
+        """1.0 if `completion` is correct for `example`, else 0.0."""
+        return 1.0 if self.is_correct(example, completion) else 0.0
+
+    def sample_pretrain(self, n: int, rng: random.Random) -> list[Example]:
+        """Supervised pretraining pairs: `answer` is the target text (default: `sample_train`)."""
+        return self.sample_train(n, rng)
+
+
+TaskT = TypeVar("TaskT", bound=type[Task])
+_REGISTRY: dict[str, Callable[..., Task]] = {}
+
+
+def register_task(cls: TaskT) -> TaskT:
+    """Class decorator: register a `Task` subclass under its `name`."""
+    if not cls.name:
+        raise ValueError(f"task class {cls.__name__} has an empty `name`; set a registry key")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"task name {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_tasks() -> list[str]:
+    """Sorted names of the registered tasks."""
+    return sorted(_REGISTRY)
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+    """Instantiate the task registered as `name` with `kwargs`.
+
+    Raises:
+        ValueError: unknown name (the message lists the available ones).
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(available_tasks())}")
+    return _REGISTRY[name](**kwargs)
