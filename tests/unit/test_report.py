@@ -214,6 +214,38 @@ def test_headline_without_accuracy_or_events(tmp_path: Path) -> None:
     assert text == "Over 2 steps entropy held near 0.51 nats (0.50 -> 0.51); no collapse events."
 
 
+def test_headline_single_step(tmp_path: Path) -> None:
+    _write_jsonl(tmp_path / "metrics.jsonl", [{"step": 7, "entropy/mean": 0.004}])
+    text = headline(summarize(load_run(tmp_path)))
+    # 0.004 < 0.095 prints with 2 significant digits, not as 0.00
+    assert text == "Over 1 step entropy was 0.004 nats; no collapse events."
+
+
+def test_headline_many_events_rebound_and_negative_a(tmp_path: Path) -> None:
+    # Entropy 0.8 -> 0.2 -> 0.6 (bottoms out at step 3) while reward *falls* 0.9 -> 0.5 -> 0.7:
+    # reward rises with entropy, so the fitted a < 0 and the law does not apply.
+    rows = [
+        {"step": s, "entropy/mean": h, "reward/mean": r}
+        for s, h, r in [(1, 0.8, 0.9), (2, 0.5, 0.7), (3, 0.2, 0.5), (4, 0.6, 0.7)]
+    ]
+    _write_jsonl(tmp_path / "metrics.jsonl", rows)
+    events = [
+        {"step": s, "rule": f"r{s}", "severity": "critical" if s == 2 else "warning"}
+        for s in range(1, 7)
+    ]
+    _write_jsonl(tmp_path / "events.jsonl", events)
+    s = summarize(load_run(tmp_path))
+    text = headline(s)
+    assert "entropy fell 0.80 -> 0.60 nats (-25%)" in text
+    assert (
+        "6 collapse events (1 critical): step 1 (r1), step 2 (r2, critical), step 3 (r3)," in text
+    )
+    assert "step 4 (r4) and 2 more." in text
+    assert "Entropy bottomed out at 0.20 nats (step 3)." in text
+    assert s.fit_key == "reward/mean" and s.fit is not None and s.fit.a < 0
+    assert "a < 0 means performance did not rise as entropy fell" in text
+
+
 # ---- the HTML report ------------------------------------------------------------------------
 
 
@@ -234,6 +266,13 @@ def test_report_on_two_runs(demo_report: tuple[list[Path], Path]) -> None:
         png = html_path.parent / f"{slug}.png"
         assert png.read_bytes()[:8] == PNG_MAGIC, slug
     assert page.count('src="data:image/png;base64,') == len(PANEL_SLUGS)
+    # the overview tiles the 7 panels 2 per row: 4 rows, each panel-wide column + 24 px gaps
+    from matplotlib import image as mpimg
+
+    panel = mpimg.imread(html_path.parent / "entropy.png")
+    overview = mpimg.imread(html_path.parent / "overview.png")
+    assert overview.shape[1] == 2 * panel.shape[1] + 3 * 24
+    assert overview.shape[0] >= 4 * panel.shape[0] + 5 * 24
     assert "Skipped" not in page
     for d in dirs:
         rows = _raw_rows(d)

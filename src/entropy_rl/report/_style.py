@@ -148,7 +148,7 @@ def mark_events(ax: Axes, runs: Sequence[RunData], *, label: bool) -> None:
                 fontsize=8.5,
                 color=c,
                 zorder=5,
-                bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7},
+                bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.85},
             )
             last_labelled = step
     ax.set_xlim(min(lo, events[0][0]), max(hi, events[-1][0]))

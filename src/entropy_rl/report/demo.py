@@ -104,7 +104,7 @@ def _write_run(
 
 
 def _detect(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Stand-in for the collapse detector: entropy below 40% of its start; near-determinism."""
+    """Stand-in for control.detector: entropy_drop (below 40% of start), entropy_floor (0.1)."""
     h0 = rows[0]["entropy/mean"]
     events: list[dict[str, Any]] = []
     drop = next((r for r in rows if r["entropy/mean"] < 0.4 * h0), None)
@@ -119,16 +119,19 @@ def _detect(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "action": None,
             }
         )
-    det = next((r for r in rows if r["entropy/near_det_frac"] > 0.7), None)
-    if det is not None:
+    floor = 0.1
+    low = next((r for r in rows if r["entropy/mean"] < floor), None)
+    if low is not None and low["step"] < 0.5 * len(rows):
+        progress = low["step"] / len(rows)
         events.append(
             {
-                "step": det["step"],
-                "rule": "near_deterministic",
+                "step": low["step"],
+                "rule": "entropy_floor",
                 "severity": "critical",
-                "values": {"near_det_frac": det["entropy/near_det_frac"]},
-                "message": f"{det['entropy/near_det_frac']:.0%} of tokens have H < 0.01 nats",
-                "action": "raise eps_high",
+                "values": {"entropy": low["entropy/mean"], "floor": floor, "progress": progress},
+                "message": f"entropy/mean {low['entropy/mean']:.3g} nats is under the floor "
+                f"{floor:g} at {progress:.0%} of training",
+                "action": "raise_eps_high",
             }
         )
     return events

@@ -272,6 +272,8 @@ def draw_position(fig: FigureBase, runs: Runs) -> list[str]:
     buckets = _keys_matching(runs, _POS)
     drawn = [(i, r) for i, r in enumerate(runs) if any(r.has(f"entropy/pos_{k}") for k in buckets)]
     if len(drawn) == 1:  # one run: heatmap, step on x, position bucket on y
+        from matplotlib.colors import PowerNorm
+
         i, run = drawn[0]
         steps = np.array([r["step"] for r in run.records], float)
         grid = np.full((len(buckets), steps.size), np.nan)
@@ -279,8 +281,10 @@ def draw_position(fig: FigureBase, runs: Runs) -> list[str]:
             s, y = run.series(f"entropy/pos_{k}")
             grid[row, np.searchsorted(steps, s)] = y
         ax = fig.subplots()
+        # gamma 0.5 spreads the colours over low entropies, where a collapse happens
+        norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=max(float(np.nanmax(grid)), 1e-6))
         mesh = ax.pcolormesh(
-            steps, np.array(buckets, float), grid, shading="nearest", cmap="magma", vmin=0
+            steps, np.array(buckets, float), grid, shading="nearest", cmap="magma", norm=norm
         )
         ax.invert_yaxis()
         ax.grid(False)

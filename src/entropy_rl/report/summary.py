@@ -170,6 +170,8 @@ def _change(
 ) -> str:
     """'entropy fell 0.92 -> 0.11 nats (-88%)' / 'rose' / 'held near'."""
     pct_text = f" ({(end - start) / abs(start) * 100:+.0f}%)" if pct and start != 0 else ""
+    if end == start:
+        return f"{name} was {fmt(end)}{unit}"
     if abs(end - start) <= rel_tol * max(abs(start), 1e-12):
         return f"{name} held near {fmt(end)}{unit} ({fmt(start)} -> {fmt(end)})"
     verb = "fell" if end < start else "rose"
@@ -204,7 +206,7 @@ def headline(s: RunSummary) -> str:
     if s.acc_key and s.acc_start is not None and s.acc_end is not None:
         name = "eval accuracy" if s.acc_key == "acc/eval" else "train accuracy"
         parts[-1] += " while " + _change(name, s.acc_start, s.acc_end, "", rel_tol=0.02, pct=False)
-    text = f"Over {s.steps} steps {parts[0]}; {_events_phrase(s)}."
+    text = f"Over {s.steps} step{'s' if s.steps != 1 else ''} {parts[0]}; {_events_phrase(s)}."
     if (
         s.entropy_min is not None
         and s.entropy_end is not None
