@@ -349,3 +349,29 @@ def test_demo_runs_tell_their_story(demo_report: tuple[list[Path], Path]) -> Non
     assert healthy.fit is not None and collapsing.fit is not None
     assert healthy.fit.ceiling > collapsing.fit.ceiling
     assert math.isfinite(healthy.fit.r2) and healthy.fit.r2 > 0.5
+
+
+def test_close_events_share_one_label(tmp_path: Path) -> None:
+    # Events at steps 60 and 62 on a 0..120 axis are 2 apart < 4% of 120 = 4.8: one label
+    # naming both rules, coloured as the worse (critical); step 110 gets its own label.
+    from entropy_rl.report._style import SEVERITY_COLORS, mark_events, new_figure
+
+    _write_jsonl(tmp_path / "metrics.jsonl", [{"step": 1}])
+    _write_jsonl(
+        tmp_path / "events.jsonl",
+        [
+            {"step": 60, "rule": "entropy_drop", "severity": "warning"},
+            {"step": 62, "rule": "entropy_floor", "severity": "critical"},
+            {"step": 110, "rule": "entropy_drop", "severity": "warning"},
+        ],
+    )
+    ax = new_figure(6, 3).subplots()
+    ax.set_xlim(0, 120)
+    mark_events(ax, [load_run(tmp_path)], label=True)
+    labels = [(t.get_text().strip(), t.get_color()) for t in ax.texts]
+    assert labels == [
+        ("entropy_drop, entropy_floor", SEVERITY_COLORS["critical"]),
+        ("entropy_drop", SEVERITY_COLORS["warning"]),
+    ]
+    vlines = [ln for ln in ax.lines if ln.get_marker() in ("None", "", None)]
+    assert len(vlines) == 3

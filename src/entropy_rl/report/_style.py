@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
-from entropy_rl.report.load import RunData
+from entropy_rl.report.load import Event, RunData
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -103,11 +103,16 @@ def rolling_mean(y: np.ndarray, n_points: int) -> np.ndarray:
     return np.convolve(y, kernel, "same") / np.convolve(np.ones_like(y), kernel, "same")
 
 
+def _severity_color(severity: str) -> str:
+    return SEVERITY_COLORS.get(severity, SEVERITY_COLORS["warning"])
+
+
 def mark_events(ax: Axes, runs: Sequence[RunData], *, label: bool) -> None:
     """Vertical line per collapse event (colour = severity), a run-coloured flag on top.
 
-    ``label`` writes the rule name beside the line; labels closer than 4% of the x-range to
-    the previous one are dropped so they never overlap.
+    ``label`` writes the rule names beside the lines: events closer than 4% of the x-range
+    share one label ("entropy_drop, entropy_floor", coloured by the most severe) so labels
+    never overlap.
     """
     from matplotlib.transforms import blended_transform_factory
 
@@ -119,11 +124,11 @@ def mark_events(ax: Axes, runs: Sequence[RunData], *, label: bool) -> None:
     if not events:
         return
     lo, hi = ax.get_xlim()
-    min_gap = 0.04 * (hi - lo)
-    last_labelled = -np.inf
+    lo, hi = min(lo, events[0][0]), max(hi, events[-1][0])
+    groups: list[list[Event]] = []
+    group_start = -np.inf
     for step, i, ev in events:
-        c = SEVERITY_COLORS.get(ev.severity, SEVERITY_COLORS["warning"])
-        ax.axvline(step, color=c, lw=1.3, ls=(0, (5, 2)), alpha=0.9, zorder=1.5)
+        ax.axvline(step, color=_severity_color(ev.severity), lw=1.3, ls=(0, (5, 2)), zorder=1.5)
         ax.plot(
             [step],
             [1.0],
@@ -136,22 +141,27 @@ def mark_events(ax: Axes, runs: Sequence[RunData], *, label: bool) -> None:
             markeredgecolor="white",
             markeredgewidth=0.6,
         )
-        if label and step - last_labelled >= min_gap:
-            ax.text(
-                step,
-                0.965,
-                f" {ev.rule}",
-                transform=trans,
-                rotation=90,
-                va="top",
-                ha="left",
-                fontsize=8.5,
-                color=c,
-                zorder=5,
-                bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.85},
-            )
-            last_labelled = step
-    ax.set_xlim(min(lo, events[0][0]), max(hi, events[-1][0]))
+        if step - group_start >= 0.04 * (hi - lo):
+            groups.append([])
+            group_start = step
+        groups[-1].append(ev)
+    for group in groups if label else []:
+        rules = ", ".join(dict.fromkeys(ev.rule for ev in group))
+        worst = "critical" if any(ev.severity == "critical" for ev in group) else "warning"
+        ax.text(
+            group[0].step,
+            0.965,
+            f" {rules}",
+            transform=trans,
+            rotation=90,
+            va="top",
+            ha="left",
+            fontsize=8.5,
+            color=_severity_color(worst),
+            zorder=5,
+            bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.85},
+        )
+    ax.set_xlim(lo, hi)
 
 
 def run_legend(
@@ -177,12 +187,13 @@ def run_legend(
     return fig.legend(handles=handles, loc=loc, ncols=ncols, fontsize=10)
 
 
-def style_legend(ax: Axes, items: Sequence[tuple[str, dict[str, Any]]], **kwargs: Any) -> None:
-    """Legend for line styles, drawn in grey since colour belongs to the runs.
+def style_legend(ax: Axes, items: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """Legend for line styles, in grey since colour belongs to the runs; right of ``ax``.
 
-    items: (label, Line2D keyword arguments) per entry.
+    items: (label, Line2D keyword arguments) per entry. Outside the axes it can never cover
+    data or the event labels at the top of the axes; constrained layout makes room for it.
     """
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color="0.35", **kw, label=lbl) for lbl, kw in items]
-    ax.legend(handles=handles, **kwargs)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)

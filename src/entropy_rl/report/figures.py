@@ -89,7 +89,7 @@ def draw_entropy(fig: FigureBase, runs: Runs) -> list[str]:
     if any_target:
         items.append(("target (controller)", {"ls": "--", "lw": 1.4}))
     if len(items) > 1:
-        style_legend(ax, items, loc="upper right")
+        style_legend(ax, items)
     mark_events(ax, runs, label=True)
     return _missing_note(runs, ["entropy/mean"], "entropy")
 
@@ -144,11 +144,7 @@ def draw_reward_acc(fig: FigureBase, runs: Runs) -> list[str]:
             ("acc/train (moving avg)", {"lw": 2}),
             ("acc/eval", {"ls": "--", "marker": "o", "lw": 1.3}),
         ]
-        style_legend(
-            ax,
-            [it for it in items if any(r.has(it[0].split()[0]) for r in runs)],
-            loc="lower right",
-        )
+        style_legend(ax, [it for it in items if any(r.has(it[0].split()[0]) for r in runs)])
         mark_events(ax, runs, label=not has_reward)
     return _missing_note(runs, ["reward/mean", "acc/train", "acc/eval"], "reward or accuracy")
 
@@ -179,7 +175,7 @@ def draw_clip(fig: FigureBase, runs: Runs) -> list[str]:
         ax.set_title("clipped tokens by side")
         ax.set_xlabel("step")
         ax.set_ylabel("% of response tokens")
-        style_legend(ax, [(lbl, {"ls": ls}) for _, lbl, ls in sides], loc="upper right")
+        style_legend(ax, [(lbl, {"ls": ls}) for _, lbl, ls in sides])
         mark_events(ax, runs, label=True)
     if has_ratio:
         ax = axes.pop(0)
@@ -213,6 +209,8 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def draw_delta(fig: FigureBase, runs: Runs) -> list[str]:
+    from matplotlib.ticker import MaxNLocator
+
     ax_sc, ax_t = fig.subplots(1, 2, width_ratios=[1, 1.6])
     lo, hi = np.inf, -np.inf
     corr: list[tuple[int, float, int]] = []
@@ -241,6 +239,7 @@ def draw_delta(fig: FigureBase, runs: Runs) -> list[str]:
             fontsize=10.5,
             fontweight="bold",
         )
+    ax_sc.xaxis.set_major_locator(MaxNLocator(4))
     ax_sc.set_title("per step: actual vs predicted (Pearson r)")
     ax_sc.set_xlabel("predicted Δ = −lr·Cov(log π, A)")
     ax_sc.set_ylabel("actual Δ entropy (nats)")
@@ -248,9 +247,7 @@ def draw_delta(fig: FigureBase, runs: Runs) -> list[str]:
     ax_t.set_title("running sum over steps")
     ax_t.set_xlabel("step")
     ax_t.set_ylabel("cumulative Δ entropy (nats)")
-    style_legend(
-        ax_t, [("actual Σ Δ", {"lw": 2}), ("predicted Σ Δ", {"ls": "--"})], loc="lower left"
-    )
+    style_legend(ax_t, [("actual Σ Δ", {"lw": 2}), ("predicted Σ Δ", {"ls": "--"})])
     mark_events(ax_t, runs, label=True)
     return [
         f"{r.label}: fewer than 3 steps with both deltas"
@@ -358,14 +355,11 @@ def draw_pass(fig: FigureBase, runs: Runs) -> list[str]:
             ("first eval", {"ls": "--", "marker": "o", "mfc": "white"}),
             ("last eval", {"marker": "o"}),
         ],
-        loc="lower right",
     )
     ax_t.set_xlabel("step")
     ax_t.set_ylabel("pass@k")
     ax_t.set_title(" and ".join(f"pass@{k}" for k, _, _ in k_styles) + " over training")
-    style_legend(
-        ax_t, [(f"pass@{k}", {"ls": ls, "marker": m}) for k, ls, m in k_styles], loc="lower right"
-    )
+    style_legend(ax_t, [(f"pass@{k}", {"ls": ls, "marker": m}) for k, ls, m in k_styles])
     mark_events(ax_t, runs, label=True)
     return [f"{r.label}: no eval/pass@k" for r in runs if all(r is not d[1] for d in drawn)]
 
