@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from entropy_rl.control.evaluation import eval_summary
+from entropy_rl.train.rollout import score
 
 
 def evaluate(trainer: Any) -> dict[str, float]:
@@ -23,19 +24,20 @@ def evaluate(trainer: Any) -> dict[str, float]:
         max_new_tokens=trainer.max_new_tokens,
     )  # fmt: skip
     texts = trainer.encoder.decode(gen.completion_ids)
-    correct, answers, comps = [], [], []
+    errors = [0]
+    on_error = c.data.reward_on_error
+    scores = score(trainer.reward_fn, examples, texts, k, on_error=on_error, errors=errors)
     extract = trainer.task.extract_answer if trainer.task is not None else (lambda t: t.strip() or None)
-    for i, ex in enumerate(examples):
-        rows = texts[i * k : (i + 1) * k]
-        correct.append([trainer.reward_fn(ex, t) > 0.5 for t in rows])
-        answers.append([extract(t) for t in rows])
-        comps.append(rows)
+    correct = [[r > 0.5 for r in scores[i * k : (i + 1) * k]] for i in range(len(examples))]
+    answers = [[extract(t) for t in texts[i * k : (i + 1) * k]] for i in range(len(examples))]
+    comps = [texts[i * k : (i + 1) * k] for i in range(len(examples))]
     greedy = None
     if c.eval.greedy:
         g = trainer.engine.generate(
             prompts, n=1, temperature=1.0, top_p=1.0, max_new_tokens=trainer.max_new_tokens, greedy=True
         )
-        greedy = [trainer.reward_fn(ex, t) > 0.5 for ex, t in zip(examples, trainer.encoder.decode(g.completion_ids), strict=True)]
+        g_texts = trainer.encoder.decode(g.completion_ids)
+        greedy = [r > 0.5 for r in score(trainer.reward_fn, examples, g_texts, 1, on_error=on_error, errors=errors)]
     ks = sorted({1, *(x for x in (2, 4, 8, 16, 32, 64) if x <= k), k})
     unit = list if trainer.task is not None else str.split  # built-in tasks are character-level
     out = eval_summary(correct, answers, comps, ks=ks, greedy_correct=greedy, tokenize=unit)

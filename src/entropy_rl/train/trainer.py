@@ -30,7 +30,9 @@ from entropy_rl.engine.base import RolloutEngine
 from entropy_rl.engine.hf import HFGenerateEngine
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.batch import RolloutBatch
-from entropy_rl.train.config import Config
+from entropy_rl.ops.advantages import available_advantages, compute_advantages
+from entropy_rl.ops.losses import policy_loss
+from entropy_rl.train.config import Config, ConfigError
 from entropy_rl.train.data import PromptSource, RewardFn, build_prompt_source, build_reward, build_task
 from entropy_rl.train.evaluate import evaluate
 from entropy_rl.train.logging import JsonlLogger, Logger, default_loggers
@@ -59,6 +61,22 @@ def load_model(cfg: Config) -> tuple[Any, Any]:
     return model, tok
 
 
+def validate_algo(cfg: Config) -> None:
+    """Fail before any work if the loss, its hyperparameters or the advantage estimator are wrong:
+    one call of each on a 1x1 batch raises the registry's own ValueError, as a ConfigError."""
+    if cfg.algo.advantage not in available_advantages():
+        raise ConfigError(f"algo.advantage={cfg.algo.advantage!r} is unknown; choose one of {available_advantages()}")
+    one = torch.zeros(2, 1)
+    try:
+        compute_advantages(cfg.algo.advantage, torch.tensor([0.0, 1.0]), group_size=2, **cfg.algo.advantage_kwargs)
+        policy_loss(
+            cfg.algo.loss, logprobs=one, old_logprobs=one, advantages=torch.zeros(2), mask=torch.ones(2, 1),
+            agg=cfg.algo.agg, max_len=1, **cfg.algo.loss_kwargs,
+        )  # fmt: skip
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"algo: {e}") from e
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -82,6 +100,7 @@ class Trainer:
         resume: bool = False,
     ) -> None:
         self.cfg = c = config
+        validate_algo(c)
         if c.run.threads:
             torch.set_num_threads(c.run.threads)
         self._seed(c.run.seed)
@@ -119,12 +138,21 @@ class Trainer:
         )
         warm = max(c.algo.warmup_steps, 1)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm))
-        self.controller = controller or make_controller(c.control.controller, **c.control.controller_kwargs)
-        self.detector = (
-            CollapseDetector(DetectorConfig(**c.control.detector_kwargs), total_steps=c.run.steps)
-            if c.control.detector
-            else None
-        )
+        if controller is None:
+            try:
+                controller = make_controller(
+                    c.control.controller, total_steps=c.run.steps, **c.control.controller_kwargs
+                )
+            except ValueError as e:
+                raise ConfigError(f"control: {e}") from e
+        self.controller = controller
+        self.detector = None
+        if c.control.detector:
+            try:
+                det_cfg = DetectorConfig.from_dict(c.control.detector_kwargs)
+            except ValueError as e:
+                raise ConfigError(f"control.detector_kwargs: {e}") from e
+            self.detector = CollapseDetector(det_cfg, total_steps=c.run.steps)
         self.dynamics = EntropyDynamics()
         self.entropy_fit = EntropyPerformanceFit()
         self.last_entropy: float | None = None
@@ -262,7 +290,7 @@ class Trainer:
         return out
 
     def _on_event(self, event: Any) -> None:
-        record = event.to_json() if hasattr(event, "to_json") else dict(event)
+        record = event.to_dict()
         with open(self.run_dir / "events.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         print(f"[step {self.step}] {record['rule']}: {record['message']}", file=sys.stderr)

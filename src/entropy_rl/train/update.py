@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from entropy_rl.ops.kl import kl_estimate
-from entropy_rl.ops.losses import aggregate, policy_loss
-from entropy_rl.ops.regularizers import entropy_bonus
+from entropy_rl.ops.kl import kl_ref_metrics
+from entropy_rl.ops.losses import policy_loss
+from entropy_rl.ops.regularizers import entropy_bonus, kl_penalty
 from entropy_rl.train.batch import RolloutBatch, policy_token_stats
 
 
@@ -105,6 +105,7 @@ def ppo_update(
     maxes: dict[str, float] = {}
     losses: dict[str, float] = {}  # summed over micro-batches: each is its share of the step's loss
     grad_norms: list[float] = []
+    upper_count = upper_prob = 0.0  # clip/upper_old_prob is a mean over upper-clipped tokens
     weight = 0.0
     steps = 0
     bad = 0
@@ -125,7 +126,10 @@ def ppo_update(
                     break
                 loss.backward()
                 w = float(m.pop("_count/tokens"))
+                n_up = float(m.pop("_count/upper_clipped", 0.0))
                 weight += w
+                upper_count += n_up
+                upper_prob += m.pop("clip/upper_old_prob", 0.0) * n_up
                 for k, v in m.items():
                     if k.startswith("loss/"):
                         losses[k] = losses.get(k, 0.0) + v
@@ -145,6 +149,7 @@ def ppo_update(
                     "non-finite loss or gradient: optimizer step skipped", RuntimeWarning, stacklevel=2
                 )
     metrics = {k: v / max(weight, 1.0) for k, v in sums.items()}
+    metrics["clip/upper_old_prob"] = upper_prob / upper_count if upper_count else 0.0
     if grad_norms:
         metrics["grad/norm"] = sum(grad_norms) / len(grad_norms)
     metrics.update(maxes)
@@ -180,10 +185,9 @@ def _micro_batch_loss(
         total = total + bonus
         metrics["loss/entropy_bonus"] = float(bonus.detach())
     if s.kl_coef > 0 and s.kl_in_loss and mb.ref_logprobs is not None:
-        kl_tok = kl_estimate(logp, mb.ref_logprobs.to(logp.device), kind=s.kl_kind)
-        kl = aggregate(kl_tok, mask, s.agg, **agg_kw)
-        total = total + s.kl_coef * kl
-        metrics["kl/ref"] = float((kl_tok.detach() * mask).sum() / mask.sum().clamp(min=1))
+        ref = mb.ref_logprobs.to(logp.device)
+        total = total + kl_penalty(logp, ref, mask, coef=s.kl_coef, kind=s.kl_kind, agg=s.agg, **agg_kw)
+        metrics |= kl_ref_metrics(logp, ref, mask, kind=s.kl_kind)
     # per-micro-batch metrics are reported as token means of this micro-batch
     metrics["loss/total"] = float(total.detach())
     return total, metrics

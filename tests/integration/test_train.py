@@ -1,0 +1,259 @@
+"""End-to-end training on a 2-layer random model: API, CLI, resume, checkpoints, presets."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from entropy_rl.train import checkpoint as ckpt
+from entropy_rl.train.config import ConfigError, available_presets, build_config, load_preset
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random Qwen2 with the character tokenizer, saved like any HF checkpoint."""
+    from entropy_rl.tasks.model import build_tiny_model
+    from entropy_rl.tasks.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    model = build_tiny_model(len(tok), layers=2, hidden=32, heads=2, kv_heads=1, mlp=64, seed=0)
+    d = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+USER_REWARDS = """
+def always_one(prompt, completion, **fields):
+    return 1.0
+
+
+def always_zero(prompt, completion, **fields):
+    return 0.0
+
+
+def boom(prompt, completion, **fields):
+    raise RuntimeError("reward server down")
+"""
+
+
+@pytest.fixture(autouse=True)
+def user_rewards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user reward module importable as ``user_rewards:fn``."""
+    d = tmp_path / "user_code"
+    d.mkdir()
+    (d / "user_rewards.py").write_text(USER_REWARDS)
+    monkeypatch.syspath_prepend(str(d))
+
+
+def _overrides(model_dir: Path, out: Path, steps: int = 3, **extra: object) -> list[str]:
+    base = {
+        "model.path": str(model_dir),
+        "run.out_dir": str(out),
+        "run.steps": steps,
+        "run.progress": False,
+        "run.save_every": 2,
+        "rollout.prompts_per_step": 4,
+        "rollout.group_size": 4,
+        "algo.micro_batch_size": 8,
+        "algo.warmup_steps": 1,
+        "algo.lr": 1e-3,
+        "eval.every": 2,
+        "eval.n_prompts": 4,
+        "eval.samples": 2,
+    }
+    base.update(extra)
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in base.items()]
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train(overrides: list[str], preset: str = "dapo", resume: bool = False):
+    from entropy_rl.train.trainer import Trainer
+
+    cfg = build_config(preset=preset, overrides=overrides)
+    trainer = Trainer(cfg, resume=resume)
+    trainer.fit()
+    return trainer
+
+
+REQUIRED = [
+    "step", "reward/mean", "acc/train", "entropy/mean", "entropy/surprisal", "clip/upper_frac",
+    "clip/lower_frac", "clip/dual_frac", "kl/old_approx", "length/mean", "length/truncated_frac",
+    "groups/zero_var_frac", "time/rollout", "time/update", "throughput/tokens_per_s",
+]  # fmt: skip
+
+
+def test_api_train_writes_metrics_config_and_checkpoint(tiny_model_dir: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    trainer = _train(_overrides(tiny_model_dir, out))
+    rows = _rows(out)
+    train_rows = [r for r in rows if r["step"] >= 1]
+    assert [r["step"] for r in train_rows] == [1, 2, 3]
+    for key in REQUIRED:
+        assert key in train_rows[-1], key
+    assert "acc/eval" in rows[0] and rows[0]["step"] == 0  # evaluation before training
+    assert "acc/eval" in train_rows[1] and "acc/eval" in train_rows[2]
+    # entropy is the full-vocabulary entropy: between 0 and log V
+    v = len(trainer.tokenizer)
+    assert 0.0 < train_rows[0]["entropy/mean"] <= math.log(v) + 1e-4
+    assert (out / "config.yaml").is_file() and (out / "samples.jsonl").is_file()
+    assert ckpt.latest_checkpoint(out).name == "step_000003"
+    # weights moved: the checkpoint differs from the starting model
+    start = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    end = transformers.AutoModelForCausalLM.from_pretrained(ckpt.latest_checkpoint(out))
+    diffs = [(a - b).abs().max().item() for a, b in zip(start.parameters(), end.parameters(), strict=True)]
+    assert max(diffs) > 1e-5
+
+
+def test_resume_gives_the_same_metrics_as_an_unbroken_run(tiny_model_dir: Path, tmp_path: Path):
+    full = tmp_path / "full"
+    _train(_overrides(tiny_model_dir, full, steps=4))
+    part = tmp_path / "part"
+    _train(_overrides(tiny_model_dir, part, steps=2))
+    _train(_overrides(tiny_model_dir, part, steps=4), resume=True)
+    a, b = _rows(full), _rows(part)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        for k, va in ra.items():
+            if k.startswith(("time/", "throughput/")):
+                continue
+            vb = rb[k]
+            if isinstance(va, float) and isinstance(vb, float):
+                assert va == pytest.approx(vb, rel=1e-5, abs=1e-7), (ra["step"], k)
+            else:
+                assert va == vb, (ra["step"], k)
+
+
+def test_kill_during_checkpoint_keeps_the_last_good_one(tiny_model_dir: Path, tmp_path: Path, monkeypatch):
+    out = tmp_path / "run"
+    trainer = _train(_overrides(tiny_model_dir, out, steps=2))
+    good = ckpt.latest_checkpoint(out)
+    assert good is not None and good.name == "step_000002"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("simulated kill while writing state.pt")
+
+    monkeypatch.setattr(ckpt.torch, "save", killed)
+    trainer.step = 3
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save()
+    monkeypatch.undo()
+    assert ckpt.latest_checkpoint(out) == good
+    assert not list((out / "checkpoints").glob(".tmp-*"))  # no half-written directory left
+    state = ckpt.load_state(good)
+    assert state["step"] == 2
+    transformers.AutoModelForCausalLM.from_pretrained(good)  # loadable
+
+
+def test_dynamic_sampling_drops_zero_variance_groups(tiny_model_dir: Path, tmp_path: Path):
+    # a reward that is 1 for every completion: every group has zero variance, so nothing is kept
+    out = tmp_path / "run"
+    trainer = _train(
+        _overrides(tiny_model_dir, out, steps=1, **{"data.reward": "user_rewards:always_one",
+                                                     "rollout.max_sample_rounds": 2,
+                                                     "rollout.overlong_shaping": False})
+    )  # fmt: skip
+    row = _rows(out)[-1]
+    assert row["groups/zero_var_frac"] == 1.0
+    assert row["groups/sample_rounds"] == 2.0  # it tried again, then hit the cap
+    assert row["groups/kept"] == 0.0
+    assert "clip/upper_frac" not in row  # no update without signal
+    assert trainer.step == 1
+
+
+def test_overlong_shaping_penalises_long_completions(tiny_model_dir: Path, tmp_path: Path):
+    from entropy_rl.tasks.rewards import overlong_penalty
+
+    # a random model rarely emits EOS: with max_new_tokens 6 and cache 4 most completions are
+    # truncated and get reward 0 + penalty -1 (length 6 > 6 - 4 = 2: (2 - 6) / 4 = -1)
+    out = tmp_path / "run"
+    _train(_overrides(tiny_model_dir, out, steps=1, **{"rollout.max_new_tokens": 6, "rollout.overlong_cache": 4,
+                                                       "data.reward": "user_rewards:always_zero"}))  # fmt: skip
+    row = _rows(out)[-1]
+    assert overlong_penalty(6, max_len=6, cache_len=4) == -1.0
+    assert row["reward/mean"] < 0
+    assert row["length/truncated_frac"] > 0
+
+
+def test_reward_error_reports_prompt_and_completion(tiny_model_dir: Path, tmp_path: Path):
+    from entropy_rl.train.rollout import RewardError
+
+    with pytest.raises(RewardError, match=r"prompt: .*\n.*completion: "):
+        _train(_overrides(tiny_model_dir, tmp_path / "r", steps=1, **{"data.reward": "user_rewards:boom"}))
+    out = tmp_path / "z"
+    _train(_overrides(tiny_model_dir, out, steps=1, **{"data.reward": "user_rewards:boom",
+                                                       "data.reward_on_error": "zero",
+                                                       "rollout.dynamic_sampling": False}))  # fmt: skip
+    assert _rows(out)[-1]["reward/errors"] == 16.0  # 4 prompts x 4 samples
+
+
+def test_user_jsonl_prompts_and_reward(tiny_model_dir: Path, tmp_path: Path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1)}) + "\n" for i in range(30)))
+    out = tmp_path / "run"
+    _train(_overrides(tiny_model_dir, out, steps=1, **{"data.prompts": str(prompts), "data.reward": "exact_match"}))
+    assert _rows(out)[-1]["step"] == 1
+
+
+@pytest.mark.parametrize("name", available_presets())
+def test_every_preset_loads_and_validates(name: str):
+    cfg = build_config(preset=name)
+    assert cfg.preset == name
+    from entropy_rl.train.trainer import validate_algo
+
+    validate_algo(cfg)
+    assert set(load_preset(name)) <= {"algo", "rollout", "control", "data", "eval", "run", "model", "preset"}
+
+
+def test_bad_config_fails_before_work():
+    with pytest.raises(ConfigError, match=r"unknown key algo\.lrr.*allowed keys"):
+        build_config(overrides=["algo.lrr=1"])
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        build_config(preset="nope")
+    with pytest.raises(ConfigError, match="algo.lr must be of type float"):
+        build_config(overrides=["algo.lr=fast"])
+    with pytest.raises(ConfigError, match="algo.agg='mean'.*token-mean"):
+        build_config(overrides=["algo.agg=mean"])
+    from entropy_rl.train.trainer import validate_algo
+
+    with pytest.raises(ConfigError, match="unknown policy loss"):
+        validate_algo(build_config(overrides=["algo.loss=nope"]))
+    with pytest.raises(ConfigError, match="eps_low"):
+        validate_algo(build_config(overrides=["algo.loss_kwargs={eps_low: 1.5}"]))
+
+
+def test_cli_train_subprocess(tiny_model_dir: Path, tmp_path: Path):
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "entropy_rl.cli", "train", "--out", str(out), "--steps", "2", "--no-progress",
+           *_overrides(tiny_model_dir, out, steps=2)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "done: step 2" in res.stdout
+    bad = subprocess.run([sys.executable, "-m", "entropy_rl.cli", "train", "algo.nope=1"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2
+    assert "unknown key algo.nope" in bad.stderr
+
+
+def test_on_policy_setting_is_warned():
+    from entropy_rl.train.update import warn_if_on_policy
+
+    with pytest.warns(UserWarning, match="clip never acts"):
+        warn_if_on_policy(1, 1)
+
+
+def test_explain_clip_cli():
+    res = subprocess.run([sys.executable, "-m", "entropy_rl.cli", "explain-clip", "0.9", "0.4", "0.01",
+                          "--eps-low", "0.2", "--eps-high", "0.28"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 0
+    assert "0.32" in res.stdout and "0.012" in res.stdout
+
