@@ -146,14 +146,23 @@ def test_labels_from_config_and_collisions(tmp_path: Path) -> None:
         "a": "name: grpo-base\nseed: 3\n",
         "b": "preset: dapo\n",
         "c": "",
-        "d": "name: grpo-base\nseed: 3\n",
+        "d": "run:\n  name: grpo-base\n  seed: 3\n",  # the trainer's layout
+        "e": "preset: dapo\nrun:\n  name: run\n  seed: 0\n",  # default name yields
+        "f": "- not a mapping\n",
     }
     for d, cfg in configs.items():
         (tmp_path / d).mkdir()
         _write_jsonl(tmp_path / d / "metrics.jsonl", [{"step": 1}])
         (tmp_path / d / "config.yaml").write_text(cfg)
-    runs = load_runs([tmp_path / d for d in "abcd"])
-    assert [r.label for r in runs] == ["grpo-base seed 3 (a)", "dapo", "c", "grpo-base seed 3 (d)"]
+    runs = load_runs([tmp_path / d for d in configs])
+    assert [r.label for r in runs] == [
+        "grpo-base seed 3 (a)",
+        "dapo",
+        "c",
+        "grpo-base seed 3 (d)",
+        "dapo seed 0",
+        "f",
+    ]
 
 
 # ---- summary and headline -------------------------------------------------------------------

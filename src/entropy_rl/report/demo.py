@@ -172,15 +172,18 @@ def make_demo_runs(directory: str | Path, *, steps: int = 120, seed: int = 0) ->
         upper_clip=0.03,
         target=None,
     )
-    base = {"seed": seed + 1, "model": "tiny-qwen2-1m", "task": "digit_sum", "lr": 2e-4}
     dirs = [directory / "healthy", directory / "collapsing"]
+    # the trainer's config.yaml layout (train.config.Config.to_yaml), abridged
+    run = {"seed": seed + 1, "steps": steps}
+    data = {"task": "digit_sum"}
     _write_run(
         dirs[0],
         {
-            "name": "clip-higher + target",
             "preset": "dapo",
-            **base,
-            "loss": {"kind": "dapo", "eps_low": 0.2, "eps_high": 0.28},
+            "data": data,
+            "algo": {"loss": "ppo", "loss_kwargs": {"eps_low": 0.2, "eps_high": 0.28}, "lr": 2e-4},
+            "control": {"controller": "target", "controller_kwargs": {"target": 0.45}},
+            "run": {"name": "clip-higher + target", **run},
         },
         healthy,
         [],
@@ -188,10 +191,11 @@ def make_demo_runs(directory: str | Path, *, steps: int = 120, seed: int = 0) ->
     _write_run(
         dirs[1],
         {
-            "name": "grpo baseline",
             "preset": "grpo",
-            **base,
-            "loss": {"kind": "grpo", "eps_low": 0.2, "eps_high": 0.2},
+            "data": data,
+            "algo": {"loss": "ppo", "loss_kwargs": {"eps_low": 0.2, "eps_high": 0.2}, "lr": 2e-4},
+            "control": {"controller": "none"},
+            "run": {"name": "grpo baseline", **run},
         },
         collapsing,
         _detect(collapsing),

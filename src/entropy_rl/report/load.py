@@ -179,12 +179,22 @@ def _read_config(path: Path, notes: list[str]) -> dict[str, Any]:
     return cfg if isinstance(cfg, dict) else {}
 
 
+def _config_value(config: dict[str, Any], key: str) -> Any:
+    """``config[key]``, else ``config["run"][key]`` (the trainer nests name and seed in ``run``)."""
+    if config.get(key) is not None:
+        return config[key]
+    run = config.get("run")
+    return run.get(key) if isinstance(run, dict) else None
+
+
 def run_label(config: dict[str, Any], run_dir: Path) -> str:
-    """``name`` (else ``preset``) from the config plus ``seed N``; else the directory name."""
-    base = config.get("name") or config.get("preset")
-    seed = config.get("seed")
-    if not base:
-        return run_dir.name if seed is None else f"{run_dir.name} seed {seed}"
+    """Run name (else preset, else the directory name) plus ``seed N`` when the config has one.
+
+    The trainer's default name ``run`` says nothing, so it yields to the preset.
+    """
+    name = _config_value(config, "name")
+    base = name if name and name != "run" else config.get("preset") or name or run_dir.name
+    seed = _config_value(config, "seed")
     return str(base) if seed is None else f"{base} seed {seed}"
 
 
