@@ -78,6 +78,26 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from entropy_rl.experiments.compare import Setting, compare, parse_setting  # noqa: PLC0415
+
+    settings = [Setting(p, p) for p in args.preset or []] + [parse_setting(v) for v in args.variant or []]
+    if not settings:
+        raise ValueError("give at least one --preset NAME or --variant LABEL PRESET [key=value ...]")
+    common = [f"data.task={args.task}", *args.set]
+    out = Path(args.out)
+    md, _ = compare(settings, seeds=args.seeds, out_dir=out, common=common, steps=args.steps, jobs=args.jobs)
+    print(md)
+    if not args.no_report:
+        from entropy_rl.report import write_report  # noqa: PLC0415
+
+        runs = [out / s.label / f"seed{k}" for s in settings for k in range(args.seeds)]
+        html = write_report([r for r in runs if (r / "metrics.jsonl").is_file()], out / "report",
+                            title="entropy-rl compare")  # fmt: skip
+        print(f"report: {html}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="entropy-rl",
@@ -108,6 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("pretrain", help="make a built-in starting checkpoint by supervised training", add_help=False)
     r.add_argument("rest", nargs=argparse.REMAINDER)
     r.set_defaults(fn=_pretrain)
+
+    cmp_ = sub.add_parser("compare", help="several presets x seeds on one task, same budget, one table")
+    cmp_.add_argument("--preset", action="append", help="a preset to compare (repeatable; the first is the reference)")
+    cmp_.add_argument("--variant", action="append", nargs="+", metavar="ARG",
+                      help="LABEL PRESET [section.key=value ...]: a preset with overrides (repeatable)")
+    cmp_.add_argument("--seeds", type=int, default=3)
+    cmp_.add_argument("--steps", type=int, help="RL steps per run (same budget for all)")
+    cmp_.add_argument("--task", default="digitsum", help="built-in task (default: digitsum, many answers)")
+    cmp_.add_argument("--set", action="append", default=[], metavar="section.key=value",
+                      help="override applied to every run (repeatable)")
+    cmp_.add_argument("--out", default="runs/compare")
+    cmp_.add_argument("--jobs", type=int, default=1, help="runs in parallel (1 torch thread each when > 1)")
+    cmp_.add_argument("--no-report", action="store_true")
+    cmp_.set_defaults(fn=_compare)
 
     rep = sub.add_parser("report", help="figures and one HTML page from one or more run directories")
     rep.add_argument("run_dirs", nargs="+")

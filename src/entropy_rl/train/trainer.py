@@ -272,8 +272,9 @@ class Trainer:
 
     def control(self, metrics: dict[str, float]) -> dict[str, float]:
         """Controller update, then the collapse detector; applies the actions it may take."""
-        out = self.controller.update(self.step, metrics) if self.controller is not None else {}
-        if self.controller is not None:
+        out: dict[str, float] = {}
+        if self.controller is not None and "entropy/mean" in metrics:  # no update, nothing measured
+            out = self.controller.update(self.step, metrics)
             coef = getattr(self.controller, "entropy_coef", None)
             if coef is not None:
                 self.entropy_coef = float(coef)

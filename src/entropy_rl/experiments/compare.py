@@ -1,0 +1,202 @@
+"""``entropy-rl compare``: several settings x several seeds, same budget, one honest table.
+
+Each (setting, seed) is one ``entropy-rl train`` run in ``OUT/<setting>/seed<k>`` (a subprocess,
+so runs can go in parallel and a finished run is reused when the command is repeated). The
+table reports, per setting, mean +- std over seeds of: final entropy, eval pass@1 and pass@k,
+distinct correct answers per prompt, steps to collapse, and the clip activity (upper / lower
+clipped fractions, mean |ratio - 1|) that decides whether a clip setting *can* matter.
+
+Verdicts compare each setting with the first (the reference): a gap is called a difference
+only when it exceeds the seed-to-seed range (max - min over seeds) of both settings; otherwise
+the table says "no difference". With 3 seeds this is deliberately conservative.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Setting:
+    label: str
+    preset: str
+    overrides: list[str] = field(default_factory=list)
+
+
+def parse_setting(spec: Sequence[str]) -> Setting:
+    """``["unclipped", "ppo", "algo.loss_kwargs.eps_high=100"]`` -> Setting."""
+    if len(spec) < 2:
+        raise ValueError(f"--variant needs LABEL PRESET [key=value ...], got {list(spec)}")
+    return Setting(spec[0], spec[1], list(spec[2:]))
+
+
+def read_rows(run_dir: Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn last line
+    return rows
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) and v is not None else math.nan
+
+
+def summarise_run(rows: list[dict[str, Any]], *, collapse_frac: float = 0.5) -> dict[str, float]:
+    """Scalar outcomes of one run from its metrics rows.
+
+    final_entropy: mean entropy/mean over the last 3 training steps. steps_to_collapse: first
+    step whose entropy/mean is <= collapse_frac x the first step's (nan if never).
+    pass@1, pass@k, distinct, acc: from the last evaluation row (k = the largest logged).
+    clip fractions and |ratio - 1|: means over all steps with an update.
+    """
+    train = [r for r in rows if r.get("step", 0) >= 1 and r.get("entropy/mean") is not None]
+    evals = [r for r in rows if r.get("acc/eval") is not None]
+    out: dict[str, float] = {}
+    if train:
+        ent = [_num(r["entropy/mean"]) for r in train]
+        out["start_entropy"] = ent[0]
+        out["final_entropy"] = statistics.fmean(ent[-3:])
+        hit = [r["step"] for r, h in zip(train, ent, strict=True) if h <= collapse_frac * ent[0]]
+        out["steps_to_collapse"] = float(hit[0]) if hit else math.nan
+        for key, name in (("clip/upper_frac", "upper_clip"), ("clip/lower_frac", "lower_clip"),
+                          ("ratio/abs_dev", "ratio_dev")):  # fmt: skip
+            vals = [_num(r.get(key)) for r in train if r.get(key) is not None]
+            out[name] = statistics.fmean(vals) if vals else math.nan
+    if evals:
+        last, first = evals[-1], evals[0]
+        ks = sorted(int(k.split("@")[1]) for k in last if k.startswith("eval/pass@"))
+        out["acc"] = _num(last.get("acc/eval"))
+        out["start_acc"] = _num(first.get("acc/eval"))
+        out["pass@1"] = _num(last.get("eval/pass@1"))
+        if ks:
+            out["k"] = float(ks[-1])
+            out["pass@k"] = _num(last.get(f"eval/pass@{ks[-1]}"))
+        out["distinct"] = _num(last.get("eval/distinct_answers"))
+        out["start_distinct"] = _num(first.get("eval/distinct_answers"))
+    return out
+
+
+METRICS = ("final_entropy", "acc", "pass@1", "pass@k", "distinct", "steps_to_collapse",
+           "upper_clip", "lower_clip", "ratio_dev")  # fmt: skip
+VERDICT_ON = ("final_entropy", "pass@k", "distinct")
+
+
+def _stats(vals: list[float]) -> tuple[float, float, float]:
+    """(mean, std, range) over the finite values."""
+    v = [x for x in vals if math.isfinite(x)]
+    if not v:
+        return math.nan, math.nan, math.nan
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0), max(v) - min(v)
+
+
+def verdict(ref: list[float], other: list[float]) -> str:
+    """"higher"/"lower" only when the gap of means exceeds both settings' seed ranges."""
+    (m0, _, r0), (m1, _, r1) = _stats(ref), _stats(other)
+    if not (math.isfinite(m0) and math.isfinite(m1)):
+        return "n/a"
+    gap = m1 - m0
+    if abs(gap) <= max(r0, r1):
+        return "no difference"
+    return "higher" if gap > 0 else "lower"
+
+
+def table(results: dict[str, list[dict[str, float]]]) -> str:
+    """Markdown table: one row per setting, mean +- std over seeds, verdicts vs the first row."""
+    labels = list(results)
+    head = ["setting", "seeds", *METRICS, *(f"vs {labels[0]}: {m}" for m in VERDICT_ON)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ref = results[labels[0]]
+    for label in labels:
+        runs = results[label]
+        cells = [label, str(len(runs))]
+        for m in METRICS:
+            mean, std, _ = _stats([r.get(m, math.nan) for r in runs])
+            pct = m in ("upper_clip", "lower_clip")
+            fmt = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.3g}")
+            cells.append("n/a" if not math.isfinite(mean) else f"{fmt(mean)} ± {fmt(std)}")
+        for m in VERDICT_ON:
+            cells.append("(reference)" if label == labels[0] else verdict(
+                [r.get(m, math.nan) for r in ref], [r.get(m, math.nan) for r in runs]))  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _train_cmd(setting: Setting, seed: int, out: Path, common: list[str], threads: int | None) -> list[str]:
+    cmd = [sys.executable, "-m", "entropy_rl.cli", "train", "--preset", setting.preset, "--seed", str(seed),
+           "--out", str(out), "--no-progress", *common, *setting.overrides]  # fmt: skip
+    if threads:
+        cmd.append(f"run.threads={threads}")
+    return cmd
+
+
+def _finished(run_dir: Path, steps: int | None) -> bool:
+    if not (run_dir / "metrics.jsonl").is_file():
+        return False
+    rows = read_rows(run_dir)
+    last = max((r.get("step", 0) for r in rows), default=0)
+    return steps is None or last >= steps
+
+
+def compare(
+    settings: list[Setting],
+    *,
+    seeds: int,
+    out_dir: Path,
+    common: list[str],
+    steps: int | None = None,
+    jobs: int = 1,
+    log=print,  # noqa: ANN001
+) -> tuple[str, dict[str, list[dict[str, float]]]]:
+    """Run every (setting, seed) not already finished, then summarise; returns (table, results)."""
+    if len({s.label for s in settings}) != len(settings):
+        raise ValueError("two settings share a label; give each --variant a distinct LABEL")
+    common = list(common) + ([f"run.steps={steps}"] if steps else [])
+    todo = []
+    for s in settings:
+        for seed in range(seeds):
+            run = out_dir / s.label / f"seed{seed}"
+            if _finished(run, steps):
+                log(f"reuse {run}")
+                continue
+            if (run / "checkpoints" / "latest").exists():
+                cmd = [sys.executable, "-m", "entropy_rl.cli", "train", "--resume", str(run), "--no-progress"]
+            else:
+                cmd = _train_cmd(s, seed, run, common, threads=1 if jobs > 1 else None)
+            todo.append((run, cmd))
+    running: list[tuple[Path, subprocess.Popen[bytes]]] = []
+    failed = []
+    while todo or running:
+        while todo and len(running) < jobs:
+            run, cmd = todo.pop(0)
+            run.mkdir(parents=True, exist_ok=True)
+            log(f"start {run}")
+            with open(run.parent / f"{run.name}.log", "wb") as logf:
+                running.append((run, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)))
+        run, proc = running.pop(0)
+        if proc.wait() != 0:
+            failed.append(run)
+            log(f"FAILED {run} (see {run.parent / (run.name + '.log')})")
+        else:
+            log(f"done {run}")
+    results = {
+        s.label: [summarise_run(read_rows(out_dir / s.label / f"seed{k}")) for k in range(seeds)
+                  if (out_dir / s.label / f"seed{k}" / "metrics.jsonl").is_file()]
+        for s in settings
+    }  # fmt: skip
+    md = table(results)
+    (out_dir / "compare.md").write_text(md + "\n")
+    (out_dir / "compare.json").write_text(json.dumps(results, indent=1))
+    if failed:
+        raise RuntimeError(f"{len(failed)} runs failed: {[str(f) for f in failed]}")
+    return md, results
