@@ -11,7 +11,12 @@ from typing import Any
 from entropy_rl.ops.advantages import available_advantages, compute_advantages, register_advantage
 from entropy_rl.ops.clip import ClipBounds, clip_bounds
 from entropy_rl.ops.kl import kl_estimate
-from entropy_rl.ops.losses import aggregate, available_policy_losses, policy_loss, register_policy_loss
+from entropy_rl.ops.losses import (
+    aggregate,
+    available_policy_losses,
+    policy_loss,
+    register_policy_loss,
+)
 from entropy_rl.ops.regularizers import entropy_bonus, entropy_shaped_advantages, high_entropy_mask
 from entropy_rl.ops.token_stats import fused_logprobs_entropy, token_entropy, token_logprobs
 

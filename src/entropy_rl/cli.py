@@ -10,7 +10,7 @@ from typing import Any
 
 
 def _train(args: argparse.Namespace) -> int:
-    from entropy_rl.train.config import ConfigError, build_config  # noqa: PLC0415
+    from entropy_rl.train.config import ConfigError, build_config
 
     flags: dict[str, Any] = {}
     run: dict[str, Any] = {}
@@ -28,18 +28,25 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         saved = Path(args.resume) / "config.yaml"
         if not saved.is_file():
-            raise ConfigError(f"--resume {args.resume}: no config.yaml there; is it a run directory?")
+            raise ConfigError(
+                f"--resume {args.resume}: no config.yaml there; is it a run directory?"
+            )
         config_file = config_file or saved
         flags.setdefault("run", {})["out_dir"] = args.resume
-    cfg = build_config(preset=args.preset, config_file=config_file, overrides=args.overrides, flags=flags)
-    from entropy_rl.train.trainer import Trainer  # noqa: PLC0415
+    cfg = build_config(
+        preset=args.preset, config_file=config_file, overrides=args.overrides, flags=flags
+    )
+    from entropy_rl.train.trainer import Trainer
 
     trainer = Trainer(cfg, resume=bool(args.resume))
     print(f"run directory: {trainer.run_dir}", file=sys.stderr)
     try:
         last = trainer.fit()
     except KeyboardInterrupt:
-        print(f"checkpoint saved; continue with: entropy-rl train --resume {trainer.run_dir}", file=sys.stderr)
+        print(
+            f"checkpoint saved; continue with: entropy-rl train --resume {trainer.run_dir}",
+            file=sys.stderr,
+        )
         return 130
     keys = ("reward/mean", "acc/train", "acc/eval", "eval/greedy_acc", "entropy/mean")
     summary = "  ".join(f"{k}={last[k]:.3f}" for k in keys if isinstance(last.get(k), float))
@@ -48,7 +55,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from entropy_rl.train.config import available_presets, preset_description  # noqa: PLC0415
+    from entropy_rl.train.config import available_presets, preset_description
 
     for name in available_presets():
         print(f"{name:16s} {preset_description(name)}")
@@ -56,21 +63,21 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def _explain_clip(args: argparse.Namespace) -> int:
-    from entropy_rl.ops.clip import format_clip_table  # noqa: PLC0415
+    from entropy_rl.ops.clip import format_clip_table
 
     print(format_clip_table(list(args.probs), eps_low=args.eps_low, eps_high=args.eps_high))
     return 0
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from entropy_rl.tasks.pretrain import main as pretrain_main  # noqa: PLC0415
+    from entropy_rl.tasks.pretrain import main as pretrain_main
 
     pretrain_main(args.rest)
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from entropy_rl.report import write_report  # noqa: PLC0415
+    from entropy_rl.report import write_report
 
     out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "report"
     html = write_report([Path(p) for p in args.run_dirs], out)
@@ -79,17 +86,23 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from entropy_rl.experiments.compare import Setting, compare, parse_setting  # noqa: PLC0415
+    from entropy_rl.experiments.compare import Setting, compare, parse_setting
 
-    settings = [Setting(p, p) for p in args.preset or []] + [parse_setting(v) for v in args.variant or []]
+    settings = [Setting(p, p) for p in args.preset or []] + [
+        parse_setting(v) for v in args.variant or []
+    ]
     if not settings:
-        raise ValueError("give at least one --preset NAME or --variant LABEL PRESET [key=value ...]")
+        raise ValueError(
+            "give at least one --preset NAME or --variant LABEL PRESET [key=value ...]"
+        )
     common = [f"data.task={args.task}", *args.set]
     out = Path(args.out)
-    md, _ = compare(settings, seeds=args.seeds, out_dir=out, common=common, steps=args.steps, jobs=args.jobs)
+    md, _ = compare(
+        settings, seeds=args.seeds, out_dir=out, common=common, steps=args.steps, jobs=args.jobs
+    )
     print(md)
     if not args.no_report:
-        from entropy_rl.report import write_report  # noqa: PLC0415
+        from entropy_rl.report import write_report
 
         runs = [out / s.label / f"seed{k}" for s in settings for k in range(args.seeds)]
         html = write_report([r for r in runs if (r / "metrics.jsonl").is_file()], out / "report",
@@ -105,13 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="RL-train a model (default: the built-in tiny model, DAPO preset)")
-    t.add_argument("--config", help="YAML config file (sections model, data, rollout, algo, control, eval, run)")
+    t = sub.add_parser(
+        "train", help="RL-train a model (default: the built-in tiny model, DAPO preset)"
+    )
+    t.add_argument(
+        "--config",
+        help="YAML config file (sections model, data, rollout, algo, control, eval, run)",
+    )
     t.add_argument("--preset", help="preset to start from (see `entropy-rl presets`; default dapo)")
     t.add_argument("--out", help="run directory (default runs/<name>-<time>)")
     t.add_argument("--steps", type=int, help="number of RL steps")
     t.add_argument("--seed", type=int)
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    t.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint"
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. algo.lr=1e-4")
     t.set_defaults(fn=_train)
@@ -125,25 +145,51 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--eps-high", type=float, default=0.28)
     c.set_defaults(fn=_explain_clip)
 
-    r = sub.add_parser("pretrain", help="make a built-in starting checkpoint by supervised training", add_help=False)
+    r = sub.add_parser(
+        "pretrain",
+        help="make a built-in starting checkpoint by supervised training",
+        add_help=False,
+    )
     r.add_argument("rest", nargs=argparse.REMAINDER)
     r.set_defaults(fn=_pretrain)
 
-    cmp_ = sub.add_parser("compare", help="several presets x seeds on one task, same budget, one table")
-    cmp_.add_argument("--preset", action="append", help="a preset to compare (repeatable; the first is the reference)")
-    cmp_.add_argument("--variant", action="append", nargs="+", metavar="ARG",
-                      help="LABEL PRESET [section.key=value ...]: a preset with overrides (repeatable)")
+    cmp_ = sub.add_parser(
+        "compare", help="several presets x seeds on one task, same budget, one table"
+    )
+    cmp_.add_argument(
+        "--preset",
+        action="append",
+        help="a preset to compare (repeatable; the first is the reference)",
+    )
+    cmp_.add_argument(
+        "--variant",
+        action="append",
+        nargs="+",
+        metavar="ARG",
+        help="LABEL PRESET [section.key=value ...]: a preset with overrides (repeatable)",
+    )
     cmp_.add_argument("--seeds", type=int, default=3)
     cmp_.add_argument("--steps", type=int, help="RL steps per run (same budget for all)")
-    cmp_.add_argument("--task", default="digitsum", help="built-in task (default: digitsum, many answers)")
-    cmp_.add_argument("--set", action="append", default=[], metavar="section.key=value",
-                      help="override applied to every run (repeatable)")
+    cmp_.add_argument(
+        "--task", default="digitsum", help="built-in task (default: digitsum, many answers)"
+    )
+    cmp_.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="section.key=value",
+        help="override applied to every run (repeatable)",
+    )
     cmp_.add_argument("--out", default="runs/compare")
-    cmp_.add_argument("--jobs", type=int, default=1, help="runs in parallel (1 torch thread each when > 1)")
+    cmp_.add_argument(
+        "--jobs", type=int, default=1, help="runs in parallel (1 torch thread each when > 1)"
+    )
     cmp_.add_argument("--no-report", action="store_true")
     cmp_.set_defaults(fn=_compare)
 
-    rep = sub.add_parser("report", help="figures and one HTML page from one or more run directories")
+    rep = sub.add_parser(
+        "report", help="figures and one HTML page from one or more run directories"
+    )
     rep.add_argument("run_dirs", nargs="+")
     rep.add_argument("--out", help="output directory (default RUN_DIR/report)")
     rep.set_defaults(fn=_report)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.config import ConfigError, available_presets, build_config, load_preset
 
@@ -110,7 +111,10 @@ def test_api_train_writes_metrics_config_and_checkpoint(tiny_model_dir: Path, tm
     # weights moved: the checkpoint differs from the starting model
     start = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     end = transformers.AutoModelForCausalLM.from_pretrained(ckpt.latest_checkpoint(out))
-    diffs = [(a - b).abs().max().item() for a, b in zip(start.parameters(), end.parameters(), strict=True)]
+    diffs = [
+        (a - b).abs().max().item()
+        for a, b in zip(start.parameters(), end.parameters(), strict=True)
+    ]
     assert max(diffs) > 1e-5
 
 
@@ -133,7 +137,9 @@ def test_resume_gives_the_same_metrics_as_an_unbroken_run(tiny_model_dir: Path, 
                 assert va == vb, (ra["step"], k)
 
 
-def test_kill_during_checkpoint_keeps_the_last_good_one(tiny_model_dir: Path, tmp_path: Path, monkeypatch):
+def test_kill_during_checkpoint_keeps_the_last_good_one(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch
+):
     out = tmp_path / "run"
     trainer = _train(_overrides(tiny_model_dir, out, steps=2))
     good = ckpt.latest_checkpoint(out)
@@ -188,7 +194,11 @@ def test_reward_error_reports_prompt_and_completion(tiny_model_dir: Path, tmp_pa
     from entropy_rl.train.rollout import RewardError
 
     with pytest.raises(RewardError, match=r"prompt: .*\n.*completion: "):
-        _train(_overrides(tiny_model_dir, tmp_path / "r", steps=1, **{"data.reward": "user_rewards:boom"}))
+        _train(
+            _overrides(
+                tiny_model_dir, tmp_path / "r", steps=1, **{"data.reward": "user_rewards:boom"}
+            )
+        )
     out = tmp_path / "z"
     _train(_overrides(tiny_model_dir, out, steps=1, **{"data.reward": "user_rewards:boom",
                                                        "data.reward_on_error": "zero",
@@ -198,9 +208,18 @@ def test_reward_error_reports_prompt_and_completion(tiny_model_dir: Path, tmp_pa
 
 def test_user_jsonl_prompts_and_reward(tiny_model_dir: Path, tmp_path: Path):
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1)}) + "\n" for i in range(30)))
+    prompts.write_text(
+        "".join(json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1)}) + "\n" for i in range(30))
+    )
     out = tmp_path / "run"
-    _train(_overrides(tiny_model_dir, out, steps=1, **{"data.prompts": str(prompts), "data.reward": "exact_match"}))
+    _train(
+        _overrides(
+            tiny_model_dir,
+            out,
+            steps=1,
+            **{"data.prompts": str(prompts), "data.reward": "exact_match"},
+        )
+    )
     assert _rows(out)[-1]["step"] == 1
 
 
@@ -211,17 +230,26 @@ def test_every_preset_loads_and_validates(name: str):
     from entropy_rl.train.trainer import validate_algo
 
     validate_algo(cfg)
-    assert set(load_preset(name)) <= {"algo", "rollout", "control", "data", "eval", "run", "model", "preset"}
+    assert set(load_preset(name)) <= {
+        "algo",
+        "rollout",
+        "control",
+        "data",
+        "eval",
+        "run",
+        "model",
+        "preset",
+    }
 
 
 def test_bad_config_fails_before_work():
     with pytest.raises(ConfigError, match=r"unknown key algo\.lrr.*allowed keys"):
         build_config(overrides=["algo.lrr=1"])
-    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+    with pytest.raises(ConfigError, match=r"unknown preset 'nope'"):
         build_config(preset="nope")
-    with pytest.raises(ConfigError, match="algo.lr must be of type float"):
+    with pytest.raises(ConfigError, match=r"algo\.lr must be of type float"):
         build_config(overrides=["algo.lr=fast"])
-    with pytest.raises(ConfigError, match="algo.agg='mean'.*token-mean"):
+    with pytest.raises(ConfigError, match=r"algo\.agg='mean'.*token-mean"):
         build_config(overrides=["algo.agg=mean"])
     from entropy_rl.train.trainer import validate_algo
 
@@ -256,4 +284,3 @@ def test_explain_clip_cli():
                           "--eps-low", "0.2", "--eps-high", "0.28"], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert res.returncode == 0
     assert "0.32" in res.stdout and "0.012" in res.stdout
-

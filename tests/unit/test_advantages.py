@@ -13,9 +13,13 @@ def test_grpo_hand_worked():
 
 def test_dr_grpo_drops_std():
     # (1, 0, 0, 1) mean 0.5 -> A = R - 0.5
-    adv = compute_advantages("grpo", torch.tensor([1.0, 0.0, 0.0, 1.0]), group_size=4, scale_by_std=False)
+    adv = compute_advantages(
+        "grpo", torch.tensor([1.0, 0.0, 0.0, 1.0]), group_size=4, scale_by_std=False
+    )
     torch.testing.assert_close(adv, torch.tensor([0.5, -0.5, -0.5, 0.5]))
-    torch.testing.assert_close(compute_advantages("dr_grpo", torch.tensor([1.0, 0.0, 0.0, 1.0]), group_size=4), adv)
+    torch.testing.assert_close(
+        compute_advantages("dr_grpo", torch.tensor([1.0, 0.0, 0.0, 1.0]), group_size=4), adv
+    )
 
 
 def test_rloo_hand_worked():
@@ -49,7 +53,9 @@ def test_rloo_loop_vs_vectorised():
     for k in range(0, 8, 4):
         grp = rewards[k : k + 4].tolist()
         want += [x - (sum(grp) - x) / 3 for x in grp]
-    torch.testing.assert_close(compute_advantages("rloo", rewards, group_size=4), torch.tensor(want))
+    torch.testing.assert_close(
+        compute_advantages("rloo", rewards, group_size=4), torch.tensor(want)
+    )
 
 
 def test_reinforce_pp_whitened():
@@ -79,12 +85,16 @@ def test_gae_hand_worked():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="unknown advantage estimator 'nope'.*grpo"):
+    with pytest.raises(ValueError, match=r"unknown advantage estimator 'nope'.*grpo"):
         compute_advantages("nope", torch.zeros(4), group_size=2)
     with pytest.raises(ValueError, match="not a whole number of groups"):
         compute_advantages("grpo", torch.zeros(5), group_size=2)
-    with pytest.raises(ValueError, match="group_size >= 2"):
+    with pytest.raises(ValueError, match=r"group_size >= 2"):
         compute_advantages("rloo", torch.zeros(3), group_size=1)
     with pytest.raises(ValueError, match="gamma"):
-        compute_advantages("gae", torch.zeros(1, 2), values=torch.zeros(1, 2), mask=torch.ones(1, 2), gamma=2.0)
-    assert {"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "gae"} <= set(available_advantages())
+        compute_advantages(
+            "gae", torch.zeros(1, 2), values=torch.zeros(1, 2), mask=torch.ones(1, 2), gamma=2.0
+        )
+    assert {"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "gae"} <= set(
+        available_advantages()
+    )

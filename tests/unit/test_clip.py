@@ -28,7 +28,12 @@ def test_table_contains_exact_numbers():
 
 @pytest.mark.parametrize(
     ("p", "lo", "hi", "msg"),
-    [(0.0, 0.2, 0.2, "p_old"), (1.5, 0.2, 0.2, "p_old"), (0.5, 1.0, 0.2, "eps_low"), (0.5, 0.2, -0.1, "eps_high")],
+    [
+        (0.0, 0.2, 0.2, "p_old"),
+        (1.5, 0.2, 0.2, "p_old"),
+        (0.5, 1.0, 0.2, "eps_low"),
+        (0.5, 0.2, -0.1, "eps_high"),
+    ],
 )
 def test_errors(p, lo, hi, msg):
     with pytest.raises(ValueError, match=msg):

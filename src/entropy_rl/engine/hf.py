@@ -81,4 +81,6 @@ class HFGenerateEngine:
                 truncated.append(not comp or comp[-1] not in self.eos_ids)
         if was_training:
             self.model.train()
-        return Generation(prompt_ids=out_prompts, completion_ids=out_completions, truncated=truncated)
+        return Generation(
+            prompt_ids=out_prompts, completion_ids=out_completions, truncated=truncated
+        )

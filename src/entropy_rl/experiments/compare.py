@@ -101,7 +101,7 @@ def _stats(vals: list[float]) -> tuple[float, float, float]:
 
 
 def verdict(ref: list[float], other: list[float]) -> str:
-    """"higher"/"lower" only when the gap of means exceeds both settings' seed ranges."""
+    """ "higher"/"lower" only when the gap of means exceeds both settings' seed ranges."""
     (m0, _, r0), (m1, _, r1) = _stats(ref), _stats(other)
     if not (math.isfinite(m0) and math.isfinite(m1)):
         return "n/a"
@@ -132,7 +132,9 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def _train_cmd(setting: Setting, seed: int, out: Path, common: list[str], threads: int | None) -> list[str]:
+def _train_cmd(
+    setting: Setting, seed: int, out: Path, common: list[str], threads: int | None
+) -> list[str]:
     cmd = [sys.executable, "-m", "entropy_rl.cli", "train", "--preset", setting.preset, "--seed", str(seed),
            "--out", str(out), "--no-progress", *common, *setting.overrides]  # fmt: skip
     if threads:
@@ -156,7 +158,7 @@ def compare(
     common: list[str],
     steps: int | None = None,
     jobs: int = 1,
-    log=print,  # noqa: ANN001
+    log=print,
 ) -> tuple[str, dict[str, list[dict[str, float]]]]:
     """Run every (setting, seed) not already finished, then summarise; returns (table, results)."""
     if len({s.label for s in settings}) != len(settings):
@@ -170,7 +172,15 @@ def compare(
                 log(f"reuse {run}")
                 continue
             if (run / "checkpoints" / "latest").exists():
-                cmd = [sys.executable, "-m", "entropy_rl.cli", "train", "--resume", str(run), "--no-progress"]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "entropy_rl.cli",
+                    "train",
+                    "--resume",
+                    str(run),
+                    "--no-progress",
+                ]
             else:
                 cmd = _train_cmd(s, seed, run, common, threads=1 if jobs > 1 else None)
             todo.append((run, cmd))

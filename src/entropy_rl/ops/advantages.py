@@ -56,7 +56,9 @@ def compute_advantages(name: str, rewards: Tensor, **kwargs: object) -> Tensor:
 def _groups(rewards: Tensor, group_size: int) -> Tensor:
     """[B] -> [n_groups, G] view, with a clear error when B is not a multiple of G."""
     if rewards.dim() != 1:
-        raise ValueError(f"rewards must be 1-D [n_groups * group_size], got shape {tuple(rewards.shape)}")
+        raise ValueError(
+            f"rewards must be 1-D [n_groups * group_size], got shape {tuple(rewards.shape)}"
+        )
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     if rewards.numel() % group_size != 0:
@@ -79,7 +81,9 @@ def grpo_advantages(
     centred = r - r.mean(dim=1, keepdim=True)
     if scale_by_std:
         if group_size < 2:
-            raise ValueError("scale_by_std needs group_size >= 2 (the std of one sample is undefined)")
+            raise ValueError(
+                "scale_by_std needs group_size >= 2 (the std of one sample is undefined)"
+            )
         centred = centred / (r.std(dim=1, keepdim=True) + eps)
     return centred.reshape(-1)
 

@@ -59,7 +59,9 @@ def format_clip_table(probs: list[float], *, eps_low: float, eps_high: float) ->
         (f"PPO symmetric eps={eps_low:g}", eps_low, eps_low),
         (f"decoupled eps_low={eps_low:g} eps_high={eps_high:g}", eps_low, eps_high),
     ]
-    head = f"{'p_old':>8} {'floor':>8} {'ceiling':>8} {'room up':>9} {'rel up':>8} {'room down':>10}"
+    head = (
+        f"{'p_old':>8} {'floor':>8} {'ceiling':>8} {'room up':>9} {'rel up':>8} {'room down':>10}"
+    )
     lines: list[str] = []
     for title, lo, hi in settings:
         lines += [title, head]

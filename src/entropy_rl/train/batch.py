@@ -134,7 +134,7 @@ def policy_token_stats(
             return_top1=with_top1,
         )
         logp, ent = out[0], out[1]
-        top1 = out[2] if with_top1 else None
+        top1 = out[-1] if with_top1 else None
     elif mode == "full":
         logits = model(input_ids=ids, attention_mask=att).logits  # (B, L, V)
         z = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))  # (B, T, V)

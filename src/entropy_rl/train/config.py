@@ -379,7 +379,9 @@ def parse_override(item: str) -> dict[str, Any]:
 
 
 def available_presets() -> list[str]:
-    return sorted(p.name[: -len(".yaml")] for p in _preset_dir().iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[: -len(".yaml")] for p in _preset_dir().iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def _preset_dir() -> Any:

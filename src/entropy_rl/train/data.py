@@ -62,17 +62,23 @@ class RecordsSource:
         self._order = list(state["order"])
 
 
-def _record_to_example(rec: dict[str, Any], where: str, prompt_col: str, answer_col: str) -> Example:
+def _record_to_example(
+    rec: dict[str, Any], where: str, prompt_col: str, answer_col: str
+) -> Example:
     if prompt_col not in rec:
         raise ConfigError(
             f"{where} has no {prompt_col!r} column (columns: {sorted(rec)}); set data.prompt_column"
         )
     meta = {k: v for k, v in rec.items() if k not in (prompt_col, answer_col)}
     answer = rec.get(answer_col)
-    return Example(prompt=str(rec[prompt_col]), answer=None if answer is None else str(answer), meta=meta)
+    return Example(
+        prompt=str(rec[prompt_col]), answer=None if answer is None else str(answer), meta=meta
+    )
 
 
-def load_jsonl(path: str | Path, *, prompt_column: str = "prompt", answer_column: str = "answer") -> list[Example]:
+def load_jsonl(
+    path: str | Path, *, prompt_column: str = "prompt", answer_column: str = "answer"
+) -> list[Example]:
     """One JSON object per line -> Examples; the other columns become reward fields."""
     p = Path(path)
     if not p.is_file():
@@ -93,9 +99,11 @@ def load_jsonl(path: str | Path, *, prompt_column: str = "prompt", answer_column
 
 def load_hf_dataset(cfg: DataConfig) -> list[Example]:
     try:
-        import datasets  # noqa: PLC0415
+        import datasets
     except ImportError as e:
-        raise ImportError("data.dataset needs the datasets extra: pip install 'entropy-rl[datasets]'") from e
+        raise ImportError(
+            "data.dataset needs the datasets extra: pip install 'entropy-rl[datasets]'"
+        ) from e
     assert cfg.dataset is not None
     ds = datasets.load_dataset(cfg.dataset, cfg.dataset_config, split=cfg.dataset_split)
     return [
@@ -126,7 +134,7 @@ def build_reward(cfg: DataConfig, task: Task | None) -> RewardFn:
         if task is None:
             raise ConfigError("no reward: set data.reward or use a built-in data.task")
         return task.reward
-    from entropy_rl.tasks.rewards import load_reward  # noqa: PLC0415
+    from entropy_rl.tasks.rewards import load_reward
 
     fn = load_reward(cfg.reward)
 
@@ -140,7 +148,7 @@ def build_task(cfg: DataConfig) -> Task | None:
     """The built-in task named by data.task (None when it is empty)."""
     if not cfg.task:
         return None
-    import entropy_rl.tasks  # noqa: F401, PLC0415  (registers the built-in tasks)
+    import entropy_rl.tasks  # noqa: F401  (registers the built-in tasks)
 
     try:
         return get_task(cfg.task, **cfg.task_kwargs)

@@ -27,17 +27,29 @@ def evaluate(trainer: Any) -> dict[str, float]:
     errors = [0]
     on_error = c.data.reward_on_error
     scores = score(trainer.reward_fn, examples, texts, k, on_error=on_error, errors=errors)
-    extract = trainer.task.extract_answer if trainer.task is not None else (lambda t: t.strip() or None)
+    extract = (
+        trainer.task.extract_answer if trainer.task is not None else (lambda t: t.strip() or None)
+    )
     correct = [[r > 0.5 for r in scores[i * k : (i + 1) * k]] for i in range(len(examples))]
     answers = [[extract(t) for t in texts[i * k : (i + 1) * k]] for i in range(len(examples))]
     comps = [texts[i * k : (i + 1) * k] for i in range(len(examples))]
     greedy = None
     if c.eval.greedy:
         g = trainer.engine.generate(
-            prompts, n=1, temperature=1.0, top_p=1.0, max_new_tokens=trainer.max_new_tokens, greedy=True
+            prompts,
+            n=1,
+            temperature=1.0,
+            top_p=1.0,
+            max_new_tokens=trainer.max_new_tokens,
+            greedy=True,
         )
         g_texts = trainer.encoder.decode(g.completion_ids)
-        greedy = [r > 0.5 for r in score(trainer.reward_fn, examples, g_texts, 1, on_error=on_error, errors=errors)]
+        greedy = [
+            r > 0.5
+            for r in score(
+                trainer.reward_fn, examples, g_texts, 1, on_error=on_error, errors=errors
+            )
+        ]
     ks = sorted({1, *(x for x in (2, 4, 8, 16, 32, 64) if x <= k), k})
     unit = list if trainer.task is not None else str.split  # built-in tasks are character-level
     out = eval_summary(correct, answers, comps, ks=ks, greedy_correct=greedy, tokenize=unit)

@@ -36,7 +36,8 @@ class JsonlLogger:
         (appended, never deleted). Returns how many lines moved."""
         if not path.exists():
             return 0
-        keep, moved = [], []
+        keep: list[str] = []
+        moved: list[str] = []
         for line in path.read_text().splitlines():
             try:
                 s = json.loads(line).get("step", 0)
@@ -55,7 +56,7 @@ class JsonlLogger:
 
 class TensorBoardLogger:
     def __init__(self, log_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+        from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(log_dir))
 
@@ -72,7 +73,7 @@ class TensorBoardLogger:
 def default_loggers(run_dir: Path) -> list[Logger]:
     loggers: list[Logger] = [JsonlLogger(run_dir / "metrics.jsonl")]
     try:
-        import tensorboard  # noqa: F401, PLC0415
+        import tensorboard  # noqa: F401
     except ImportError:
         return loggers
     loggers.append(TensorBoardLogger(run_dir / "tb"))

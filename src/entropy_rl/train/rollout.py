@@ -110,19 +110,31 @@ def sample_round(
     examples = source.sample(n_prompts, rng)
     prompt_ids = [encoder.encode_prompt(e.prompt) for e in examples]
     gen = engine.generate(
-        prompt_ids, n=ro.group_size, temperature=ro.temperature, top_p=ro.top_p, max_new_tokens=max_new_tokens
+        prompt_ids,
+        n=ro.group_size,
+        temperature=ro.temperature,
+        top_p=ro.top_p,
+        max_new_tokens=max_new_tokens,
     )
     texts = encoder.decode(gen.completion_ids)
-    correct = score(reward_fn, examples, texts, ro.group_size, on_error=cfg.data.reward_on_error, errors=errors)
+    correct = score(
+        reward_fn, examples, texts, ro.group_size, on_error=cfg.data.reward_on_error, errors=errors
+    )
     rewards = list(correct)
     if ro.overlong_shaping:
         for i, ids in enumerate(gen.completion_ids):
-            rewards[i] += overlong_penalty(len(ids), max_len=max_new_tokens, cache_len=ro.overlong_cache)
-    return Samples(examples, gen.prompt_ids, gen.completion_ids, texts, gen.truncated, correct, rewards)
+            rewards[i] += overlong_penalty(
+                len(ids), max_len=max_new_tokens, cache_len=ro.overlong_cache
+            )
+    return Samples(
+        examples, gen.prompt_ids, gen.completion_ids, texts, gen.truncated, correct, rewards
+    )
 
 
 def _concat(parts: list[Samples]) -> Samples:
-    return Samples(*[sum((getattr(p, f) for p in parts), []) for f in Samples.__dataclass_fields__])
+    return Samples(
+        *[[x for p in parts for x in getattr(p, f)] for f in Samples.__dataclass_fields__]
+    )
 
 
 def _select_groups(s: Samples, groups: list[int], size: int) -> Samples:
@@ -156,8 +168,14 @@ def collect(
     ro = cfg.rollout
     g_size = ro.group_size
     errors = [0]
-    kw = dict(source=source, engine=engine, encoder=encoder, reward_fn=reward_fn, rng=rng)
-    first = sample_round(cfg, ro.prompts_per_step, max_new_tokens=max_new_tokens, errors=errors, **kw)  # type: ignore[arg-type]
+
+    def draw(n_prompts: int) -> Samples:
+        return sample_round(
+            cfg, n_prompts, source=source, engine=engine, encoder=encoder, reward_fn=reward_fn,
+            rng=rng, max_new_tokens=max_new_tokens, errors=errors,
+        )  # fmt: skip
+
+    first = draw(ro.prompts_per_step)
     rounds, parts, n_groups_seen, n_zero_var = 1, [], 0, 0
     current = first
     while True:
@@ -178,7 +196,7 @@ def collect(
         # ask for a little more than the gap, scaled by the observed keep rate
         keep_rate = max(have / n_groups_seen, 0.1)
         want = min(ro.prompts_per_step * 4, math.ceil((ro.prompts_per_step - have) / keep_rate))
-        current = sample_round(cfg, want, max_new_tokens=max_new_tokens, errors=errors, **kw)  # type: ignore[arg-type]
+        current = draw(want)
     kept = _concat(parts)
     if len(kept.examples) > ro.prompts_per_step:
         kept = _select_groups(kept, list(range(ro.prompts_per_step)), g_size)
@@ -201,7 +219,9 @@ def collect(
     if advantage_fn is not None:
         adv = advantage_fn(rewards, group_size=g_size)
     else:
-        adv = compute_advantages(cfg.algo.advantage, rewards, group_size=g_size, **cfg.algo.advantage_kwargs)
+        adv = compute_advantages(
+            cfg.algo.advantage, rewards, group_size=g_size, **cfg.algo.advantage_kwargs
+        )
     loss_rows = [not t for t in kept.truncated] if ro.mask_truncated else None
     batch = build_batch(
         kept.prompt_ids, kept.completion_ids, rewards=rewards, advantages=adv,

@@ -23,21 +23,37 @@ import numpy as np
 import torch
 
 from entropy_rl.control.controllers import make_controller
-from entropy_rl.control.evaluation import EntropyPerformanceFit
 from entropy_rl.control.detector import CollapseDetector, DetectorConfig
-from entropy_rl.control.monitor import EntropyDynamics, entropy_by_position, entropy_stats, logp_adv_covariance
+from entropy_rl.control.evaluation import EntropyPerformanceFit
+from entropy_rl.control.monitor import (
+    EntropyDynamics,
+    entropy_by_position,
+    entropy_stats,
+    logp_adv_covariance,
+)
 from entropy_rl.engine.base import RolloutEngine
 from entropy_rl.engine.hf import HFGenerateEngine
-from entropy_rl.train import checkpoint as ckpt
-from entropy_rl.train.batch import RolloutBatch
 from entropy_rl.ops.advantages import available_advantages, compute_advantages
 from entropy_rl.ops.losses import policy_loss
+from entropy_rl.train import checkpoint as ckpt
+from entropy_rl.train.batch import RolloutBatch
 from entropy_rl.train.config import Config, ConfigError
-from entropy_rl.train.data import PromptSource, RewardFn, build_prompt_source, build_reward, build_task
+from entropy_rl.train.data import (
+    PromptSource,
+    RewardFn,
+    build_prompt_source,
+    build_reward,
+    build_task,
+)
 from entropy_rl.train.evaluate import evaluate
 from entropy_rl.train.logging import JsonlLogger, Logger, default_loggers
 from entropy_rl.train.rollout import Encoder, collect
-from entropy_rl.train.update import UpdateSettings, ppo_update, record_old_logprobs, warn_if_on_policy
+from entropy_rl.train.update import (
+    UpdateSettings,
+    ppo_update,
+    record_old_logprobs,
+    warn_if_on_policy,
+)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -48,11 +64,11 @@ class TrainingStopped(RuntimeError):
 
 def load_model(cfg: Config) -> tuple[Any, Any]:
     """The model and tokenizer named by model.path (default: the task's built-in checkpoint)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = cfg.model.path
     if path is None:
-        from entropy_rl.tasks.pretrain import builtin_checkpoint  # noqa: PLC0415
+        from entropy_rl.tasks.pretrain import builtin_checkpoint
 
         path = str(builtin_checkpoint(cfg.data.task))
     kw = {"trust_remote_code": cfg.model.trust_remote_code}
@@ -65,10 +81,14 @@ def validate_algo(cfg: Config) -> None:
     """Fail before any work if the loss, its hyperparameters or the advantage estimator are wrong:
     one call of each on a 1x1 batch raises the registry's own ValueError, as a ConfigError."""
     if cfg.algo.advantage not in available_advantages():
-        raise ConfigError(f"algo.advantage={cfg.algo.advantage!r} is unknown; choose one of {available_advantages()}")
+        raise ConfigError(
+            f"algo.advantage={cfg.algo.advantage!r} is unknown; choose one of {available_advantages()}"
+        )
     one = torch.zeros(2, 1)
     try:
-        compute_advantages(cfg.algo.advantage, torch.tensor([0.0, 1.0]), group_size=2, **cfg.algo.advantage_kwargs)
+        compute_advantages(
+            cfg.algo.advantage, torch.tensor([0.0, 1.0]), group_size=2, **cfg.algo.advantage_kwargs
+        )
         policy_loss(
             cfg.algo.loss, logprobs=one, old_logprobs=one, advantages=torch.zeros(2), mask=torch.ones(2, 1),
             agg=cfg.algo.agg, max_len=1, **cfg.algo.loss_kwargs,
@@ -121,7 +141,9 @@ class Trainer:
         self.model = model.to(self.device)
         self.model.eval()  # no dropout during RL: the ratio must compare the same function
         self.tokenizer = tokenizer
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
         self.encoder = Encoder(tokenizer, chat_template=c.data.chat_template)
         self.engine = engine or HFGenerateEngine(
             self.model, pad_token_id=self.pad_id, eos_token_id=tokenizer.eos_token_id,
@@ -134,10 +156,15 @@ class Trainer:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.advantage_fn = advantage_fn
         self.optimizer = optimizer or torch.optim.AdamW(
-            self.model.parameters(), lr=c.algo.lr, betas=c.algo.betas, weight_decay=c.algo.weight_decay
+            self.model.parameters(),
+            lr=c.algo.lr,
+            betas=c.algo.betas,
+            weight_decay=c.algo.weight_decay,
         )
         warm = max(c.algo.warmup_steps, 1)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warm)
+        )
         if controller is None:
             try:
                 controller = make_controller(
@@ -191,7 +218,9 @@ class Trainer:
                     metrics |= evaluate(self)
                 metrics |= self.control(metrics)  # controller, collapse detector
                 metrics["time/step"] = time.perf_counter() - t0
-                metrics["throughput/tokens_per_s"] = metrics.pop("_tokens", 0.0) / metrics["time/step"]
+                metrics["throughput/tokens_per_s"] = (
+                    metrics.pop("_tokens", 0.0) / metrics["time/step"]
+                )
                 self.log(metrics)
                 bar.update(metrics)
                 last = metrics
@@ -243,9 +272,11 @@ class Trainer:
         old = record_old_logprobs(self.model, self.ref_model, batch, s)
         batch.old_logprobs, batch.ref_logprobs = old["logprobs"], old.get("ref_logprobs")
         if self.ref_model is not None and not s.kl_in_loss:  # KL as a per-sequence reward penalty
-            from entropy_rl.ops.kl import kl_estimate  # noqa: PLC0415
+            from entropy_rl.ops.kl import kl_estimate
 
-            kl_seq = (kl_estimate(batch.old_logprobs, old["ref_logprobs"], kind=s.kl_kind) * batch.mask).sum(1)
+            kl_seq = (
+                kl_estimate(batch.old_logprobs, old["ref_logprobs"], kind=s.kl_kind) * batch.mask
+            ).sum(1)
             batch.advantages = batch.advantages - self.cfg.algo.kl_coef * kl_seq
         # monitor: from the rollout policy's own pass (no extra forward)
         seen = (batch.targets != -1).float()
@@ -263,7 +294,7 @@ class Trainer:
                 f"{self.bad_in_a_row} RL steps in a row had only non-finite losses or gradients; "
                 "lower algo.lr or check the reward scale (the last checkpoint is intact)"
             )
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])
         metrics["lr"] = lr
         lr_scale = lr * upd["update/optimizer_steps"]
         metrics |= self.dynamics.update(metrics["entropy/mean"], metrics["cov/logp_adv"], lr_scale)
@@ -315,7 +346,10 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt.load_state(latest)["optimizer"])
 
     def log(self, metrics: dict[str, float]) -> None:
-        row = {"step": self.step, **{k: _finite(v) for k, v in metrics.items() if not k.startswith("_")}}
+        row = {
+            "step": self.step,
+            **{k: _finite(v) for k, v in metrics.items() if not k.startswith("_")},
+        }
         for lg in self.loggers:
             lg.log(self.step, row)
 
@@ -364,7 +398,7 @@ class Trainer:
         )  # fmt: skip
 
     def _load_weights(self, path: Path) -> None:
-        from safetensors.torch import load_file  # noqa: PLC0415
+        from safetensors.torch import load_file
 
         files = sorted(path.glob("*.safetensors"))
         weights: dict[str, torch.Tensor] = {}
@@ -373,12 +407,16 @@ class Trainer:
         missing, unexpected = self.model.load_state_dict(weights, strict=False)
         tied = {k for k in missing if "lm_head" in k}  # tied embeddings are saved once
         if set(missing) - tied or unexpected:
-            raise RuntimeError(f"checkpoint {path} does not fit the model: missing {missing}, unexpected {unexpected}")
+            raise RuntimeError(
+                f"checkpoint {path} does not fit the model: missing {missing}, unexpected {unexpected}"
+            )
 
     def _resume(self) -> None:
         latest = ckpt.latest_checkpoint(self.run_dir)
         if latest is None:
-            raise FileNotFoundError(f"no complete checkpoint in {self.run_dir}/checkpoints to resume from")
+            raise FileNotFoundError(
+                f"no complete checkpoint in {self.run_dir}/checkpoints to resume from"
+            )
         self._load_weights(latest)
         st = ckpt.load_state(latest)
         self.step = int(st["step"])
@@ -417,7 +455,7 @@ class _Progress:
         self.bar = None
         if enabled:
             try:
-                from tqdm.auto import tqdm  # noqa: PLC0415
+                from tqdm.auto import tqdm
 
                 self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
             except ImportError:
@@ -426,10 +464,16 @@ class _Progress:
     def update(self, m: dict[str, float]) -> None:
         if self.bar is None:
             return
-        post = {"reward": m.get("reward/mean"), "acc": m.get("acc/train"), "H": m.get("entropy/mean")}
+        post = {
+            "reward": m.get("reward/mean"),
+            "acc": m.get("acc/train"),
+            "H": m.get("entropy/mean"),
+        }
         if "acc/eval" in m:
             post["eval"] = m["acc/eval"]
-        self.bar.set_postfix({k: f"{v:.3f}" for k, v in post.items() if v is not None}, refresh=False)
+        self.bar.set_postfix(
+            {k: f"{v:.3f}" for k, v in post.items() if v is not None}, refresh=False
+        )
         self.bar.update(1)
 
     def close(self) -> None:

@@ -64,7 +64,12 @@ def record_old_logprobs(
         mb = batch.rows(idx)
         t = batch.targets.shape[1]
         lp, ent, top1 = policy_token_stats(
-            model, mb, temperature=s.temperature, mode=s.logits_mode, chunk_size=s.chunk_size, with_top1=True
+            model,
+            mb,
+            temperature=s.temperature,
+            mode=s.logits_mode,
+            chunk_size=s.chunk_size,
+            with_top1=True,
         )
         pad = t - lp.shape[1]
         logps.append(torch.nn.functional.pad(lp.cpu(), (0, pad)))
@@ -73,7 +78,11 @@ def record_old_logprobs(
         top1s.append(torch.nn.functional.pad(top1.cpu(), (0, pad)))
         if ref_model is not None:
             rlp, _, _ = policy_token_stats(
-                ref_model, mb, temperature=s.temperature, mode=s.logits_mode, chunk_size=s.chunk_size
+                ref_model,
+                mb,
+                temperature=s.temperature,
+                mode=s.logits_mode,
+                chunk_size=s.chunk_size,
             )
             refs.append(torch.nn.functional.pad(rlp.cpu(), (0, pad)))
     out = {"logprobs": torch.cat(logps), "entropy": torch.cat(ents), "top1": torch.cat(top1s)}
@@ -120,7 +129,9 @@ def ppo_update(
             finite = True
             for idx in mb_idx.split(s.micro_batch_size):
                 mb = batch.rows(idx)
-                loss, m = _micro_batch_loss(model, mb, s, num_tokens=num_tokens, num_seqs=len(mb_idx))
+                loss, m = _micro_batch_loss(
+                    model, mb, s, num_tokens=num_tokens, num_seqs=len(mb_idx)
+                )
                 if not torch.isfinite(loss):
                     finite = False
                     break
@@ -138,7 +149,9 @@ def ppo_update(
                     else:
                         sums[k] = sums.get(k, 0.0) + v * w
             if finite and _grads_finite(model):
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip or float("inf"))
+                norm = torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), s.grad_clip or float("inf")
+                )
                 grad_norms.append(float(norm))
                 optimizer.step()
                 steps += 1
@@ -146,7 +159,9 @@ def ppo_update(
                 bad += 1
                 optimizer.zero_grad(set_to_none=True)
                 warnings.warn(
-                    "non-finite loss or gradient: optimizer step skipped", RuntimeWarning, stacklevel=2
+                    "non-finite loss or gradient: optimizer step skipped",
+                    RuntimeWarning,
+                    stacklevel=2,
                 )
     metrics = {k: v / max(weight, 1.0) for k, v in sums.items()}
     metrics["clip/upper_old_prob"] = upper_prob / upper_count if upper_count else 0.0
@@ -186,7 +201,9 @@ def _micro_batch_loss(
         metrics["loss/entropy_bonus"] = float(bonus.detach())
     if s.kl_coef > 0 and s.kl_in_loss and mb.ref_logprobs is not None:
         ref = mb.ref_logprobs.to(logp.device)
-        total = total + kl_penalty(logp, ref, mask, coef=s.kl_coef, kind=s.kl_kind, agg=s.agg, **agg_kw)
+        total = total + kl_penalty(
+            logp, ref, mask, coef=s.kl_coef, kind=s.kl_kind, agg=s.agg, **agg_kw
+        )
         metrics |= kl_ref_metrics(logp, ref, mask, kind=s.kl_kind)
     # per-micro-batch metrics are reported as token means of this micro-batch
     metrics["loss/total"] = float(total.detach())
