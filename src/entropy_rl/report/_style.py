@@ -164,6 +164,15 @@ def mark_events(ax: Axes, runs: Sequence[RunData], *, label: bool) -> None:
     ax.set_xlim(lo, hi)
 
 
+def time_axis(ax: Axes, runs: Sequence[RunData], *, label: bool) -> None:
+    """Finish an axis whose x is the RL step: label, integer ticks, collapse events marked."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    mark_events(ax, runs, label=label)
+
+
 def run_legend(
     fig: FigureBase,
     runs: Sequence[RunData],

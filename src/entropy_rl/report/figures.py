@@ -20,17 +20,17 @@ import numpy as np
 
 from entropy_rl.report._style import (
     color,
-    mark_events,
     new_figure,
     require_matplotlib,
     rolling_mean,
     run_legend,
     style,
     style_legend,
+    time_axis,
     to_png,
 )
 from entropy_rl.report.load import RunData, as_finite
-from entropy_rl.report.summary import fit_entropy_performance, fmt, rh_points
+from entropy_rl.report.summary import MIN_FIT_POINTS, fit_entropy_performance, fmt, rh_points
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -81,7 +81,6 @@ def draw_entropy(fig: FigureBase, runs: Runs) -> list[str]:
             ax.plot(s_t, target, color=color(i), ls="--", lw=1.4, zorder=3)
             any_target = True
     ax.set_ylim(bottom=0)
-    ax.set_xlabel("step")
     ax.set_ylabel("entropy (nats / token)")
     items: list[tuple[str, dict[str, Any]]] = [("mean", {"lw": 2})]
     if any_band:
@@ -90,7 +89,7 @@ def draw_entropy(fig: FigureBase, runs: Runs) -> list[str]:
         items.append(("target (controller)", {"ls": "--", "lw": 1.4}))
     if len(items) > 1:
         style_legend(ax, items)
-    mark_events(ax, runs, label=True)
+    time_axis(ax, runs, label=True)
     return _missing_note(runs, ["entropy/mean"], "entropy")
 
 
@@ -114,9 +113,8 @@ def draw_reward_acc(fig: FigureBase, runs: Runs) -> list[str]:
             if steps.size:
                 _noisy_line(ax, steps, y, color(i))
         ax.set_title("reward/mean (faint: per step, bold: moving average)")
-        ax.set_xlabel("step")
         ax.set_ylabel("mean reward")
-        mark_events(ax, runs, label=True)
+        time_axis(ax, runs, label=True)
     if has_acc:
         ax = axes.pop(0)
         for i, run in enumerate(runs):
@@ -138,14 +136,13 @@ def draw_reward_acc(fig: FigureBase, runs: Runs) -> list[str]:
                 )
         ax.set_ylim(-0.02, 1.02)
         ax.set_title("accuracy: train (sampled) and eval")
-        ax.set_xlabel("step")
         ax.set_ylabel("fraction correct")
         items: list[tuple[str, dict[str, Any]]] = [
             ("acc/train (moving avg)", {"lw": 2}),
             ("acc/eval", {"ls": "--", "marker": "o", "lw": 1.3}),
         ]
         style_legend(ax, [it for it in items if any(r.has(it[0].split()[0]) for r in runs)])
-        mark_events(ax, runs, label=not has_reward)
+        time_axis(ax, runs, label=not has_reward)
     return _missing_note(runs, ["reward/mean", "acc/train", "acc/eval"], "reward or accuracy")
 
 
@@ -173,10 +170,9 @@ def draw_clip(fig: FigureBase, runs: Runs) -> list[str]:
                     ax.plot(steps, 100 * y, color=color(i), ls=ls, lw=1.6)
         ax.set_ylim(bottom=0)
         ax.set_title("clipped tokens by side")
-        ax.set_xlabel("step")
         ax.set_ylabel("% of response tokens")
         style_legend(ax, [(lbl, {"ls": ls}) for _, lbl, ls in sides])
-        mark_events(ax, runs, label=True)
+        time_axis(ax, runs, label=True)
     if has_ratio:
         ax = axes.pop(0)
         for i, run in enumerate(runs):
@@ -185,9 +181,8 @@ def draw_clip(fig: FigureBase, runs: Runs) -> list[str]:
                 ax.plot(steps, y, color=color(i), lw=1.6)
         ax.set_ylim(bottom=0)
         ax.set_title("update size: mean |r − 1|")
-        ax.set_xlabel("step")
         ax.set_ylabel("ratio/abs_dev")
-        mark_events(ax, runs, label=not sides)
+        time_axis(ax, runs, label=not sides)
     return _missing_note(runs, [s[0] for s in _CLIP_SIDES], "clip fractions")
 
 
@@ -245,10 +240,9 @@ def draw_delta(fig: FigureBase, runs: Runs) -> list[str]:
     ax_sc.set_ylabel("actual Δ entropy (nats)")
     ax_t.axhline(0, color="0.6", lw=0.8)
     ax_t.set_title("running sum over steps")
-    ax_t.set_xlabel("step")
     ax_t.set_ylabel("cumulative Δ entropy (nats)")
     style_legend(ax_t, [("actual Σ Δ", {"lw": 2}), ("predicted Σ Δ", {"ls": "--"})])
-    mark_events(ax_t, runs, label=True)
+    time_axis(ax_t, runs, label=True)
     return [
         f"{r.label}: fewer than 3 steps with both deltas"
         for r in runs
@@ -272,7 +266,9 @@ def draw_position(fig: FigureBase, runs: Runs) -> list[str]:
         from matplotlib.colors import PowerNorm
 
         i, run = drawn[0]
-        steps = np.array([r["step"] for r in run.records], float)
+        steps = np.array(
+            [r["step"] for r in run.records if any(f"entropy/pos_{k}" in r for k in buckets)], float
+        )
         grid = np.full((len(buckets), steps.size), np.nan)
         for row, k in enumerate(buckets):
             s, y = run.series(f"entropy/pos_{k}")
@@ -286,10 +282,9 @@ def draw_position(fig: FigureBase, runs: Runs) -> list[str]:
         ax.invert_yaxis()
         ax.grid(False)
         ax.set_yticks(buckets, [f"{k}" for k in buckets])
-        ax.set_xlabel("step")
         ax.set_ylabel("position bucket (0 = start of answer)")
         fig.colorbar(mesh, ax=ax, label="entropy (nats)", pad=0.01)
-        mark_events(ax, runs, label=True)
+        time_axis(ax, runs, label=True)
     else:  # several runs: one small axis per bucket, runs overlaid
         axes = np.atleast_1d(fig.subplots(1, len(buckets), sharey=True)).ravel()
         for ax, k in zip(axes, buckets, strict=True):
@@ -298,9 +293,8 @@ def draw_position(fig: FigureBase, runs: Runs) -> list[str]:
                 if steps.size:
                     ax.plot(steps, y, color=color(i), lw=1.6)
             ax.set_title(f"bucket {k}" + (" (start)" if k == buckets[0] else ""))
-            ax.set_xlabel("step")
             ax.set_ylim(bottom=0)
-            mark_events(ax, runs, label=False)
+            time_axis(ax, runs, label=False)
         axes[0].set_ylabel("entropy (nats)")
     return [f"{r.label}: no entropy/pos_K" for r in runs if all(r is not d[1] for d in drawn)]
 
@@ -356,11 +350,10 @@ def draw_pass(fig: FigureBase, runs: Runs) -> list[str]:
             ("last eval", {"marker": "o"}),
         ],
     )
-    ax_t.set_xlabel("step")
     ax_t.set_ylabel("pass@k")
     ax_t.set_title(" and ".join(f"pass@{k}" for k, _, _ in k_styles) + " over training")
     style_legend(ax_t, [(f"pass@{k}", {"ls": ls, "marker": m}) for k, ls, m in k_styles])
-    mark_events(ax_t, runs, label=True)
+    time_axis(ax_t, runs, label=True)
     return [f"{r.label}: no eval/pass@k" for r in runs if all(r is not d[1] for d in drawn)]
 
 
@@ -372,7 +365,10 @@ def _needs_rh(runs: Runs) -> str | None:
         key, _, h, perf = rh_points(r)
         if key and fit_entropy_performance(h, perf) is not None:
             return None
-    return "no run has >= 3 steps with entropy/mean and acc/eval (or reward/mean) to fit"
+    return (
+        f"no run has >= {MIN_FIT_POINTS} steps with entropy/mean and acc/eval (or reward/mean)"
+        " to fit"
+    )
 
 
 def draw_rh(fig: FigureBase, runs: Runs) -> list[str]:
@@ -450,7 +446,7 @@ class Panel:
     needs: Callable[[Runs], str | None]
     draw: Callable[[FigureBase, Runs], list[str]]
     size: tuple[float, float] = (11.0, 4.4)
-    time_axis: bool = True  # x is the step: collapse events are marked and in the legend
+    steps_on_x: bool = True  # x is the step: collapse events are marked and in the legend
 
 
 PANELS: tuple[Panel, ...] = (
@@ -498,7 +494,7 @@ PANELS: tuple[Panel, ...] = (
         _needs_rh,
         draw_rh,
         (11.0, 4.6),
-        time_axis=False,
+        steps_on_x=False,
     ),
 )
 
@@ -529,7 +525,7 @@ def render_figures(runs: Runs, out_dir: Path, *, dpi: int = 110) -> list[Rendere
             fig = new_figure(*panel.size)
             fig.suptitle(panel.title, fontweight="bold", x=0.01, ha="left")
             item.notes = panel.draw(fig, runs)
-            run_legend(fig, runs, events=panel.time_axis)
+            run_legend(fig, runs, events=panel.steps_on_x)
             item.png = to_png(fig, dpi=dpi)
             item.path = out_dir / f"{panel.slug}.png"
             item.path.write_bytes(item.png)

@@ -82,14 +82,17 @@ def _lstsq_fit(h: np.ndarray, r: np.ndarray) -> EntropyFit | None:
     return EntropyFit(a=float(-slope), b=float(intercept), r2=r2, n=int(h.size))
 
 
-def rh_points(run: RunData) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
-    """(performance key, steps, H, R) for the R-H fit.
+MIN_FIT_POINTS = 5  # fewer points than this and the extrapolation to H = 0 is noise
 
-    R is eval accuracy where >= 3 steps hold it with entropy/mean, else reward/mean.
+
+def rh_points(run: RunData) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    """(performance key, steps, H, R) for the R-H fit; key "" if too few points.
+
+    R is eval accuracy where >= MIN_FIT_POINTS steps hold it with entropy/mean, else reward/mean.
     """
     for key in ("acc/eval", "reward/mean"):
         steps, h, r = run.paired("entropy/mean", key)
-        if steps.size >= 3:
+        if steps.size >= MIN_FIT_POINTS:
             return key, steps, h, r
     return "", np.empty(0), np.empty(0), np.empty(0)
 
@@ -99,7 +102,7 @@ class RunSummary:
     """The per-run row of the summary table (None where the metric was never logged)."""
 
     label: str
-    steps: int  # number of logged steps
+    steps: int  # number of logged RL steps (step >= 1; step 0 is the pre-training eval)
     last_step: int
     entropy_start: float | None
     entropy_end: float | None
@@ -114,6 +117,7 @@ class RunSummary:
     wall_time_s: float | None  # sum of time/step over logged steps
     fit: EntropyFit | None
     fit_key: str  # the R of the fit: "acc/eval" or "reward/mean" ("" if no fit)
+    fit_h_range: tuple[float, float] | None  # (min H, max H) of the fitted points
 
 
 def summarize(run: RunData) -> RunSummary:
@@ -126,7 +130,7 @@ def summarize(run: RunData) -> RunSummary:
     imin = int(np.argmin(ent)) if ent.size else None
     return RunSummary(
         label=run.label,
-        steps=len(run.records),
+        steps=sum(r["step"] >= 1 for r in run.records),
         last_step=run.last_step,
         entropy_start=float(ent[0]) if ent.size else None,
         entropy_end=float(ent[-1]) if ent.size else None,
@@ -141,6 +145,7 @@ def summarize(run: RunData) -> RunSummary:
         wall_time_s=float(t.sum()) if t.size else None,
         fit=fit_entropy_performance(h, r) if fit_key else None,
         fit_key=fit_key,
+        fit_h_range=(float(h.min()), float(h.max())) if fit_key else None,
     )
 
 
@@ -213,12 +218,14 @@ def headline(s: RunSummary) -> str:
         and s.entropy_min < 0.9 * s.entropy_end
     ):
         text += f" Entropy bottomed out at {fmt(s.entropy_min)} nats (step {s.entropy_min_step})."
-    if s.fit is not None:
+    if s.fit is not None and s.fit_h_range is not None:
+        lo, hi = s.fit_h_range
         what = "eval accuracy" if s.fit_key == "acc/eval" else "reward"
         r2 = f"R² {s.fit.r2:.2f}" if math.isfinite(s.fit.r2) else "R constant"
         text += (
             f" Fitting {what} R = -a·exp(H) + b (a = {fmt(s.fit.a)}, b = {fmt(s.fit.b)}, {r2},"
-            f" {s.fit.n} points) puts the ceiling at H = 0 at b - a = {fmt(s.fit.ceiling)}"
+            f" {s.fit.n} points with H in {fmt(lo)}..{fmt(hi)}) puts the ceiling at H = 0 at"
+            f" b - a = {fmt(s.fit.ceiling)}"
         )
         text += (
             "; a < 0 means performance did not rise as entropy fell, so the law does not apply."
