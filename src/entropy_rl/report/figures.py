@@ -353,6 +353,9 @@ def draw_pass(fig: FigureBase, runs: Runs) -> list[str]:
     ax_t.set_ylabel("pass@k")
     ax_t.set_title(" and ".join(f"pass@{k}" for k, _, _ in k_styles) + " over training")
     style_legend(ax_t, [(f"pass@{k}", {"ls": ls, "marker": m}) for k, ls, m in k_styles])
+    for ax in (ax_k, ax_t):  # pass@k lives in [0, 1]; autoscale inside it
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(lo, -0.02), min(hi, 1.02))
     time_axis(ax_t, runs, label=True)
     return [f"{r.label}: no eval/pass@k" for r in runs if all(r is not d[1] for d in drawn)]
 
