@@ -23,7 +23,7 @@ from entropy_rl.report import (
     write_report,
 )
 from entropy_rl.report.figures import PANELS
-from entropy_rl.report.summary import _lstsq_fit
+from entropy_rl.report.summary import _lstsq_fit, delta_pairs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PANEL_SLUGS = [p.slug for p in PANELS]
@@ -163,6 +163,26 @@ def test_labels_from_config_and_collisions(tmp_path: Path) -> None:
         "dapo seed 0",
         "f",
     ]
+
+
+def test_delta_pairs_match_prediction_with_next_change(tmp_path: Path) -> None:
+    # predicted_delta at step k-1 forecasts actual_delta at step k (control.monitor):
+    # step:       1     2     3     4     5(no predicted)
+    # predicted: 0.1   0.2   null  0.4
+    # actual:    null  -1    -2    -3    -4
+    # pairs (k, predicted_{k-1}, actual_k): (2, 0.1, -1), (3, 0.2, -2), (5, 0.4, -4);
+    # step 4 has no prediction from step 3.
+    pred = [0.1, 0.2, None, 0.4, None]
+    act = [None, -1.0, -2.0, -3.0, -4.0]
+    rows = [
+        {"step": k + 1, "entropy/predicted_delta": p, "entropy/actual_delta": a}
+        for k, (p, a) in enumerate(zip(pred, act, strict=True))
+    ]
+    _write_jsonl(tmp_path / "metrics.jsonl", rows)
+    steps, p, a = delta_pairs(load_run(tmp_path))
+    assert steps.tolist() == [2.0, 3.0, 5.0]
+    assert p.tolist() == [0.1, 0.2, 0.4]
+    assert a.tolist() == [-1.0, -2.0, -4.0]
 
 
 # ---- summary and headline -------------------------------------------------------------------

@@ -169,7 +169,7 @@ def time_axis(ax: Axes, runs: Sequence[RunData], *, label: bool) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.set_xlabel("step")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     mark_events(ax, runs, label=label)
 
 

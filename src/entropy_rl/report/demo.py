@@ -50,7 +50,9 @@ def _run_rows(
     for i in range(steps):
         hi = float(h[i])
         actual = None if prev_h is None else hi - prev_h
-        predicted = None if actual is None else 0.75 * actual + 0.004 * rng.standard_normal()
+        # predicts the *next* change, H[i+1] - H[i] (control.monitor.EntropyDynamics)
+        nxt = float(h[i + 1] - hi) if i + 1 < steps else 0.0
+        predicted = 0.75 * nxt + 0.004 * rng.standard_normal()
         prev_h = hi
         pos_shape = np.array([1.9, 1.1, 0.65, 0.35])  # early response tokens carry the entropy
         upper = max(0.0, upper_clip * (0.6 + 0.8 * hi) + 0.002 * rng.standard_normal())

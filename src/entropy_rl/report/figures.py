@@ -30,7 +30,13 @@ from entropy_rl.report._style import (
     to_png,
 )
 from entropy_rl.report.load import RunData, as_finite
-from entropy_rl.report.summary import MIN_FIT_POINTS, fit_entropy_performance, fmt, rh_points
+from entropy_rl.report.summary import (
+    MIN_FIT_POINTS,
+    delta_pairs,
+    fit_entropy_performance,
+    fmt,
+    rh_points,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -188,13 +194,14 @@ def draw_clip(fig: FigureBase, runs: Runs) -> list[str]:
 
 # 4. predicted vs actual entropy change ------------------------------------------------------
 
-_DELTA = ("entropy/predicted_delta", "entropy/actual_delta")
-
 
 def _needs_delta(runs: Runs) -> str | None:
-    if any(r.paired(*_DELTA)[0].size >= 3 for r in runs):
+    if any(delta_pairs(r)[0].size >= 3 for r in runs):
         return None
-    return "no run logged entropy/predicted_delta and entropy/actual_delta on >= 3 common steps"
+    return (
+        "no run logged entropy/predicted_delta at step k-1 and entropy/actual_delta at step k"
+        " for >= 3 steps"
+    )
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -210,7 +217,7 @@ def draw_delta(fig: FigureBase, runs: Runs) -> list[str]:
     lo, hi = np.inf, -np.inf
     corr: list[tuple[int, float, int]] = []
     for i, run in enumerate(runs):
-        steps, pred, act = run.paired(*_DELTA)
+        steps, pred, act = delta_pairs(run)
         if steps.size < 3:
             continue
         ax_sc.scatter(pred, act, s=16, color=color(i), alpha=0.6, lw=0)
@@ -236,7 +243,7 @@ def draw_delta(fig: FigureBase, runs: Runs) -> list[str]:
         )
     ax_sc.xaxis.set_major_locator(MaxNLocator(4))
     ax_sc.set_title("per step: actual vs predicted (Pearson r)")
-    ax_sc.set_xlabel("predicted Δ = −lr·Cov(log π, A)")
+    ax_sc.set_xlabel("predicted Δ = −lr·Cov(log π, A), previous step")
     ax_sc.set_ylabel("actual Δ entropy (nats)")
     ax_t.axhline(0, color="0.6", lw=0.8)
     ax_t.set_title("running sum over steps")
@@ -244,9 +251,9 @@ def draw_delta(fig: FigureBase, runs: Runs) -> list[str]:
     style_legend(ax_t, [("actual Σ Δ", {"lw": 2}), ("predicted Σ Δ", {"ls": "--"})])
     time_axis(ax_t, runs, label=True)
     return [
-        f"{r.label}: fewer than 3 steps with both deltas"
+        f"{r.label}: fewer than 3 (predicted, next actual) delta pairs"
         for r in runs
-        if r.paired(*_DELTA)[0].size < 3
+        if delta_pairs(r)[0].size < 3
     ]
 
 

@@ -13,7 +13,14 @@ import numpy as np
 
 from entropy_rl.report.load import RunData
 
-__all__ = ["EntropyFit", "RunSummary", "fit_entropy_performance", "headline", "summarize"]
+__all__ = [
+    "EntropyFit",
+    "RunSummary",
+    "delta_pairs",
+    "fit_entropy_performance",
+    "headline",
+    "summarize",
+]
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,22 @@ def _lstsq_fit(h: np.ndarray, r: np.ndarray) -> EntropyFit | None:
     ss_tot = float(np.sum((r - r.mean()) ** 2))
     r2 = 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else math.nan
     return EntropyFit(a=float(-slope), b=float(intercept), r2=r2, n=int(h.size))
+
+
+def delta_pairs(run: RunData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps k, predicted_{k-1}, actual_k): each prediction against the change it predicts.
+
+    ``entropy/predicted_delta`` at row k-1 is -lr * Cov_{k-1}(log pi, A), the change the update
+    of step k-1 should cause, H_k - H_{k-1}: that is ``entropy/actual_delta`` at row k
+    (control.monitor.EntropyDynamics). Pairing the two from the same row would compare each
+    prediction with the previous change. Only consecutive steps pair; each array shape (n,).
+    """
+    p_steps, pred = run.series("entropy/predicted_delta")
+    by_step = dict(zip(p_steps.tolist(), pred.tolist(), strict=True))
+    a_steps, act = run.series("entropy/actual_delta")
+    keep = [i for i, s in enumerate(a_steps.tolist()) if s - 1 in by_step]
+    steps = a_steps[keep]
+    return steps, np.array([by_step[s - 1] for s in steps.tolist()], float), act[keep]
 
 
 MIN_FIT_POINTS = 5  # fewer points than this and the extrapolation to H = 0 is noise
