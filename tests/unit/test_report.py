@@ -154,7 +154,14 @@ def test_labels_from_config_and_collisions(tmp_path: Path) -> None:
         (tmp_path / d).mkdir()
         _write_jsonl(tmp_path / d / "metrics.jsonl", [{"step": 1}])
         (tmp_path / d / "config.yaml").write_text(cfg)
+    # compare's layout: OUT/<setting>/seed0 with the same preset and seed in both configs
+    for setting in ("hi", "lo"):
+        (tmp_path / setting / "seed0").mkdir(parents=True)
+        _write_jsonl(tmp_path / setting / "seed0" / "metrics.jsonl", [{"step": 1}])
+        (tmp_path / setting / "seed0" / "config.yaml").write_text("preset: dapo\nseed: 0\n")
     runs = load_runs([tmp_path / d for d in configs])
+    compared = load_runs([tmp_path / "hi" / "seed0", tmp_path / "lo" / "seed0"])
+    assert [r.label for r in compared] == ["dapo seed 0 (hi/seed0)", "dapo seed 0 (lo/seed0)"]
     assert [r.label for r in runs] == [
         "grpo-base seed 3 (a)",
         "dapo",

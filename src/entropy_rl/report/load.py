@@ -227,17 +227,28 @@ def load_run(run_dir: str | Path) -> RunData:
     )
 
 
+def _distinguishing_suffix(paths: list[Path]) -> list[str]:
+    """The shortest trailing path parts that tell ``paths`` apart (e.g. ``dapo-hi/seed0``)."""
+    resolved = [p.resolve() for p in paths]
+    for depth in range(1, max(len(p.parts) for p in resolved) + 1):
+        tails = ["/".join(p.parts[-depth:]) for p in resolved]
+        if len(set(tails)) == len(tails):
+            return tails
+    return [str(p) for p in resolved]
+
+
 def load_runs(run_dirs: list[Path]) -> list[RunData]:
-    """Read several runs; labels that collide get their directory name appended."""
+    """Read several runs; labels that collide get the shortest path tail that separates them.
+
+    ``compare`` writes OUT/<setting>/seed<k>: two settings on one preset both read "dapo seed 0"
+    from their configs and become "dapo seed 0 (hi/seed0)" and "dapo seed 0 (lo/seed0)".
+    """
     if not run_dirs:
         raise ValueError("no run directories given; pass at least one RUN_DIR")
     runs = [load_run(d) for d in run_dirs]
-    labels = [r.label for r in runs]
-    for r in runs:
-        if labels.count(r.label) > 1:
-            r.label = f"{r.label} ({r.path.name})"
-    labels = [r.label for r in runs]
-    for i, r in enumerate(runs):
-        if labels.count(r.label) > 1:  # same dir name under different parents
-            r.label = f"{r.label} #{i + 1}"
+    for label in {r.label for r in runs}:
+        same = [r for r in runs if r.label == label]
+        if len(same) > 1:
+            for r, tail in zip(same, _distinguishing_suffix([r.path for r in same]), strict=True):
+                r.label = f"{label} ({tail})"
     return runs
