@@ -343,6 +343,17 @@ def test_fused_partial_requires_grad():
     torch.testing.assert_close(w.grad, wr.grad, atol=1e-12, rtol=1e-10)
 
 
+def test_empty_inputs():
+    assert token_entropy(torch.zeros(0, 5), chunk_size=2).shape == (0,)
+    assert token_logprobs(torch.zeros(2, 0, 5), torch.zeros(2, 0, dtype=torch.long)).shape == (2, 0)
+    hidden, weight, b, _ = make_inputs((0,), seed=13)
+    h, w = hidden.requires_grad_(), weight.requires_grad_()
+    logp, entropy = fused_logprobs_entropy(h, w, torch.zeros(0, dtype=torch.long), bias=b)
+    assert logp.shape == entropy.shape == (0,)
+    (logp.sum() + entropy.sum()).backward()
+    assert w.grad is not None and (w.grad == 0).all() and h.grad is not None
+
+
 def test_fused_validation():
     hidden, weight, _, ids = make_inputs((3,), seed=12)
     with pytest.raises(ValueError, match=r"weight must be \(V, D\)"):

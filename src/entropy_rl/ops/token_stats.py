@@ -369,7 +369,7 @@ class _FusedLogprobsEntropy(torch.autograd.Function):
         a = -g_h
         c_row = -(g_logp + g_h * entropy)
         d_hidden = torch.empty(n, hidden.shape[1], dtype=cdt, device=dev) if need_h else None
-        d_weight = torch.zeros_like(w) if need_w else None
+        d_weight = torch.empty_like(w) if need_w else None  # first chunk overwrites it
         d_bias = torch.zeros(w.shape[0], dtype=cdt, device=dev) if need_b else None
         rows = min(chunk_size, max(n, 1))
         buf_z = torch.empty(rows, w.shape[0], dtype=cdt, device=dev)
@@ -388,10 +388,12 @@ class _FusedLogprobsEntropy(torch.autograd.Function):
             if d_hidden is not None:
                 torch.addmm(d_hidden[start:stop], dz, w, beta=0.0, alpha=inv_t,
                             out=d_hidden[start:stop])  # fmt: skip
-            if d_weight is not None:
-                d_weight.addmm_(dz.t(), h, alpha=inv_t)
+            if d_weight is not None:  # beta=0 on the first chunk: no zero-fill pass over [V, D]
+                d_weight.addmm_(dz.t(), h, beta=0.0 if start == 0 else 1.0, alpha=inv_t)
             if d_bias is not None:
                 d_bias.add_(dz.sum(dim=0), alpha=inv_t)
+        if d_weight is not None and n == 0:
+            d_weight.zero_()
         return (
             None if d_hidden is None else d_hidden.to(hidden.dtype),
             None if d_weight is None else d_weight.to(weight.dtype),
