@@ -1,0 +1,410 @@
+"""TRL integration (``pip install 'entropy-rl[trl]'``): our monitor, detector, controllers and
+policy losses inside TRL's ``GRPOTrainer``.
+
+* :class:`EntropyCallback` reads what GRPOTrainer logs, maps it onto our names, runs the
+  collapse detector and (optionally) an entropy controller, writes ``metrics.jsonl`` and
+  ``events.jsonl``, adds our names to the logs (so TRL's trackers record them), and acts:
+  it sets ``trainer.epsilon_high`` or ``trainer.entropy_coef``, or stops training.
+* :class:`EntropyGRPOTrainer` replaces GRPOTrainer's policy loss by one of ours
+  (``entropy_loss="clip_cov"``, ``"kl_cov"``, ``"cispo"``, ``"gspo"``, ``"gpg"``, ``"ppo"``)
+  and logs our entropy statistics and Cov(log pi, A) at every optimizer step.
+
+Checked against TRL 1.16: ``GRPOTrainer.__init__`` caches ``args.epsilon`` and
+``args.epsilon_high`` as ``self.epsilon_low`` / ``self.epsilon_high`` and the loss reads those
+attributes, so changing ``trainer.args.epsilon_high`` after construction does nothing: the
+callback sets the attribute. The entropy bonus is applied only when ``self._entropy_bonus_enabled``
+(fixed at ``__init__`` from ``entropy_coef != 0``), so the callback also sets that flag when it
+turns a bonus on. With ``loss_type="cispo"`` TRL's ``epsilon_high`` is an absolute cap on the
+ratio, not ``1 + eps``; the callback refuses to control it there.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from entropy_rl.control.controllers import EntropyController
+from entropy_rl.control.detector import CollapseDetector, DetectorConfig, Event
+from entropy_rl.control.monitor import entropy_stats, logp_adv_covariance
+from entropy_rl.integrations._names import is_our_name, map_metrics
+from entropy_rl.integrations.watch import format_event
+from entropy_rl.ops.kl import kl_estimate
+from entropy_rl.ops.losses import AGG_MODES, POLICY_LOSSES, aggregate, policy_loss
+
+try:
+    from transformers import TrainerCallback
+    from trl import GRPOTrainer
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "entropy_rl.integrations.trl needs TRL: pip install 'entropy-rl[trl]'"
+    ) from exc
+
+__all__ = ["EntropyCallback", "EntropyGRPOTrainer"]
+
+# Losses whose clip widths default to the trainer's epsilon / epsilon_high (same meaning as
+# TRL's grpo/dapo clip). CISPO and GSPO keep their own defaults: TRL's values mean other things.
+_EPS_FROM_TRAINER = ("ppo", "clip_cov")
+_MM_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "num_images",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "num_tiles",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
+
+
+def _append_jsonl(path: Path, obj: Mapping[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(dict(obj), allow_nan=False) + "\n")
+
+
+class EntropyCallback(TrainerCallback):
+    """Detector, controller and our metric names for a TRL ``GRPOTrainer`` run.
+
+    Usage::
+
+        cb = EntropyCallback(detector_kwargs={"entropy_floor_action": "raise_eps_high"})
+        trainer = GRPOTrainer(..., callbacks=[cb])
+        cb.attach(trainer)  # needed for actions and controllers: they set trainer attributes
+        trainer.train()
+
+    Acts once per log call (``logging_steps``; TRL averages its metrics over that window),
+    with ``entropy/mean`` = TRL's ``entropy``. Event actions: ``stop`` ends training;
+    ``raise_eps_high`` adds ``eps_high_step`` to ``trainer.epsilon_high`` (at most
+    ``eps_high_max``); ``raise_entropy_coef`` adds ``entropy_coef_step`` to
+    ``trainer.entropy_coef`` (at most ``entropy_coef_max``); ``rollback`` is not possible from a
+    callback and is only recorded. A ``controller`` (from ``make_controller``) sets
+    ``trainer.entropy_coef`` or ``trainer.epsilon_high`` after every logged step; its value is
+    applied from the next optimizer step on. Note FINDINGS.md: whether raising eps_high raises
+    entropy depends on the regime; measure it.
+
+    Args:
+        run_dir: where ``metrics.jsonl`` / ``events.jsonl`` go (our names); default
+            ``<output_dir>/entropy-rl``. Written by the main process only.
+        detector_kwargs: :class:`DetectorConfig` fields. ``accuracy_keys`` default to ours plus
+            ``reward/mean`` (TRL logs no accuracy).
+        controller: an entropy controller, or None.
+        eps_high_step, eps_high_max, entropy_coef_step, entropy_coef_max: event actions' sizes.
+        print_events: print one line per event (main process).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path | None = None,
+        *,
+        detector_kwargs: Mapping[str, Any] | None = None,
+        controller: EntropyController | None = None,
+        eps_high_step: float = 0.05,
+        eps_high_max: float = 1.0,
+        entropy_coef_step: float = 1e-3,
+        entropy_coef_max: float = 1e-2,
+        print_events: bool = True,
+    ) -> None:
+        kw = dict(detector_kwargs or {})
+        kw.setdefault("accuracy_keys", (*DetectorConfig().accuracy_keys, "reward/mean"))
+        self.detector_config = DetectorConfig.from_dict(kw)
+        for name, value in (
+            ("eps_high_step", eps_high_step),
+            ("eps_high_max", eps_high_max),
+            ("entropy_coef_step", entropy_coef_step),
+            ("entropy_coef_max", entropy_coef_max),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.controller = controller
+        self.eps_high_step, self.eps_high_max = float(eps_high_step), float(eps_high_max)
+        self.entropy_coef_step = float(entropy_coef_step)
+        self.entropy_coef_max = float(entropy_coef_max)
+        self.print_events = print_events
+        self.trainer: Any = None
+        self.detector: CollapseDetector | None = None
+        self.events: list[Event] = []
+        self._main = True
+
+    # ------------------------------------------------------------------ wiring
+
+    def _needs_trainer(self) -> bool:
+        cfg = self.detector_config
+        acts = {cfg.action_for(r) for r in ("entropy_drop", "entropy_floor")} | {
+            cfg.action_for("exploration_collapse"),
+            cfg.action_for("entropy_explosion"),
+        }
+        controls = self.controller is not None and (
+            self.controller.entropy_coef is not None or self.controller.eps_high is not None
+        )
+        return controls or bool(acts & {"raise_eps_high", "raise_entropy_coef"})
+
+    def attach(self, trainer: Any) -> EntropyCallback:
+        """Give the callback its trainer (TRL passes none to callbacks); returns self.
+
+        Registers the callback if the trainer does not have it yet, and moves it first in the
+        trainer's callback list so that the reporting callbacks (wandb, TensorBoard, ...) see
+        the metrics it adds to the logs.
+
+        Raises:
+            ValueError: the controller drives ``entropy_coef`` while TRL's own adaptive
+                entropy control is on, or ``eps_high`` under ``loss_type="cispo"``.
+        """
+        ctrl = self.controller
+        if ctrl is not None and ctrl.entropy_coef is not None and trainer.use_adaptive_entropy:
+            raise ValueError(
+                "the controller drives entropy_coef, but TRL's use_adaptive_entropy is on too;"
+                " turn one of them off"
+            )
+        if (
+            ctrl is not None
+            and ctrl.eps_high is not None
+            and getattr(trainer, "loss_type", None) == "cispo"
+            and not isinstance(trainer, EntropyGRPOTrainer)
+        ):
+            raise ValueError(
+                "TRL's loss_type='cispo' uses epsilon_high as an absolute cap on the ratio, not"
+                " 1 + eps; control eps_high with loss_type grpo/dapo/bnpo/dr_grpo or with"
+                " EntropyGRPOTrainer"
+            )
+        callbacks = trainer.callback_handler.callbacks
+        if self in callbacks:
+            callbacks.remove(self)
+        callbacks.insert(0, self)
+        self.trainer = trainer
+        return self
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._needs_trainer() and self.trainer is None:
+            raise ValueError(
+                "EntropyCallback with a controller or a raise_* action needs the trainer:"
+                " call callback.attach(trainer) before trainer.train()"
+            )
+        total = state.max_steps if state.max_steps and state.max_steps > 0 else 1
+        self.detector = CollapseDetector(self.detector_config, total_steps=int(total))
+        self._main = bool(state.is_world_process_zero)
+        if self.run_dir is None:
+            self.run_dir = Path(args.output_dir) / "entropy-rl"
+        if self._main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ per log
+
+    def _apply_controller(self, step: int, ours: dict[str, float]) -> dict[str, float]:
+        ctrl = self.controller
+        if ctrl is None or "entropy/mean" not in ours:
+            return {}
+        out = ctrl.update(step, ours)
+        if ctrl.entropy_coef is not None:
+            self._set_entropy_coef(ctrl.entropy_coef)
+        if ctrl.eps_high is not None:
+            self.trainer.epsilon_high = float(ctrl.eps_high)
+        return out
+
+    def _set_entropy_coef(self, value: float) -> None:
+        self.trainer.entropy_coef = float(value)
+        if hasattr(self.trainer, "_entropy_bonus_enabled"):  # TRL fixes it at __init__
+            self.trainer._entropy_bonus_enabled = True
+
+    def _act(self, event: Event, control: Any) -> None:
+        if event.action == "stop":
+            control.should_training_stop = True
+        elif event.action == "raise_eps_high":
+            eps = float(self.trainer.epsilon_high)
+            self.trainer.epsilon_high = min(eps + self.eps_high_step, self.eps_high_max)
+        elif event.action == "raise_entropy_coef":
+            coef = float(self.trainer.entropy_coef)
+            self._set_entropy_coef(min(coef + self.entropy_coef_step, self.entropy_coef_max))
+
+    def on_log(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if logs is None or self.detector is None or "train_runtime" in logs:
+            return
+        step = int(state.global_step)
+        mapped = map_metrics({**logs, "step": step}, naming="trl")
+        ours = {k: v for k, v in mapped.items() if is_our_name(k) and k != "step"}
+        if not ours:  # an eval-only row: nothing for the detector
+            return
+        ours |= self._apply_controller(step, ours)
+        events = self.detector.observe({"step": step, **ours})
+        for event in events:
+            self._act(event, control)
+        if self.trainer is not None:
+            ours["control/eps_high"] = float(self.trainer.epsilon_high)
+            ours["control/entropy_coef"] = float(self.trainer.entropy_coef)
+        added = {k: v for k, v in ours.items() if k not in logs}
+        logs.update(added)
+        if state.log_history and state.log_history[-1].get("step") == step:
+            state.log_history[-1].update(added)
+        self.events += events
+        if not self._main:
+            return
+        assert self.run_dir is not None
+        _append_jsonl(self.run_dir / "metrics.jsonl", {"step": step, **ours})
+        for event in events:
+            _append_jsonl(self.run_dir / "events.jsonl", event.to_dict())
+            if self.print_events:
+                print(format_event(event), flush=True)
+
+
+class EntropyGRPOTrainer(GRPOTrainer):
+    """``GRPOTrainer`` with one of our policy losses and our entropy metrics.
+
+    Overrides only ``_compute_loss``: the per-token log-probs and entropies come from TRL's
+    ``_get_per_token_logps_and_entropies`` as usual; the loss is
+    ``policy_loss(entropy_loss, ...)`` from ``entropy_rl.ops.losses`` (+ ``beta`` * k3 KL to the
+    reference, - ``entropy_coef`` * token-mean entropy, as TRL does). Normalisation matches
+    TRL's: ``token-mean`` divides by the tokens of the accumulation window (TRL's ``dapo``, so
+    ``entropy_loss="ppo"`` reproduces ``loss_type="dapo"``); the ``seq-mean-*`` modes average
+    over the micro-batch's sequences and divide by the accumulation steps (``grpo`` /
+    ``dr_grpo`` with ``max_len = max_completion_length``). ``args.loss_type`` is ignored.
+
+    Logged every step under our names: the loss's metrics (``clip/*``, ``ratio/*``,
+    ``kl/old_approx``, ``loss/policy``, e.g. ``clip/cov_frac``), ``entropy_stats``
+    (``entropy/mean``, quantiles, ``entropy/surprisal``, ...), ``cov/logp_adv`` (rollout
+    log-probs against advantages) and ``kl/ref`` when ``beta != 0``. Values are this process's
+    (not gathered across ranks).
+
+    For ``ppo`` and ``clip_cov`` the clip widths not given in ``entropy_loss_kwargs`` are read
+    from ``self.epsilon_low`` / ``self.epsilon_high`` at every step, so :class:`EntropyCallback`
+    can move them.
+
+    Args:
+        entropy_loss: a name from ``entropy_rl.ops.losses.POLICY_LOSSES``.
+        entropy_loss_kwargs: that loss's keyword hyperparameters.
+        entropy_loss_agg: one of ``AGG_MODES``.
+        *args, **kwargs: ``GRPOTrainer``'s.
+
+    Raises:
+        ValueError: unknown loss, hyperparameter or agg mode; a TRL option this loss path does
+            not implement (top_entropy_quantile < 1, off_policy_mask_threshold, vLLM
+            importance-sampling correction, sequence-level importance sampling, delta,
+            use_bias_correction_kl, use_adaptive_entropy, a MoE aux loss).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        entropy_loss: str = "ppo",
+        entropy_loss_kwargs: Mapping[str, Any] | None = None,
+        entropy_loss_agg: str = "token-mean",
+        **kwargs: Any,
+    ) -> None:
+        if entropy_loss not in POLICY_LOSSES:
+            raise ValueError(
+                f"unknown entropy_loss {entropy_loss!r}; available: {', '.join(sorted(POLICY_LOSSES))}"
+            )
+        allowed = list(inspect.signature(POLICY_LOSSES[entropy_loss]).parameters)[4:]
+        loss_kwargs = dict(entropy_loss_kwargs or {})
+        unknown = sorted(set(loss_kwargs) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"unknown entropy_loss_kwargs {unknown} for {entropy_loss!r}; allowed: {allowed}"
+            )
+        if entropy_loss_agg not in AGG_MODES:
+            raise ValueError(
+                f"unknown entropy_loss_agg {entropy_loss_agg!r}; allowed: {', '.join(AGG_MODES)}"
+            )
+        super().__init__(*args, **kwargs)
+        self.entropy_loss = entropy_loss
+        self.entropy_loss_kwargs = loss_kwargs
+        self.entropy_loss_agg = entropy_loss_agg
+        targs: Any = self.args  # a GRPOConfig
+        unsupported = {
+            "top_entropy_quantile < 1": self.top_entropy_quantile < 1.0,
+            "off_policy_mask_threshold": self.off_policy_mask_threshold is not None,
+            "vllm_importance_sampling_correction": bool(
+                self.use_vllm and self.vllm_importance_sampling_correction
+            ),
+            "importance_sampling_level='sequence' (use entropy_loss='gspo')": (
+                self.importance_sampling_level != "token"
+            ),
+            "delta": targs.delta is not None,
+            "use_bias_correction_kl": bool(self.beta != 0.0 and targs.use_bias_correction_kl),
+            "use_adaptive_entropy (use EntropyCallback with a controller)": bool(
+                self.use_adaptive_entropy
+            ),
+            "a MoE router aux loss": bool(self.aux_loss_enabled),
+        }
+        bad = [name for name, on in unsupported.items() if on]
+        if bad:
+            raise ValueError(f"EntropyGRPOTrainer does not implement: {', '.join(bad)}")
+
+    def _loss_hparams(self) -> dict[str, Any]:
+        kw = dict(self.entropy_loss_kwargs)
+        if self.entropy_loss in _EPS_FROM_TRAINER and "eps" not in kw:
+            kw.setdefault("eps_low", float(self.epsilon_low))
+            kw.setdefault("eps_high", float(self.epsilon_high))
+        return kw
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        mask = (
+            completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        )
+        logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            model,
+            input_ids,
+            attention_mask,
+            completion_ids.size(1),
+            compute_entropy=True,
+            **{k: inputs.get(k) for k in _MM_KEYS},
+        )  # (B, T) each
+        old = inputs.get("old_per_token_logps")
+        old = logps.detach() if old is None else old  # on-policy: TRL skips computing it
+        advantages = inputs["advantages"]  # (B,) or (B, T)
+
+        train = bool(model.training)
+        targs: Any = self.args
+        accum = float(self.current_gradient_accumulation_steps) if train else 1.0
+        agg, num_tokens, scale = self.entropy_loss_agg, None, accum
+        if agg == "token-mean":  # tokens of the accumulation window, as TRL's "dapo"
+            window = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+            if train:
+                window = window * accum / targs.steps_per_generation
+            num_tokens, scale = float(window), 1.0
+        norm: dict[str, Any] = {"num_tokens": num_tokens, "num_seqs": float(mask.shape[0])}
+        norm["max_len"] = self.max_completion_length
+        loss, metrics = policy_loss(
+            self.entropy_loss,
+            logprobs=logps,
+            old_logprobs=old,
+            advantages=advantages,
+            mask=mask,
+            agg=agg,
+            **norm,
+            **self._loss_hparams(),
+        )
+        loss = loss / scale
+        valid = mask != 0
+        if self.beta != 0.0:
+            kl = kl_estimate(logps, inputs["ref_per_token_logps"], kind="k3")  # KL(pi || ref)
+            loss = loss + self.beta * aggregate(kl, mask, agg, **norm) / scale
+            metrics["kl/ref"] = float(kl.detach()[valid].mean()) if bool(valid.any()) else 0.0
+        coef = float(self.entropy_coef)
+        if coef != 0.0:
+            loss = loss - coef * aggregate(entropies, mask, "token-mean") / accum
+
+        mode = "train" if train else "eval"
+        if bool(valid.any()):
+            metrics |= entropy_stats(entropies, logps, mask)
+            metrics["cov/logp_adv"] = logp_adv_covariance(old, advantages, mask)
+        for key, value in metrics.items():
+            if not key.startswith("_count/"):
+                self._metrics[mode][key].append(float(value))
+        return loss
