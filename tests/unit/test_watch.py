@@ -318,3 +318,83 @@ def test_watch_argument_errors(tmp_path: Path) -> None:
         watch(tmp_path, follow=False, detector_kwargs={"nope": 1})
     with pytest.raises(ValueError, match="is the run being read"):
         watch(tmp_path, follow=False, report_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------- trackers
+# (integrations.trackers; wandb and mlflow are replaced by recording stubs of the calls we use)
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __getattr__(self, name: str):
+        def record(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            return self
+
+        return record
+
+
+def test_wandb_logger_sends_finite_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from entropy_rl.integrations.trackers import make_loggers
+
+    fake = _Recorder()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    config = {"run": {"name": "dapo-s0", "seed": 0}}
+    (logger,) = make_loggers(["wandb"], tmp_path, config)
+    logger.log(3, {"step": 3, "entropy/mean": 0.5, "entropy/pos_3": float("nan"), "ok": True})
+    logger.close()
+    assert fake.calls == [
+        (
+            "init",
+            (),
+            {"project": "entropy-rl", "name": "dapo-s0", "dir": str(tmp_path), "config": config},
+        ),
+        ("log", ({"entropy/mean": 0.5},), {"step": 3}),
+        ("finish", (), {}),
+    ]
+
+
+def test_mlflow_logger_params_and_key_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from entropy_rl.integrations.trackers import make_loggers, mlflow_key
+
+    fake = _Recorder()
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (logger,) = make_loggers(["mlflow"], tmp_path, {"run": {"name": "r1"}, "algo": {"eps": 0.2}})
+    logger.log(2, {"eval/pass@4": 0.9, "reward/mean": float("inf")})
+    logger.close()
+    assert fake.calls == [
+        ("set_tracking_uri", ((tmp_path / "mlruns").resolve().as_uri(),), {}),
+        ("set_experiment", ("entropy-rl",), {}),
+        ("start_run", (), {"run_name": "r1"}),
+        ("log_params", ({"run.name": "r1", "algo.eps": "0.2"},), {}),
+        ("log_metrics", ({"eval/pass_at_4": 0.9},), {"step": 2}),
+        ("end_run", (), {}),
+    ]
+    assert mlflow_key("entropy/pos_0") == "entropy/pos_0"
+    assert mlflow_key("a@b#c") == "a_at_b_c"
+
+
+def test_make_loggers_jsonl_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from entropy_rl.integrations.trackers import make_loggers
+
+    (logger,) = make_loggers(["jsonl"], tmp_path, {})
+    logger.log(1, {"step": 1, "entropy/mean": 0.5})
+    logger.close()
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 1, "entropy/mean": 0.5}
+    with pytest.raises(ValueError, match=r"unknown logger\(s\) \['neptune'\]; valid: jsonl"):
+        make_loggers(["neptune"], tmp_path, {})
+    with pytest.raises(ValueError, match="named more than once"):
+        make_loggers(["jsonl", "jsonl"], tmp_path, {})
+    for name, hint in (("wandb", "pip install wandb"), ("mlflow", "pip install mlflow")):
+        monkeypatch.setitem(sys.modules, name, None)
+        with pytest.raises(ImportError, match=hint):
+            make_loggers([name], tmp_path, {})
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    with pytest.raises(ImportError, match=r"entropy-rl\[tensorboard\]"):
+        make_loggers(["tensorboard"], tmp_path, {})
