@@ -162,10 +162,13 @@ def collect(
     max_new_tokens: int,
     pad_token_id: int,
     advantage_fn: Callable[..., torch.Tensor] | None = None,
+    prompts_per_step: int | None = None,
 ) -> tuple[RolloutBatch | None, Samples, dict[str, float]]:
     """One step's batch: returns (batch or None if no group has signal, first-round samples,
-    metrics). Training accuracy is measured on the first round, before any filtering."""
+    metrics). Training accuracy is measured on the first round, before any filtering.
+    ``prompts_per_step`` overrides rollout.prompts_per_step (a rank's share under data parallelism)."""
     ro = cfg.rollout
+    per_step = prompts_per_step or ro.prompts_per_step
     g_size = ro.group_size
     errors = [0]
 
@@ -175,7 +178,7 @@ def collect(
             rng=rng, max_new_tokens=max_new_tokens, errors=errors,
         )  # fmt: skip
 
-    first = draw(ro.prompts_per_step)
+    first = draw(per_step)
     rounds, parts, n_groups_seen, n_zero_var = 1, [], 0, 0
     current = first
     while True:
@@ -190,16 +193,16 @@ def collect(
         n_groups_seen += n
         parts.append(_select_groups(current, keep, g_size))
         have = sum(len(p.examples) for p in parts)
-        if not ro.dynamic_sampling or have >= ro.prompts_per_step or rounds >= ro.max_sample_rounds:
+        if not ro.dynamic_sampling or have >= per_step or rounds >= ro.max_sample_rounds:
             break
         rounds += 1
         # ask for a little more than the gap, scaled by the observed keep rate
         keep_rate = max(have / n_groups_seen, 0.1)
-        want = min(ro.prompts_per_step * 4, math.ceil((ro.prompts_per_step - have) / keep_rate))
+        want = min(per_step * 4, math.ceil((per_step - have) / keep_rate))
         current = draw(want)
     kept = _concat(parts)
-    if len(kept.examples) > ro.prompts_per_step:
-        kept = _select_groups(kept, list(range(ro.prompts_per_step)), g_size)
+    if len(kept.examples) > per_step:
+        kept = _select_groups(kept, list(range(per_step)), g_size)
     n_rows = len(first.texts)
     lengths = [len(c) for c in first.completion_ids]
     metrics = {

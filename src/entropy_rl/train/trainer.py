@@ -45,6 +45,7 @@ from entropy_rl.train.data import (
     build_reward,
     build_task,
 )
+from entropy_rl.train.distributed import all_gather_rows, all_reduce, init_from_env, reduce_metrics
 from entropy_rl.train.evaluate import evaluate
 from entropy_rl.train.logging import JsonlLogger, Logger, default_loggers
 from entropy_rl.train.rollout import Encoder, collect
@@ -55,6 +56,8 @@ from entropy_rl.train.update import (
     warn_if_on_policy,
 )
 
+_ROLLOUT_REDUCE = {"groups/kept": "sum", "reward/errors": "sum", "groups/sample_rounds": "max",
+                   "_tokens": "sum"}  # fmt: skip
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -123,9 +126,17 @@ class Trainer:
         validate_algo(c)
         if c.run.threads:
             torch.set_num_threads(c.run.threads)
-        self._seed(c.run.seed)
+        self.device = _device(c.run.device)
+        self.dist = init_from_env(self.device)
+        if c.rollout.prompts_per_step % self.dist.world_size:
+            raise ConfigError(
+                f"rollout.prompts_per_step={c.rollout.prompts_per_step} must be a multiple of the "
+                f"number of processes ({self.dist.world_size})"
+            )
+        self.prompts_per_rank = c.rollout.prompts_per_step // self.dist.world_size
+        self._seed(c.run.seed + self.dist.rank)  # ranks sample differently; rank 0 as 1 process
         self.run_dir = Path(c.run.out_dir or f"runs/{c.run.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if not resume and (self.run_dir / "metrics.jsonl").exists():
+        if not resume and self.dist.is_main and (self.run_dir / "metrics.jsonl").exists():
             raise FileExistsError(
                 f"{self.run_dir} already holds a run; use --resume {self.run_dir} to continue it "
                 "or choose another --out"
@@ -137,7 +148,6 @@ class Trainer:
             model, tokenizer = load_model(c)
         if tokenizer is None:
             raise ValueError("pass the tokenizer together with a model")
-        self.device = _device(c.run.device)
         self.model = model.to(self.device)
         self.model.eval()  # no dropout during RL: the ratio must compare the same function
         self.tokenizer = tokenizer
@@ -183,7 +193,7 @@ class Trainer:
         self.dynamics = EntropyDynamics()
         self.entropy_fit = EntropyPerformanceFit()
         self.last_entropy: float | None = None
-        self.rng = random.Random(c.run.seed)
+        self.rng = random.Random(c.run.seed + self.dist.rank)
         self.shuffle = torch.Generator().manual_seed(c.run.seed)
         self.loss_kwargs = dict(c.algo.loss_kwargs)
         self.entropy_coef = c.algo.entropy_coef
@@ -191,31 +201,34 @@ class Trainer:
         self.bad_in_a_row = 0
         self.stop_reason: str | None = None
         warn_if_on_policy(c.algo.ppo_epochs, c.algo.mini_batches)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._resume()
-        (self.run_dir / "config.yaml").write_text(c.to_yaml())
-        self.loggers = loggers if loggers is not None else default_loggers(self.run_dir)
+        self.loggers: list[Logger] = []
+        if self.dist.is_main:
+            (self.run_dir / "config.yaml").write_text(c.to_yaml())
+            self.loggers = loggers if loggers is not None else default_loggers(self.run_dir)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, float]:
         """Train for run.steps RL steps; returns the last step's metrics."""
         c = self.cfg
         last: dict[str, float] = {}
-        bar = _progress(c.run.steps, self.step, enabled=c.run.progress)
+        bar = _progress(c.run.steps, self.step, enabled=c.run.progress and self.dist.is_main)
         try:
             if self.step == 0 and c.eval.every:
-                self._log_eval_only(0)
+                self.log(self.evaluate())  # step 0: where the policy starts
             while self.step < c.run.steps and self.stop_reason is None:
                 self.step += 1
                 t0 = time.perf_counter()
                 batch, metrics = self.rollout()  # rollout -> reward -> advantage -> filter
                 t1 = time.perf_counter()
-                if batch is not None:
+                if self._all_ranks_have(batch) and batch is not None:
                     metrics |= self.update(batch)  # old log-probs, then epochs x mini-batches
                 metrics |= {"time/rollout": t1 - t0, "time/update": time.perf_counter() - t1}
                 if c.eval.every and (self.step % c.eval.every == 0 or self.step == c.run.steps):
-                    metrics |= evaluate(self)
+                    metrics |= self.evaluate()
                 metrics |= self.control(metrics)  # controller, collapse detector
                 metrics["time/step"] = time.perf_counter() - t0
                 metrics["throughput/tokens_per_s"] = (
@@ -247,10 +260,26 @@ class Trainer:
             self.cfg, source=self.source, engine=self.engine, encoder=self.encoder,
             reward_fn=self.reward_fn, rng=self.rng, max_new_tokens=self.max_new_tokens,
             pad_token_id=self.pad_id, advantage_fn=self.advantage_fn,
+            prompts_per_step=self.prompts_per_rank,
         )  # fmt: skip
         metrics["_tokens"] = float(sum(len(c) for c in samples.completion_ids))
-        self._write_samples(samples)
+        metrics = reduce_metrics(metrics, self.dist, how=_ROLLOUT_REDUCE)
+        if self.dist.is_main:
+            self._write_samples(samples)
         return batch, metrics
+
+    def _all_ranks_have(self, batch: RolloutBatch | None) -> bool:
+        """Every rank must take part in the update's collectives: skip it everywhere if any rank
+        kept no group (dynamic sampling can leave a rank empty)."""
+        return bool(all_reduce(torch.tensor(float(batch is not None)), self.dist, "min") > 0)
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out evaluation on the main process; the numbers are shared with every rank so
+        that controllers and the collapse detector decide the same everywhere."""
+        out = [evaluate(self) if self.dist.is_main else {}]
+        if self.dist.enabled:
+            torch.distributed.broadcast_object_list(out, src=0)
+        return out[0]
 
     def settings(self) -> UpdateSettings:
         c = self.cfg
@@ -279,13 +308,20 @@ class Trainer:
             ).sum(1)
             batch.advantages = batch.advantages - self.cfg.algo.kl_coef * kl_seq
         # monitor: from the rollout policy's own pass (no extra forward)
-        seen = (batch.targets != -1).float()
-        metrics = entropy_stats(old["entropy"], old["logprobs"], seen, top1_prob=old["top1"])
-        metrics |= entropy_by_position(old["entropy"], seen, max_len=self.max_new_tokens)
+        # gathered over ranks (identity for one process) so every metric is a global one
+        g = {k: all_gather_rows(v, self.dist) for k, v in old.items() if k != "ref_logprobs"}
+        seen = all_gather_rows((batch.targets != -1).float(), self.dist)
+        mask = all_gather_rows(batch.mask, self.dist)
+        adv = all_gather_rows(batch.advantages, self.dist)
+        metrics = entropy_stats(g["entropy"], g["logprobs"], seen, top1_prob=g["top1"])
+        metrics |= entropy_by_position(g["entropy"], seen, max_len=self.max_new_tokens)
         self.last_entropy = metrics["entropy/mean"]
-        adv_tok = batch.advantages[:, None].expand_as(batch.mask)
-        metrics["cov/logp_adv"] = logp_adv_covariance(old["logprobs"], adv_tok, batch.mask)
-        upd, bad = ppo_update(self.model, self.optimizer, batch, s, generator=self.shuffle)
+        metrics["cov/logp_adv"] = logp_adv_covariance(
+            g["logprobs"], adv[:, None].expand_as(mask), mask
+        )
+        upd, bad = ppo_update(
+            self.model, self.optimizer, batch, s, generator=self.shuffle, info=self.dist
+        )
         metrics |= upd
         all_bad = bad > 0 and upd["update/optimizer_steps"] == 0
         self.bad_in_a_row = self.bad_in_a_row + 1 if all_bad else 0
@@ -323,9 +359,10 @@ class Trainer:
 
     def _on_event(self, event: Any) -> None:
         record = event.to_dict()
-        with open(self.run_dir / "events.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(f"[step {self.step}] {record['rule']}: {record['message']}", file=sys.stderr)
+        if self.dist.is_main:
+            with open(self.run_dir / "events.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(f"[step {self.step}] {record['rule']}: {record['message']}", file=sys.stderr)
         action = record.get("action")
         if action == "stop":
             self.stop_reason = f"collapse detector rule {record['rule']} (action=stop)"
@@ -352,10 +389,6 @@ class Trainer:
         }
         for lg in self.loggers:
             lg.log(self.step, row)
-
-    def _log_eval_only(self, step: int) -> None:
-        for lg in self.loggers:
-            lg.log(step, {"step": step, **{k: _finite(v) for k, v in evaluate(self).items()}})
 
     def _write_samples(self, samples: Any) -> None:
         n = self.cfg.run.log_samples
@@ -391,11 +424,25 @@ class Trainer:
                 st[name] = obj.state_dict()
         return st
 
-    def save(self) -> Path:
-        return ckpt.save_checkpoint(
-            self.run_dir, self.step, model=self.model, tokenizer=self.tokenizer,
-            state=self.state(), keep=self.cfg.run.keep_checkpoints,
-        )  # fmt: skip
+    def save(self) -> Path | None:
+        """Checkpoint on the main process (with every rank's RNG states); others wait for it."""
+        state = self.state()
+        per_rank = [{"rng": state["rng"], "trainer_rng": state["trainer_rng"]}]
+        if self.dist.enabled:
+            per_rank = [{} for _ in range(self.dist.world_size)]
+            torch.distributed.all_gather_object(
+                per_rank, {"rng": state["rng"], "trainer_rng": state["trainer_rng"]}
+            )
+        state["rank_rng"] = per_rank
+        path = None
+        if self.dist.is_main:
+            path = ckpt.save_checkpoint(
+                self.run_dir, self.step, model=self.model, tokenizer=self.tokenizer,
+                state=state, keep=self.cfg.run.keep_checkpoints,
+            )  # fmt: skip
+        if self.dist.enabled:
+            torch.distributed.barrier()
+        return path
 
     def _load_weights(self, path: Path) -> None:
         from safetensors.torch import load_file
@@ -422,8 +469,9 @@ class Trainer:
         self.step = int(st["step"])
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
-        ckpt.set_rng_state(st["rng"])
-        self.rng.setstate(st["trainer_rng"])
+        mine = st.get("rank_rng", [st])[self.dist.rank] if self.dist.enabled else st
+        ckpt.set_rng_state(mine["rng"])
+        self.rng.setstate(mine["trainer_rng"])
         self.shuffle.set_state(st["shuffle_rng"])
         self.dynamics.load_state_dict(st["dynamics"])
         self.loss_kwargs = dict(st["loss_kwargs"])

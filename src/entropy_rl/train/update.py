@@ -20,6 +20,13 @@ from entropy_rl.ops.kl import kl_ref_metrics
 from entropy_rl.ops.losses import policy_loss
 from entropy_rl.ops.regularizers import entropy_bonus, kl_penalty
 from entropy_rl.train.batch import RolloutBatch, policy_token_stats
+from entropy_rl.train.distributed import (
+    DistInfo,
+    all_gather_sizes,
+    all_reduce,
+    reduce_metrics,
+    sum_gradients,
+)
 
 
 @dataclass
@@ -91,8 +98,50 @@ def record_old_logprobs(
     return out
 
 
-def _grads_finite(model: Any) -> bool:
-    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+def _grads_finite(model: Any, info: DistInfo) -> bool:
+    ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+    return bool(all_reduce(torch.tensor(float(ok)), info, "min") > 0)
+
+
+class _Accumulator:
+    """Combines per-micro-batch metrics of one update exactly, across micro-batches and ranks.
+
+    Token means are weighted by ``_count/tokens``; ``*/max`` keys take the max; ``loss/*`` keys
+    are summed (each micro-batch returns its share of the step's loss) and averaged over
+    optimizer steps; ``clip/upper_old_prob`` is weighted by the number of upper-clipped tokens.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.maxes: dict[str, float] = {}
+        self.losses: dict[str, float] = {}
+        self.weight = self.upper_count = self.upper_prob = 0.0
+
+    def add(self, m: dict[str, float]) -> None:
+        w = float(m.pop("_count/tokens"))
+        n_up = float(m.pop("_count/upper_clipped", 0.0))
+        self.weight += w
+        self.upper_count += n_up
+        self.upper_prob += m.pop("clip/upper_old_prob", 0.0) * n_up
+        for k, v in m.items():
+            if k.startswith("loss/"):
+                self.losses[k] = self.losses.get(k, 0.0) + v
+            elif k.endswith("/max"):
+                self.maxes[k] = max(self.maxes.get(k, -math.inf), v)
+            else:
+                self.sums[k] = self.sums.get(k, 0.0) + v * w
+
+    def result(self, info: DistInfo, n_steps: int) -> dict[str, float]:
+        local = {**self.sums, **self.losses, "_w": self.weight, "_uc": self.upper_count,
+                 "_up": self.upper_prob}  # fmt: skip
+        summed = reduce_metrics(local, info, default="sum")
+        maxed = reduce_metrics(self.maxes, info, default="max")
+        w = max(summed.pop("_w"), 1.0)
+        n_up, up = summed.pop("_uc"), summed.pop("_up")
+        out = {k: v / (max(n_steps, 1) if k.startswith("loss/") else w) for k, v in summed.items()}
+        out["clip/upper_old_prob"] = up / n_up if n_up else 0.0
+        out |= maxed
+        return out
 
 
 def ppo_update(
@@ -102,56 +151,43 @@ def ppo_update(
     s: UpdateSettings,
     *,
     generator: torch.Generator,
+    info: DistInfo = DistInfo(),  # noqa: B008  (frozen dataclass: a safe default)
 ) -> tuple[dict[str, float], int]:
     """Run ``epochs x mini_batches`` optimizer steps on ``batch``; return (metrics, bad_steps).
 
-    Metrics are token-weighted means over every micro-batch of every pass (``*/max`` keys: the
-    max), so the clip fractions describe the whole update. A mini-batch whose loss or gradient
-    is not finite is skipped (no optimizer step) and counted in ``bad_steps``.
+    Mini-batches are cut from one permutation of the *global* rows (all ranks), so the update
+    does not depend on the number of processes (see train.distributed). Metrics describe the
+    whole update (every micro-batch of every pass). A mini-batch whose loss or gradient is not
+    finite on any rank is skipped (no optimizer step) and counted in ``bad_steps``.
     """
     assert batch.old_logprobs is not None
-    sums: dict[str, float] = {}  # token-weighted
-    maxes: dict[str, float] = {}
-    losses: dict[str, float] = {}  # summed over micro-batches: each is its share of the step's loss
+    acc = _Accumulator()
     grad_norms: list[float] = []
-    upper_count = upper_prob = 0.0  # clip/upper_old_prob is a mean over upper-clipped tokens
-    weight = 0.0
-    steps = 0
-    bad = 0
-    n = len(batch)
+    steps = bad = 0
+    sizes = all_gather_sizes(len(batch), info)
+    offset, n_local = sum(sizes[: info.rank]), len(batch)
     for _ in range(s.epochs):
-        perm = torch.randperm(n, generator=generator)
-        for mb_idx in perm.tensor_split(s.mini_batches):
-            if len(mb_idx) == 0:
+        perm = torch.randperm(sum(sizes), generator=generator)
+        for mb_global in perm.tensor_split(s.mini_batches):
+            if len(mb_global) == 0:
                 continue
-            num_tokens = float(batch.mask[mb_idx].sum())
+            mine = mb_global[(mb_global >= offset) & (mb_global < offset + n_local)] - offset
+            num_tokens = float(all_reduce(batch.mask[mine].sum().double(), info))
             optimizer.zero_grad(set_to_none=True)
             finite = True
-            for idx in mb_idx.split(s.micro_batch_size):
-                mb = batch.rows(idx)
+            for idx in mine.split(s.micro_batch_size):
                 loss, m = _micro_batch_loss(
-                    model, mb, s, num_tokens=num_tokens, num_seqs=len(mb_idx)
+                    model, batch.rows(idx), s, num_tokens=num_tokens, num_seqs=len(mb_global)
                 )
                 if not torch.isfinite(loss):
                     finite = False
                     break
                 loss.backward()
-                w = float(m.pop("_count/tokens"))
-                n_up = float(m.pop("_count/upper_clipped", 0.0))
-                weight += w
-                upper_count += n_up
-                upper_prob += m.pop("clip/upper_old_prob", 0.0) * n_up
-                for k, v in m.items():
-                    if k.startswith("loss/"):
-                        losses[k] = losses.get(k, 0.0) + v
-                    elif k.endswith("/max"):
-                        maxes[k] = max(maxes.get(k, -math.inf), v)
-                    else:
-                        sums[k] = sums.get(k, 0.0) + v * w
-            if finite and _grads_finite(model):
-                norm = torch.nn.utils.clip_grad_norm_(
-                    model.parameters(), s.grad_clip or float("inf")
-                )
+                acc.add(m)
+            sum_gradients(model, info)
+            finite = bool(all_reduce(torch.tensor(float(finite)), info, "min") > 0)
+            if finite and _grads_finite(model, info):
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip or math.inf)
                 grad_norms.append(float(norm))
                 optimizer.step()
                 steps += 1
@@ -163,14 +199,11 @@ def ppo_update(
                     RuntimeWarning,
                     stacklevel=2,
                 )
-    metrics = {k: v / max(weight, 1.0) for k, v in sums.items()}
-    metrics["clip/upper_old_prob"] = upper_prob / upper_count if upper_count else 0.0
+    metrics = acc.result(info, steps + bad)
     if grad_norms:
         metrics["grad/norm"] = sum(grad_norms) / len(grad_norms)
-    metrics.update(maxes)
-    metrics.update({k: v / max(steps + bad, 1) for k, v in losses.items()})
-    metrics["update/optimizer_steps"] = float(steps)
     metrics["update/bad_steps"] = float(bad)
+    metrics["update/optimizer_steps"] = float(steps)
     return metrics, bad
 
 
