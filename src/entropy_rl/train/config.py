@@ -232,6 +232,9 @@ class RunConfig:
     threads: int | None = None
     """torch CPU threads (None: torch's default)."""
     progress: bool = True
+    loggers: list[str] | None = None
+    """Metric sinks: any of jsonl, tensorboard, wandb, mlflow. None: jsonl, plus tensorboard
+    when installed. metrics.jsonl is always written (reports and resume read it)."""
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:N."""
 
@@ -294,6 +297,11 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
     if tp is Any:
         return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(key, item, v) for v in value]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {type(value).__name__} {value!r}")

@@ -70,7 +70,14 @@ class TensorBoardLogger:
         self.writer.close()
 
 
-def default_loggers(run_dir: Path) -> list[Logger]:
+def default_loggers(
+    run_dir: Path, names: list[str] | None = None, config: dict[str, Any] | None = None
+) -> list[Logger]:
+    """``names`` from run.loggers (jsonl is always added); None: jsonl + tensorboard if installed."""
+    if names is not None:
+        from entropy_rl.integrations.trackers import make_loggers
+
+        return make_loggers(["jsonl", *[n for n in names if n != "jsonl"]], run_dir, config or {})
     loggers: list[Logger] = [JsonlLogger(run_dir / "metrics.jsonl")]
     try:
         import tensorboard  # noqa: F401

@@ -208,7 +208,12 @@ class Trainer:
         self.loggers: list[Logger] = []
         if self.dist.is_main:
             (self.run_dir / "config.yaml").write_text(c.to_yaml())
-            self.loggers = loggers if loggers is not None else default_loggers(self.run_dir)
+            if loggers is None:
+                try:
+                    loggers = default_loggers(self.run_dir, c.run.loggers, c.to_dict())
+                except ValueError as e:
+                    raise ConfigError(f"run.loggers: {e}") from e
+            self.loggers = loggers
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, float]:
