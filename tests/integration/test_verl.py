@@ -238,15 +238,16 @@ old = -torch.rand(B, T) * 2 - 0.05
 adv = torch.randn(B, 1).expand(B, T).contiguous()
 mask = torch.ones(B, T)
 mask[1, 3:] = 0
-mask[3, 1:] = 0
+mask[3, 1:] = 0  # 14 valid tokens: kl_cov 0.5 * 14 = 7 penalised in both (no rounding gap)
 lp0 = old + 0.4 * torch.randn(B, T)
 out = {"registered": [n for n in names if n in ca.POLICY_LOSS_REGISTRY]}
 pairs = [("erl_ppo", "vanilla", {}), ("erl_cispo", "cispo", {}), ("erl_gspo", "gspo", {}),
-         ("erl_kl_cov", "kl_cov", {"kl_cov_ratio": 0.25, "ppo_kl_coef": 1.0})]
+         ("erl_kl_cov", "kl_cov", {"kl_cov_ratio": 0.5, "ppo_kl_coef": 1.0})]
 for ours, theirs, pl in pairs:
     for agg in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
         cfg = ActorConfig(strategy="fsdp", clip_ratio=0.2, clip_ratio_low=0.2, clip_ratio_high=0.28,
-                          policy_loss=PolicyLossConfig(loss_mode=ours, **pl), ppo_micro_batch_size_per_gpu=1)
+                          policy_loss=PolicyLossConfig(loss_mode=ours, **pl), ppo_micro_batch_size_per_gpu=1,
+                          rollout_n=1)
         cfg.global_batch_info.update(dp_size=2, batch_num_tokens=30, global_batch_size=8, loss_scale_factor=7)
         res = []
         for name in (ours, theirs):
