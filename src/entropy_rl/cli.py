@@ -80,7 +80,7 @@ def _report(args: argparse.Namespace) -> int:
     from entropy_rl.report import write_report
 
     out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "report"
-    html = write_report([Path(p) for p in args.run_dirs], out)
+    html = write_report([Path(p) for p in args.run_dirs], out, title=args.title)
     print(f"report: {html}")
     return 0
 
@@ -109,6 +109,16 @@ def _compare(args: argparse.Namespace) -> int:
                             title="entropy-rl compare")  # fmt: skip
         print(f"report: {html}")
     return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from entropy_rl.integrations.watch import watch
+
+    n = watch(
+        args.path, follow=not args.no_follow, poll_s=args.poll, report_dir=args.report,
+        total_steps=args.total_steps,
+    )  # fmt: skip
+    return 1 if (args.no_follow and n > 0) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,7 +202,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("run_dirs", nargs="+")
     rep.add_argument("--out", help="output directory (default RUN_DIR/report)")
+    rep.add_argument("--title", help="page title")
     rep.set_defaults(fn=_report)
+    w = sub.add_parser(
+        "watch",
+        help="collapse detector on a run's metric stream (ours, TRL, TensorBoard, verl JSONL)",
+    )
+    w.add_argument("path", help="run dir, TRL output dir, TensorBoard log dir or metrics JSONL")
+    w.add_argument("--no-follow", action="store_true",
+                   help="read what is there, report, exit 1 if any collapse event fired")  # fmt: skip
+    w.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write metrics/events (our names) and the HTML report to DIR",
+    )
+    w.add_argument("--poll", type=float, default=2.0, help="seconds between polls while following")
+    w.add_argument(
+        "--total-steps", type=int, help="planned steps of the run (for the entropy_floor rule)"
+    )
+    w.set_defaults(fn=_watch)
     return p
 
 
