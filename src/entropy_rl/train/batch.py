@@ -28,6 +28,8 @@ class RolloutBatch:
     advantages: Tensor  # (B,)
     old_logprobs: Tensor | None = None  # (B, T)
     ref_logprobs: Tensor | None = None  # (B, T)
+    sampler_logprobs: Tensor | None = None  # (B, T) as the rollout engine computed them
+    token_weights: Tensor | None = None  # (B, T) per-token advantage weights (e.g. TIS)
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -51,6 +53,8 @@ class RolloutBatch:
             advantages=self.advantages[idx],
             old_logprobs=cut(self.old_logprobs),
             ref_logprobs=cut(self.ref_logprobs),
+            sampler_logprobs=cut(self.sampler_logprobs),
+            token_weights=cut(self.token_weights),
         )
 
 
@@ -62,6 +66,7 @@ def build_batch(
     advantages: Tensor,
     pad_token_id: int,
     loss_mask: list[bool] | None = None,
+    sampler_logprobs: list[list[float]] | None = None,
 ) -> RolloutBatch:
     """Pack token lists into a RolloutBatch. ``loss_mask[i] = False`` keeps row i out of the loss
     (e.g. truncated completions when masked). Targets are -1 beyond each completion."""
@@ -80,7 +85,13 @@ def build_batch(
             targets[i, : len(c)] = torch.tensor(c, dtype=torch.long)
             if loss_mask is None or loss_mask[i]:
                 mask[i, : len(c)] = 1.0
+    sampler = None
+    if sampler_logprobs is not None:
+        sampler = torch.zeros((b, t))
+        for i, lp in enumerate(sampler_logprobs):
+            sampler[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
     return RolloutBatch(
+        sampler_logprobs=sampler,
         input_ids=input_ids,
         attention_mask=attention,
         prompt_lens=torch.tensor([len(p) for p in prompt_ids], dtype=torch.long),

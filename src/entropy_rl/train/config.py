@@ -169,6 +169,10 @@ class AlgoConfig:
     kl_kind: str = "k3"
     kl_in: str = "loss"
     """``loss`` (GRPO style) or ``reward`` (PPO/RLHF style, per-sequence sum)."""
+    tis_cap: float | None = 2.0
+    """Truncated importance sampling for the train/inference mismatch: when the rollout engine
+    reports its own log-probs (vLLM), each token's advantage is weighted by
+    min(pi_old / pi_sampler, tis_cap). None turns the correction off."""
     max_bad_steps: int = 5
     """Consecutive non-finite losses or gradients before the run stops."""
 

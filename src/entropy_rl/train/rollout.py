@@ -37,6 +37,7 @@ class Samples:
     completion_ids: list[list[int]]
     texts: list[str]
     truncated: list[bool]
+    sampler_logprobs: list[list[float]]  # per row; [] when the engine does not report them
     correct: list[float]  # the reward function's value, before shaping
     rewards: list[float]  # after overlong shaping (what the advantage sees)
 
@@ -127,7 +128,14 @@ def sample_round(
                 len(ids), max_len=max_new_tokens, cache_len=ro.overlong_cache
             )
     return Samples(
-        examples, gen.prompt_ids, gen.completion_ids, texts, gen.truncated, correct, rewards
+        examples,
+        gen.prompt_ids,
+        gen.completion_ids,
+        texts,
+        gen.truncated,
+        gen.sampler_logprobs or [[] for _ in texts],
+        correct,
+        rewards,
     )
 
 
@@ -146,6 +154,7 @@ def _select_groups(s: Samples, groups: list[int], size: int) -> Samples:
         pick(s.completion_ids),
         pick(s.texts),
         pick(s.truncated),
+        pick(s.sampler_logprobs),
         pick(s.correct),
         pick(s.rewards),
     )
@@ -229,5 +238,6 @@ def collect(
     batch = build_batch(
         kept.prompt_ids, kept.completion_ids, rewards=rewards, advantages=adv,
         pad_token_id=pad_token_id, loss_mask=loss_rows,
+        sampler_logprobs=kept.sampler_logprobs if all(kept.sampler_logprobs) else None,
     )  # fmt: skip
     return batch, first, metrics

@@ -305,6 +305,7 @@ class Trainer:
         s = self.settings()
         old = record_old_logprobs(self.model, self.ref_model, batch, s)
         batch.old_logprobs, batch.ref_logprobs = old["logprobs"], old.get("ref_logprobs")
+        tis = self._importance_weights(batch)
         if self.ref_model is not None and not s.kl_in_loss:  # KL as a per-sequence reward penalty
             from entropy_rl.ops.kl import kl_estimate
 
@@ -327,7 +328,7 @@ class Trainer:
         upd, bad = ppo_update(
             self.model, self.optimizer, batch, s, generator=self.shuffle, info=self.dist
         )
-        metrics |= upd
+        metrics |= upd | tis
         all_bad = bad > 0 and upd["update/optimizer_steps"] == 0
         self.bad_in_a_row = self.bad_in_a_row + 1 if all_bad else 0
         if self.bad_in_a_row >= self.cfg.algo.max_bad_steps:
@@ -341,6 +342,23 @@ class Trainer:
         metrics |= self.dynamics.update(metrics["entropy/mean"], metrics["cov/logp_adv"], lr_scale)
         self.scheduler.step()
         return metrics
+
+    def _importance_weights(self, batch: RolloutBatch) -> dict[str, float]:
+        """TIS: weight token t's advantage by min(pi_old / pi_sampler, cap) when the engine's own
+        log-probs differ from the trainer's (vLLM kernels, precision); logs the mismatch."""
+        cap = self.cfg.algo.tis_cap
+        if batch.sampler_logprobs is None or batch.old_logprobs is None:
+            return {}
+        m = batch.mask
+        n = m.sum().clamp(min=1)
+        d = batch.old_logprobs - batch.sampler_logprobs  # log(pi_old / pi_sampler)
+        out = {"mismatch/k3": float(((torch.exp(-d) - 1 + d) * m).sum() / n)}
+        if cap is not None:
+            ratio = torch.exp(d)
+            batch.token_weights = ratio.clamp(max=cap) * m
+            out["tis/weight_mean"] = float((batch.token_weights * m).sum() / n)
+            out["tis/capped_frac"] = float(((ratio > cap).float() * m).sum() / n)
+        return out
 
     def control(self, metrics: dict[str, float]) -> dict[str, float]:
         """Controller update, then the collapse detector; applies the actions it may take."""

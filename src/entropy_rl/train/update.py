@@ -216,12 +216,15 @@ def _micro_batch_loss(
         model, mb, temperature=s.temperature, mode=s.logits_mode, chunk_size=s.chunk_size
     )
     mask = mb.mask.to(logp.device)
+    adv = mb.advantages.to(logp.device)
+    if mb.token_weights is not None:  # (B,) -> (B, T): per-token importance weights (TIS)
+        adv = adv[:, None] * mb.token_weights.to(logp.device)
     agg_kw: dict[str, Any] = {"num_tokens": num_tokens, "num_seqs": num_seqs, "max_len": s.max_len}
     loss, metrics = policy_loss(
         s.loss,
         logprobs=logp,
         old_logprobs=mb.old_logprobs.to(logp.device),
-        advantages=mb.advantages.to(logp.device),
+        advantages=adv,
         mask=mask,
         agg=s.agg,
         **agg_kw,
