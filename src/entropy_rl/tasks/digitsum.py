@@ -5,14 +5,18 @@ digits sum to N, followed by <eos>. For width 3 the number of valid answers is t
 coefficient of x^N in (1 + x + ... + x^9)^3: 28 for N = 6, 75 for N = 13 and 14, and only
 3 / 6 / 10 for N = 1 / 2 / 3 and 10 / 6 / 3 / 1 for N = 24 / 25 / 26 / 27.
 
-Training prompts use N in `train_targets` (default 6..21, 28-75 valid answers each). The
+RL training prompts use N in `train_targets` (default 6..21, 28-75 valid answers each). The
 evaluation set holds those same 16 prompts (the space is too small to hold any out) plus
 "hard" prompts with few valid answers (N in 1..3 and 25..27), marked ``meta["hard"] = True``;
 pass@k saturates on the normal prompts and only says something on the hard ones.
 
 Supervised pretraining (`sample_pretrain`) mixes uniformly drawn valid answers with random
 invalid strings (`invalid_frac`, 0.4), so the start policy is spread over many answers and
-valid only part of the time: room for RL to sharpen and to collapse.
+valid only part of the time: room for RL to sharpen and to collapse. It covers N in 1..27,
+the hard prompts included; RL never trains on those. Measured here: pretrained on 6..21 only
+(FINDINGS.md's range), the model is valid on 0.5% of hard-prompt samples and pass@32 is
+nonzero on one of the six, so pass@k there could not move; with 1..27 it starts at ~49% valid
+on hard prompts while the normal prompts keep FINDINGS' start point (~30% valid at T = 1).
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ class DigitSumTask(Task):
     Args:
         train_targets: inclusive (low, high) range of N for training prompts.
         hard_targets: N values of the hard evaluation prompts (few valid answers).
-        pretrain_targets: inclusive range of N for supervised pretraining (default:
-            `train_targets`).
+        pretrain_targets: inclusive range of N for supervised pretraining (default: the
+            smallest range holding `train_targets` and `hard_targets`, 1..27).
         invalid_frac: fraction of random invalid answers in the pretraining data.
         width: number of digits in an answer.
     """
@@ -70,7 +74,9 @@ class DigitSumTask(Task):
             )
         if any(not 0 <= n <= top for n in hard_targets):
             raise ValueError(f"hard_targets must lie in 0..{top}, got {hard_targets}")
-        p_low, p_high = pretrain_targets if pretrain_targets is not None else train_targets
+        if pretrain_targets is None:
+            pretrain_targets = (min(low, *hard_targets), max(high, *hard_targets))
+        p_low, p_high = pretrain_targets
         if not 0 <= p_low <= p_high <= top:
             raise ValueError(
                 f"pretrain_targets must satisfy 0 <= low <= high <= {top}, got {pretrain_targets}"
