@@ -123,10 +123,9 @@ def sample_round(
     )
     rewards = list(correct)
     if ro.overlong_shaping:
+        cache = ro.overlong_cache or max(1, max_new_tokens // 5)
         for i, ids in enumerate(gen.completion_ids):
-            rewards[i] += overlong_penalty(
-                len(ids), max_len=max_new_tokens, cache_len=ro.overlong_cache
-            )
+            rewards[i] += overlong_penalty(len(ids), max_len=max_new_tokens, cache_len=cache)
     return Samples(
         examples,
         gen.prompt_ids,

@@ -35,6 +35,7 @@ from entropy_rl.engine.base import RolloutEngine
 from entropy_rl.engine.hf import HFGenerateEngine
 from entropy_rl.ops.advantages import available_advantages, compute_advantages
 from entropy_rl.ops.losses import policy_loss
+from entropy_rl.tasks.pretrain import builtin_checkpoint
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.batch import RolloutBatch
 from entropy_rl.train.config import Config, ConfigError
@@ -71,8 +72,6 @@ def load_model(cfg: Config) -> tuple[Any, Any]:
 
     path = cfg.model.path
     if path is None:
-        from entropy_rl.tasks.pretrain import builtin_checkpoint
-
         path = str(builtin_checkpoint(cfg.data.task))
     kw = {"trust_remote_code": cfg.model.trust_remote_code}
     tok = AutoTokenizer.from_pretrained(path, **kw)
@@ -124,8 +123,6 @@ class Trainer:
     ) -> None:
         self.cfg = c = config
         validate_algo(c)
-        if c.run.threads:
-            torch.set_num_threads(c.run.threads)
         self.device = _device(c.run.device)
         self.dist = init_from_env(self.device)
         if c.rollout.prompts_per_step % self.dist.world_size:
@@ -148,6 +145,10 @@ class Trainer:
             model, tokenizer = load_model(c)
         if tokenizer is None:
             raise ValueError("pass the tokenizer together with a model")
+        if c.run.threads:
+            torch.set_num_threads(c.run.threads)
+        elif self.device.type == "cpu" and sum(p.numel() for p in model.parameters()) < 20_000_000:
+            torch.set_num_threads(1)
         self.model = model.to(self.device)
         self.model.eval()  # no dropout during RL: the ratio must compare the same function
         self.tokenizer = tokenizer
@@ -155,6 +156,13 @@ class Trainer:
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
         self.encoder = Encoder(tokenizer, chat_template=c.data.chat_template)
+        if engine is None and c.rollout.engine == "vllm":
+            from entropy_rl.engine.vllm import VLLMEngine
+
+            engine = VLLMEngine(
+                c.model.path or str(builtin_checkpoint(c.data.task)), tokenizer=tokenizer,
+                seed=c.run.seed + self.dist.rank, **c.rollout.engine_kwargs,
+            )  # fmt: skip
         self.engine = engine or HFGenerateEngine(
             self.model, pad_token_id=self.pad_id, eos_token_id=tokenizer.eos_token_id,
             batch_size=c.rollout.batch_size,
