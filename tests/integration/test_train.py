@@ -64,11 +64,14 @@ def _rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def _train(overrides: list[str], preset: str = "dapo", resume: bool = False):
+def _make_trainer(overrides: list[str], preset: str = "dapo", resume: bool = False):
     from entropy_rl.train.trainer import Trainer
 
-    cfg = build_config(preset=preset, overrides=overrides)
-    trainer = Trainer(cfg, resume=resume)
+    return Trainer(build_config(preset=preset, overrides=overrides), resume=resume)
+
+
+def _train(overrides: list[str], preset: str = "dapo", resume: bool = False):
+    trainer = _make_trainer(overrides, preset, resume)
     trainer.fit()
     return trainer
 
@@ -272,3 +275,51 @@ def test_explain_clip_cli():
                           "--eps-low", "0.2", "--eps-high", "0.28"], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert res.returncode == 0
     assert "0.32" in res.stdout and "0.012" in res.stdout
+
+
+def test_non_finite_update_is_skipped_and_weights_stay(tiny_model_dir: Path, tmp_path: Path):
+    import torch
+
+    from entropy_rl.train.trainer import TrainingStopped
+
+    trainer = _make_trainer(
+        _overrides(tiny_model_dir, tmp_path / "nan", steps=3, **{"algo.max_bad_steps": 2})
+    )
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.advantage_fn = lambda rewards, group_size: torch.full_like(rewards, float("nan"))
+    with (
+        pytest.warns(RuntimeWarning, match="non-finite"),
+        pytest.raises(TrainingStopped, match="2 RL steps in a row"),
+    ):
+        trainer.fit()
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no NaN reached the weights
+    rows = [r for r in _rows(tmp_path / "nan") if r["step"] >= 1]
+    assert [r["update/optimizer_steps"] for r in rows] == [0.0]  # step 1 logged, step 2 stopped
+    assert rows[0]["update/bad_steps"] == 8.0  # 4 epochs x 2 mini-batches, all skipped
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resumes(tiny_model_dir: Path, tmp_path: Path):
+    import signal
+    import time
+
+    out = tmp_path / "intr"
+    cmd = [sys.executable, "-m", "entropy_rl.cli", "train", "--no-progress",
+           *_overrides(tiny_model_dir, out, steps=200, **{"run.save_every": 0})]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # wait until a training step is logged
+        if (out / "metrics.jsonl").exists() and len(
+            (out / "metrics.jsonl").read_text().splitlines()
+        ) >= 2:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err
+    assert "entropy-rl train --resume" in err
+    saved = ckpt.latest_checkpoint(out)
+    assert saved is not None
+    step = ckpt.load_state(saved)["step"]
+    assert step >= 1
+    assert max(r["step"] for r in _rows(out)) <= step + 1

@@ -348,7 +348,8 @@ class Trainer:
         metrics["lr"] = lr
         lr_scale = lr * upd["update/optimizer_steps"]
         metrics |= self.dynamics.update(metrics["entropy/mean"], metrics["cov/logp_adv"], lr_scale)
-        self.scheduler.step()
+        if upd["update/optimizer_steps"]:  # warm-up counts steps that updated the weights
+            self.scheduler.step()
         return metrics
 
     def _importance_weights(self, batch: RolloutBatch) -> dict[str, float]:
