@@ -1,8 +1,9 @@
 """Built-in tasks, their rewards, the tiny model and its shipped starting checkpoints.
 
 Light imports only here; the transformers-based pieces load on first use:
-`build_char_tokenizer` (tokenizer), `build_tiny_model` (model), `pretrain`,
-`evaluate_start`, `builtin_checkpoint`, `load_builtin` (pretrain).
+`build_char_tokenizer` (tokenizer), `build_tiny_model` (model), `evaluate_start`,
+`builtin_checkpoint`, `load_builtin` (pretrain). The `pretrain` function is not re-exported
+(its name is also its submodule's): ``from entropy_rl.tasks.pretrain import pretrain``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from entropy_rl.tasks.rewards import (
 _LAZY = {
     "build_char_tokenizer": "entropy_rl.tasks.tokenizer",
     "build_tiny_model": "entropy_rl.tasks.model",
-    "pretrain": "entropy_rl.tasks.pretrain",
     "evaluate_start": "entropy_rl.tasks.pretrain",
     "builtin_checkpoint": "entropy_rl.tasks.pretrain",
     "load_builtin": "entropy_rl.tasks.pretrain",
@@ -59,7 +59,6 @@ __all__ = [
     "load_reward",
     "numeric_match",
     "overlong_penalty",
-    "pretrain",
     "register_task",
     "valid_answers",
 ]
