@@ -1,0 +1,301 @@
+"""Prototype rollout engine: a lean KV-cached sampling loop for Qwen2/Llama-style decoders.
+
+Drop-in for entropy_rl.engine.hf.HFGenerateEngine (same ``generate``/``sync_weights`` interface,
+same outputs), written to find out how much of a tiny model's rollout time is transformers'
+per-token overhead rather than arithmetic. Per decoding step it runs, per layer:
+
+    x -> rms_norm -> [q;k;v] = x W_qkv^T + b   (one matmul; W_qkv = cat(W_q, W_k, W_v))
+      -> RoPE on q, k at each row's own position (left padding keeps positions 0..)
+      -> k, v written in place into a preallocated cache (L, B, H_kv, S_max, d)
+      -> attention by two matmuls, GQA as a reshape of q: (B, H_kv, g, d) @ (B, H_kv, d, S)
+      -> o_proj, residual -> rms_norm -> [gate;up] (one matmul) -> silu(gate) * up -> down
+
+and samples from softmax(logits / T) of the last position only, by inverse CDF (see _pick). Nothing is allocated per step
+except activations; there is no mask rebuilding, cache object or logits processor. Fused weights
+are re-concatenated at every ``generate`` call (the policy changes after each update; ~1M
+parameters take well under a millisecond).
+
+Supported: ``model.model.layers[i].self_attn.{q,k,v,o}_proj`` (q/k/v biases optional),
+``mlp.{gate,up,down}_proj`` with SiLU, RMSNorm, default RoPE, no sliding window, an
+``lm_head`` (tied or not, bias optional). Anything else raises ValueError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from entropy_rl.engine.base import Generation
+
+
+@dataclass
+class _Layer:
+    ln1: Tensor
+    ln2: Tensor
+    w_qkv: Tensor
+    b_qkv: Tensor | None
+    w_o: Tensor
+    w_gu: Tensor
+    w_down: Tensor
+
+
+class KVCacheEngine:
+    """Samples with a hand-written KV-cached decoder over the policy's own weights."""
+
+    def __init__(
+        self, model: Any, *, pad_token_id: int, eos_token_id: int | list[int], batch_size: int = 256
+    ) -> None:
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self.eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        self.batch_size = batch_size
+        self._check(model)
+
+    @staticmethod
+    def _check(model: Any) -> None:
+        cfg = model.config
+        act = getattr(cfg, "hidden_act", "silu")
+        rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default")
+        if act != "silu" or rope != "default" or getattr(cfg, "use_sliding_window", False):
+            raise ValueError(
+                f"KVCacheEngine supports SiLU MLPs, default RoPE and full attention; got "
+                f"hidden_act={act!r}, rope_type={rope!r}, "
+                f"use_sliding_window={getattr(cfg, 'use_sliding_window', False)}"
+            )
+
+    def sync_weights(self, model: Any) -> None:
+        self.model = model
+
+    # ------------------------------------------------------------------ weights
+    def _fuse(self) -> tuple[list[_Layer], dict[str, Any]]:
+        m = self.model
+        base = m.model
+        layers = []
+        for layer in base.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
+            layers.append(
+                _Layer(
+                    ln1=layer.input_layernorm.weight.detach(),
+                    ln2=layer.post_attention_layernorm.weight.detach(),
+                    w_qkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach(),
+                    b_qkv=None if biases[0] is None else torch.cat(biases).detach(),
+                    w_o=a.o_proj.weight.detach(),
+                    w_gu=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
+                    w_down=mlp.down_proj.weight.detach(),
+                )
+            )
+        cfg = m.config
+        heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        head = m.get_output_embeddings()
+        rotary = base.rotary_emb
+        misc = {
+            "embed": base.embed_tokens.weight.detach(),
+            "norm": base.norm.weight.detach(),
+            "head_w": head.weight.detach(),
+            "head_b": None if getattr(head, "bias", None) is None else head.bias.detach(),
+            "eps": cfg.rms_norm_eps,
+            "heads": heads,
+            "kv_heads": kv_heads,
+            "d": getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+            "inv_freq": rotary.inv_freq.float(),
+            "rope_scale": float(rotary.attention_scaling),
+        }
+        return layers, misc
+
+    # ------------------------------------------------------------------ forward
+    @staticmethod
+    def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """x (B, H, T, d), cos/sin (B, 1, T, d): x cos + rotate_half(x) sin."""
+        half = x.shape[-1] // 2
+        rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rot * sin
+
+    def _forward(
+        self,
+        ids: Tensor,
+        pos: Tensor,
+        start: int,
+        kv: tuple[Tensor, Tensor],
+        bias: Tensor,
+        layers: list[_Layer],
+        w: dict[str, Any],
+    ) -> Tensor:
+        """Hidden state of the last position of ``ids`` (B, T) written at cache slots
+        ``start .. start+T-1``; ``pos`` (B, T) RoPE positions; ``bias`` (B, 1, T, S) additive
+        attention mask over the first S = start + T cache slots. Returns (B, D)."""
+        b, t = ids.shape
+        h, hk, d, eps = w["heads"], w["kv_heads"], w["d"], w["eps"]
+        g = h // hk
+        s = start + t
+        freqs = pos[..., None].float() * w["inv_freq"]  # (B, T, d/2)
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, d)
+        cos, sin = emb.cos() * w["rope_scale"], emb.sin() * w["rope_scale"]
+        x = F.embedding(ids, w["embed"])  # (B, T, D)
+        k_cache, v_cache = kv
+        scale = d**-0.5
+        for i, ly in enumerate(layers):
+            y = F.rms_norm(x, (x.shape[-1],), ly.ln1, eps)
+            qkv = F.linear(y, ly.w_qkv, ly.b_qkv)  # (B, T, (h + 2 hk) d)
+            q, k, v = qkv.split([h * d, hk * d, hk * d], dim=-1)
+            q = self._rope(q.view(b, t, h, d).transpose(1, 2), cos, sin)  # (B, h, T, d)
+            k = self._rope(k.view(b, t, hk, d).transpose(1, 2), cos, sin)  # (B, hk, T, d)
+            k_cache[i, :, :, start:s] = k
+            v_cache[i, :, :, start:s] = v.view(b, t, hk, d).transpose(1, 2)
+            keys, values = k_cache[i, :, :, :s], v_cache[i, :, :, :s]  # (B, hk, S, d)
+            # GQA: the g query heads sharing a KV head become g*T query rows of that head
+            qg = q.reshape(b, hk, g * t, d)
+            att = torch.matmul(qg, keys.transpose(-1, -2)) * scale  # (B, hk, g*T, S)
+            att = (att.view(b, hk, g, t, s) + bias[:, :, None]).softmax(-1)
+            o = torch.matmul(att.view(b, hk, g * t, s), values)  # (B, hk, g*T, d)
+            o = o.view(b, h, t, d).transpose(1, 2).reshape(b, t, h * d)
+            x = x + F.linear(o, ly.w_o)
+            y = F.rms_norm(x, (x.shape[-1],), ly.ln2, eps)
+            gate, up = F.linear(y, ly.w_gu).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, ly.w_down)
+        return F.rms_norm(x[:, -1], (x.shape[-1],), w["norm"], eps)
+
+    def logits_last(self, ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Next-token logits (B, V) after left-padded ``ids`` (B, P): for testing against the
+        model's own forward."""
+        layers, w = self._fuse()
+        kv = self._new_cache(ids.shape[0], ids.shape[1], w, ids.device)
+        pos, bias = self._prefill_mask(attention_mask)
+        hid = self._forward(ids, pos, 0, kv, bias, layers, w)
+        return F.linear(hid, w["head_w"], w["head_b"])
+
+    def _new_cache(
+        self, b: int, s_max: int, w: dict[str, Any], device: Any
+    ) -> tuple[Tensor, Tensor]:
+        shape = (len(self.model.model.layers), b, w["kv_heads"], s_max, w["d"])
+        dtype = w["embed"].dtype
+        return torch.zeros(shape, dtype=dtype, device=device), torch.zeros(
+            shape, dtype=dtype, device=device
+        )
+
+    @staticmethod
+    def _prefill_mask(att: Tensor) -> tuple[Tensor, Tensor]:
+        """RoPE positions (B, P) and the causal + left-padding additive mask (B, 1, P, P)."""
+        p = att.shape[1]
+        pos = (att.cumsum(-1) - 1).clamp(min=0)
+        causal = torch.ones(p, p, dtype=torch.bool, device=att.device).tril()
+        ok = causal[None] & att.bool()[:, None, :]  # (B, P, P): query i sees real keys j <= i
+        ok = ok | torch.eye(p, dtype=torch.bool, device=att.device)[None]  # pad rows: no NaN
+        bias = torch.zeros(ok.shape, dtype=torch.float32, device=att.device)
+        return pos, bias.masked_fill(~ok, float("-inf"))[:, None]
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[list[int]],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        greedy: bool = False,
+    ) -> Generation:
+        if greedy:
+            n = 1
+        layers, w = self._fuse()
+        device = w["embed"].device
+        per_call = max(1, self.batch_size // n)
+        out = Generation(prompt_ids=[], completion_ids=[], truncated=[])
+        for start in range(0, len(prompts), per_call):
+            chunk = prompts[start : start + per_call]
+            toks = self._sample_chunk(
+                chunk, n, temperature, top_p, max_new_tokens, greedy, layers, w, device
+            )
+            eos = set(self.eos_ids)
+            for row, seq in enumerate(toks):
+                comp: list[int] = []
+                for tkn in seq:
+                    comp.append(tkn)
+                    if tkn in eos:
+                        break
+                out.prompt_ids.append(chunk[row // n])
+                out.completion_ids.append(comp)
+                out.truncated.append(not comp or comp[-1] not in eos)
+        return out
+
+    def _sample_chunk(
+        self,
+        chunk: list[list[int]],
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_new: int,
+        greedy: bool,
+        layers: list[_Layer],
+        w: dict[str, Any],
+        device: Any,
+    ) -> list[list[int]]:
+        width = max(len(p) for p in chunk)
+        ids = torch.full((len(chunk), width), self.pad_token_id, dtype=torch.long)
+        att = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, p in enumerate(chunk):
+            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            att[i, width - len(p) :] = 1
+        ids = ids.repeat_interleave(n, 0).to(device)  # prompt-major rows
+        att = att.repeat_interleave(n, 0).to(device)
+        b = ids.shape[0]
+        kv = self._new_cache(b, width + max_new, w, device)
+        pos, bias = self._prefill_mask(att)
+        # decode mask over all slots: left padding masked, every generated slot visible
+        dec_bias = torch.zeros(b, 1, 1, width + max_new, device=device)
+        dec_bias[:, 0, 0, :width] = bias[:, 0, -1, :]
+        next_pos = pos[:, -1:] + 1  # (B, 1)
+        eos = torch.tensor(self.eos_ids, device=device)
+        done = torch.zeros(b, dtype=torch.bool, device=device)
+        hid = self._forward(ids, pos, 0, kv, bias, layers, w)
+        sampled: list[Tensor] = []
+        for step in range(max_new):
+            logits = F.linear(hid, w["head_w"], w["head_b"]).float()  # (B, V)
+            tok = self._pick(logits, temperature, top_p, greedy)
+            tok = tok.masked_fill(done, self.pad_token_id)
+            sampled.append(tok)
+            done = done | torch.isin(tok, eos)
+            if step == max_new - 1 or bool(done.all()):
+                break
+            s = width + step
+            hid = self._forward(tok[:, None], next_pos, s, kv, dec_bias[..., : s + 1], layers, w)
+            next_pos = next_pos + 1
+        return torch.stack(sampled, 1).tolist()
+
+    @staticmethod
+    def _pick(logits: Tensor, temperature: float, top_p: float, greedy: bool) -> Tensor:
+        """One token per row: argmax, or a draw from softmax(logits / T) (nucleus if top_p < 1)."""
+        if greedy:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
+        if top_p < 1.0:
+            sorted_p, order = probs.sort(-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set with mass >= p
+            probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+        return inverse_cdf_sample(probs)
+
+
+def _draw(weights: Tensor) -> Tensor:
+    """Index i of each row with probability weights[i] / sum(weights), one uniform per row."""
+    cdf = weights.double().cumsum(-1)  # (B, K); float64: exact enough for p ~ 1e-12
+    u = torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1)  # (B, 1)
+
+
+def inverse_cdf_sample(probs: Tensor, *, block: int = 256) -> Tensor:
+    """A draw from each row of ``probs`` (B, V), two-level inverse CDF: a block of ``block``
+    entries with probability (block mass), then an entry within it (its share of the block):
+    P(i) = m_b / M * p_i / m_b = p_i / M. Exact like torch.multinomial, but on CPU at V = 32768
+    multinomial costs ~110 ms per 64-row step (one exponential draw per vocabulary entry) and a
+    full float64 cumsum ~20 ms; this is a row sum plus two cumsums of 128 and 256 entries."""
+    b, v = probs.shape
+    nb = -(-v // block)
+    padded = F.pad(probs, (0, nb * block - v)).view(b, nb, block)  # zero mass beyond V
+    blk = _draw(padded.sum(-1))  # (B, 1)
+    inner = padded.gather(1, blk[..., None].expand(-1, -1, block)).squeeze(1)  # (B, block)
+    return (blk * block + _draw(inner)).squeeze(-1).clamp(max=v - 1)
