@@ -22,6 +22,8 @@ Supported: ``model.model.layers[i].self_attn.{q,k,v,o}_proj`` (q/k/v biases opti
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,9 +49,17 @@ class KVCacheEngine:
     """Samples with a hand-written KV-cached decoder over the policy's own weights."""
 
     def __init__(
-        self, model: Any, *, pad_token_id: int, eos_token_id: int | list[int], batch_size: int = 256
+        self,
+        model: Any,
+        *,
+        pad_token_id: int,
+        eos_token_id: int | list[int],
+        batch_size: int = 256,
+        with_stats: bool = False,
     ) -> None:
         self.model = model
+        self.with_stats = with_stats
+        self.last_stats: dict[str, list[list[float]]] = {}
         self.pad_token_id = pad_token_id
         self.eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
         self.batch_size = batch_size
@@ -206,12 +216,13 @@ class KVCacheEngine:
         device = w["embed"].device
         per_call = max(1, self.batch_size // n)
         out = Generation(prompt_ids=[], completion_ids=[], truncated=[])
+        stats: dict[str, list[list[float]]] = {"logprobs": [], "entropy": [], "top1": []}
+        eos = set(self.eos_ids)
         for start in range(0, len(prompts), per_call):
             chunk = prompts[start : start + per_call]
-            toks = self._sample_chunk(
+            toks, st = self._sample_chunk(
                 chunk, n, temperature, top_p, max_new_tokens, greedy, layers, w, device
             )
-            eos = set(self.eos_ids)
             for row, seq in enumerate(toks):
                 comp: list[int] = []
                 for tkn in seq:
@@ -221,6 +232,11 @@ class KVCacheEngine:
                 out.prompt_ids.append(chunk[row // n])
                 out.completion_ids.append(comp)
                 out.truncated.append(not comp or comp[-1] not in eos)
+                for k, v in st.items():
+                    stats[k].append(v[row][: len(comp)])
+        self.last_stats = stats if self.with_stats and not greedy else {}
+        if self.last_stats:
+            out.sampler_logprobs = stats["logprobs"]
         return out
 
     def _sample_chunk(
@@ -234,7 +250,10 @@ class KVCacheEngine:
         layers: list[_Layer],
         w: dict[str, Any],
         device: Any,
-    ) -> list[list[int]]:
+    ) -> tuple[list[list[int]], dict[str, list[list[float]]]]:
+        """Sampled ids (B, <= max_new) of ``n`` samples per prompt, and with ``with_stats`` the
+        sampling distribution's log-prob of each drawn token, entropy and top-1 probability
+        (full softmax(logits / T), before any top-p truncation, as the trainer computes them)."""
         width = max(len(p) for p in chunk)
         ids = torch.full((len(chunk), width), self.pad_token_id, dtype=torch.long)
         att = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -254,9 +273,17 @@ class KVCacheEngine:
         done = torch.zeros(b, dtype=torch.bool, device=device)
         hid = self._forward(ids, pos, 0, kv, bias, layers, w)
         sampled: list[Tensor] = []
+        stats: dict[str, list[Tensor]] = {"logprobs": [], "entropy": [], "top1": []}
         for step in range(max_new):
             logits = F.linear(hid, w["head_w"], w["head_b"]).float()  # (B, V)
-            tok = self._pick(logits, temperature, top_p, greedy)
+            z = logits if temperature == 1.0 else logits / temperature
+            probs = None if greedy else torch.softmax(z, dim=-1)
+            tok = self._pick(logits if probs is None else probs, top_p, greedy)
+            if self.with_stats and probs is not None:
+                lse = torch.logsumexp(z, dim=-1)  # (B,)
+                stats["logprobs"].append(z.gather(1, tok[:, None]).squeeze(1) - lse)
+                stats["entropy"].append(lse - (probs * z).sum(-1))  # H = lse - E_p[z]
+                stats["top1"].append(probs.amax(-1))
             tok = tok.masked_fill(done, self.pad_token_id)
             sampled.append(tok)
             done = done | torch.isin(tok, eos)
@@ -265,14 +292,16 @@ class KVCacheEngine:
             s = width + step
             hid = self._forward(tok[:, None], next_pos, s, kv, dec_bias[..., : s + 1], layers, w)
             next_pos = next_pos + 1
-        return torch.stack(sampled, 1).tolist()
+        out = {k: torch.stack(v, 1).tolist() for k, v in stats.items() if v}
+        return torch.stack(sampled, 1).tolist(), out
 
     @staticmethod
-    def _pick(logits: Tensor, temperature: float, top_p: float, greedy: bool) -> Tensor:
-        """One token per row: argmax, or a draw from softmax(logits / T) (nucleus if top_p < 1)."""
+    def _pick(x: Tensor, top_p: float, greedy: bool) -> Tensor:
+        """One token per row: argmax of logits ``x`` (greedy), or a draw from probabilities ``x``
+        (B, V) restricted to the top-p nucleus when top_p < 1."""
         if greedy:
-            return logits.argmax(-1)
-        probs = torch.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
+            return x.argmax(-1)
+        probs = x
         if top_p < 1.0:
             sorted_p, order = probs.sort(-1, descending=True)
             drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set with mass >= p
@@ -299,3 +328,74 @@ def inverse_cdf_sample(probs: Tensor, *, block: int = 256) -> Tensor:
     blk = _draw(padded.sum(-1))  # (B, 1)
     inner = padded.gather(1, blk[..., None].expand(-1, -1, block)).squeeze(1)  # (B, block)
     return (blk * block + _draw(inner)).squeeze(-1).clamp(max=v - 1)
+
+
+def check_against_model(
+    model: Any, prompts: list[list[int]], *, pad_token_id: int, eos_token_id: int, n: int = 4
+) -> dict[str, float]:
+    """Max |difference| between this engine and the model's own forward: next-token logits after
+    the prompts, and (on sampled completions) the trainer's log-probs, entropy and top-1 from
+    entropy_rl.train.batch.policy_token_stats against the sampler's statistics."""
+    from entropy_rl.train.batch import build_batch, policy_token_stats
+
+    eng = KVCacheEngine(
+        model, pad_token_id=pad_token_id, eos_token_id=eos_token_id, with_stats=True
+    )
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    att = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        att[i, width - len(p) :] = 1
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=att).logits[:, -1].float()
+        out = {"logits": float((eng.logits_last(ids, att) - ref).abs().max())}
+        gen = eng.generate(prompts, n=n, temperature=1.0, top_p=1.0, max_new_tokens=8)
+        b = len(gen)
+        batch = build_batch(
+            gen.prompt_ids, gen.completion_ids, rewards=torch.zeros(b),
+            advantages=torch.zeros(b), pad_token_id=pad_token_id,
+        )  # fmt: skip
+        lp, ent, top1 = policy_token_stats(
+            model, batch, temperature=1.0, mode="full", with_top1=True
+        )
+    assert top1 is not None
+    for key, mine in (("logprobs", lp), ("entropy", ent), ("top1", top1)):
+        diff = 0.0
+        for row, vals in enumerate(eng.last_stats[key]):
+            got = torch.tensor(vals)
+            diff = max(diff, float((mine[row, : len(vals)] - got).abs().max()))
+        out[key] = diff
+    return out
+
+
+@contextmanager
+def old_logprobs_from_sampler(engine: KVCacheEngine) -> Iterator[None]:
+    """Within the block, entropy_rl.Trainer takes pi_old's log-probs, entropy and top-1 from the
+    sampler's statistics of the step's rollout instead of a second no-grad forward (prototype of
+    a src change; the sampler runs the same fp32 weights, so they agree to ~1e-6, see
+    check_against_model). Falls back to the forward when rows do not line up (dynamic sampling)
+    or a reference model is loaded."""
+    import entropy_rl.train.trainer as trainer_mod
+
+    orig = trainer_mod.record_old_logprobs
+
+    def record(model: Any, ref_model: Any, batch: Any, s: Any) -> dict[str, Tensor]:
+        st = engine.last_stats
+        lengths = (batch.targets != -1).sum(1).tolist()
+        if ref_model is not None or not st or [len(r) for r in st["logprobs"]] != lengths:
+            return orig(model, ref_model, batch, s)
+        t = batch.targets.shape[1]
+        out = {}
+        for key, rows in st.items():
+            x = torch.zeros(len(rows), t)
+            for i, r in enumerate(rows):
+                x[i, : len(r)] = torch.tensor(r)
+            out[key] = x
+        return out
+
+    trainer_mod.record_old_logprobs = record
+    try:
+        yield
+    finally:
+        trainer_mod.record_old_logprobs = orig

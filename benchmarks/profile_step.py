@@ -11,10 +11,11 @@ the median seconds per RL step of each, over --steps steps after --warmup:
     host gap        the rest of the step (between the previous log and this rollout)
 
 ``--cprofile`` also prints the top functions by cumulative time; ``--ops`` prints torch.profiler's
-top operators of one step. ``--engine kv`` swaps in benchmarks/kv_engine.py.
+top operators of one step. ``--engine kv`` swaps in benchmarks/kv_engine.py; ``--engine fast`` also takes pi_old's
+log-probs from the sampler (no old-log-prob forward).
 
-    python benchmarks/profile_step.py [--setting char|vocab32k] [--engine hf|kv] [--steps 6]
-        [--threads 2] [--cprofile] [--ops]
+    python benchmarks/profile_step.py [--setting char|vocab32k] [--engine hf] [--steps 6]
+        [--threads 2] [--cprofile] [--ops]    (--engine hf|kv|fast)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see vs_trl.py
 
 import argparse
+import contextlib
 import cProfile
 import pstats
 import statistics
@@ -174,10 +176,13 @@ def build_trainer(setting: vs_trl.Setting, args: Any, timers: Timers, steps: int
     model = AutoModelForCausalLM.from_pretrained(setting.model_dir)
     tok = AutoTokenizer.from_pretrained(setting.model_dir)
     engine = None
-    if args.engine == "kv":
+    if args.engine in ("kv", "fast"):
         from kv_engine import KVCacheEngine
 
-        engine = KVCacheEngine(model, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        engine = KVCacheEngine(
+            model, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+            with_stats=args.engine == "fast",
+        )  # fmt: skip
     ends = _Ends(timers)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -194,7 +199,7 @@ def build_trainer(setting: vs_trl.Setting, args: Any, timers: Timers, steps: int
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--setting", default="char", choices=["char", "vocab32k"])
-    p.add_argument("--engine", default="hf", choices=["hf", "kv"])
+    p.add_argument("--engine", default="hf", choices=["hf", "kv", "fast"])
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--passes", type=int, default=2)
@@ -212,12 +217,18 @@ def main(argv: list[str] | None = None) -> None:
         setting = vs_trl.build_setting(args.setting, Path(root))
         tr = build_trainer(setting, args, timers, args.warmup + args.steps)
         instrument(tr, timers)
+        ctx: Any = contextlib.nullcontext()
+        if args.engine == "fast":
+            from kv_engine import old_logprobs_from_sampler
+
+            ctx = old_logprobs_from_sampler(tr.engine)
         prof = cProfile.Profile() if args.cprofile else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if prof:
                 prof.enable()
-            tr.fit()
+            with ctx:
+                tr.fit()
             if prof:
                 prof.disable()
         steps = per_step(tr._bench_ends, args.warmup)

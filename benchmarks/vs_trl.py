@@ -23,7 +23,9 @@ Settings (--setting):
             (model.logits auto -> fused at vocab >= 4096); ``ours-full`` materialises logits.
 
 Variants (--variants): ours (HF generate engine), ours-kv (benchmarks/kv_engine.py, a plain
-KV-cached sampling loop), ours-full (model.logits=full), trl.
+KV-cached sampling loop), ours-fast (ours-kv, and pi_old's log-probs/entropy/top-1 taken from the
+sampler instead of a second forward: kv_engine.old_logprobs_from_sampler), ours-full
+(model.logits=full), trl.
 
     python benchmarks/vs_trl.py                          # char setting, ours vs trl
     python benchmarks/vs_trl.py --variants ours ours-kv trl --repeats 3
@@ -41,6 +43,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool
 
 import argparse
+import contextlib
 import random
 import statistics
 import sys
@@ -188,7 +191,7 @@ class _StepLogger:
 
 
 def run_ours(setting: Setting, variant: str, *, steps: int, seed: int, args: Any) -> RunResult:
-    """``steps`` RL steps of entropy_rl.Trainer; variant ours | ours-kv | ours-full."""
+    """``steps`` RL steps of entropy_rl.Trainer; variant ours | ours-kv | ours-fast | ours-full."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from entropy_rl.train.config import config_from_dict
@@ -213,10 +216,16 @@ def run_ours(setting: Setting, variant: str, *, steps: int, seed: int, args: Any
     model = AutoModelForCausalLM.from_pretrained(setting.model_dir)
     tok = AutoTokenizer.from_pretrained(setting.model_dir)
     engine = None
-    if variant == "ours-kv":
-        from kv_engine import KVCacheEngine
+    ctx: Any = contextlib.nullcontext()
+    if variant in ("ours-kv", "ours-fast"):
+        from kv_engine import KVCacheEngine, old_logprobs_from_sampler
 
-        engine = KVCacheEngine(model, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        engine = KVCacheEngine(
+            model, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+            with_stats=variant == "ours-fast",
+        )  # fmt: skip
+        if variant == "ours-fast":
+            ctx = old_logprobs_from_sampler(engine)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = Trainer(
@@ -226,7 +235,8 @@ def run_ours(setting: Setting, variant: str, *, steps: int, seed: int, args: Any
             loggers=[_StepLogger(res)],
         )  # fmt: skip
         trainer.engine.generate = _timed(trainer.engine.generate, res.gen_s)  # type: ignore[method-assign]
-        trainer.fit()
+        with ctx:
+            trainer.fit()
     return res
 
 
@@ -352,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--setting", default="char", choices=["char", "vocab32k"])
     p.add_argument("--variants", nargs="+", default=["ours", "trl"],
-                   choices=["ours", "ours-kv", "ours-full", "trl"])  # fmt: skip
+                   choices=["ours", "ours-kv", "ours-fast", "ours-full", "trl"])  # fmt: skip
     p.add_argument("--steps", type=int, default=4, help="timed RL steps per run")
     p.add_argument("--warmup", type=int, default=1, help="dropped RL steps at the start of a run")
     p.add_argument("--repeats", type=int, default=3, help="runs per variant, interleaved")
