@@ -12,10 +12,11 @@ Ways (each run in a fresh subprocess, so peak memory is its own):
 Peak memory = VmHWM - VmRSS after the inputs (hidden, W, ids) are allocated and the
 high-water mark is reset (/proc/self/clear_refs; falls back to ru_maxrss). It includes the
 [V, D] weight gradient, which every way allocates. Time = median over --repeats of forward +
-backward. Usage (defaults are the full run; it takes several minutes on 2 cores):
+backward (wall clock; the CPU-time column sums both threads and is steadier when the
+cores are shared). Usage (defaults are the full run; it takes several minutes on 2 cores):
 
     python benchmarks/token_stats.py [--n 4096] [--d 896] [--vocab 32768 151936]
-        [--repeats 3] [--ways naive trl fused] [--chunk 256]
+        [--repeats 3] [--ways naive trl fused] [--chunk 512]
 """
 
 from __future__ import annotations
@@ -112,12 +113,13 @@ def worker(args: argparse.Namespace) -> None:
     gc.collect()
     exact = _reset_peak()
     base_kb = _proc_status_kb("VmRSS") if exact else resource.getrusage(resource.RUSAGE_SELF)[2]
-    times, losses = [], []
+    times, cpu_times, losses = [], [], []
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = fn(hidden, weight, ids, args.chunk)
         loss.backward()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
         losses.append(loss.item())
         gnorm = (hidden.grad.norm() ** 2 + weight.grad.norm() ** 2).sqrt().item()  # type: ignore[union-attr]
         hidden.grad = weight.grad = None
@@ -129,6 +131,7 @@ def worker(args: argparse.Namespace) -> None:
                 "peak_mb": ((peak_kb or 0) - (base_kb or 0)) / 1024,
                 "time_s": statistics.median(times),
                 "times": times,
+                "cpu_s": statistics.median(cpu_times),
                 "loss": losses[-1],
                 "grad_norm": gnorm,
                 "peak_exact": exact,
@@ -144,7 +147,7 @@ def main() -> None:
     p.add_argument("--vocab", type=int, nargs="+", default=[32768, 151936])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ways", nargs="+", default=["naive", "trl", "fused"], choices=list(WAYS))
-    p.add_argument("--chunk", type=int, default=256, help="rows per chunk for ours / fused")
+    p.add_argument("--chunk", type=int, default=512, help="rows per chunk for ours / fused")
     p.add_argument("--worker", choices=list(WAYS), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -154,8 +157,8 @@ def main() -> None:
         f"N={args.n} D={args.d} float32 CPU threads={torch.get_num_threads()} "
         f"repeats={args.repeats} chunk={args.chunk}; loss = -mean(logp) - {ENTROPY_COEF}*mean(H)"
     )
-    header = f"{'V':>7} {'way':>6} {'peak MB':>9} {'x naive':>8} {'median s':>9} {'x naive':>8}"
-    print(header + "  rel. diff of loss / grad norm vs naive")
+    header = f"{'V':>7} {'way':>6} {'peak MB':>9} {'x naive':>8} {'wall s':>8} {'x naive':>8}"
+    print(header + f" {'cpu s':>8} {'x naive':>8}  rel. diff of loss / grad norm vs naive")
     for v in args.vocab:
         runs: dict[str, list[dict[str, float]]] = {w: [] for w in args.ways}
         for _ in range(args.repeats):  # interleave the ways: shared cores load them alike
@@ -179,6 +182,7 @@ def main() -> None:
             w: {
                 "peak_mb": max(r["peak_mb"] for r in rs),
                 "time_s": statistics.median(r["time_s"] for r in rs),
+                "cpu_s": statistics.median(r["cpu_s"] for r in rs),
                 "loss": rs[-1]["loss"],
                 "grad_norm": rs[-1]["grad_norm"],
             }
@@ -193,7 +197,8 @@ def main() -> None:
             dg = abs(r["grad_norm"] - ref["grad_norm"]) / ref["grad_norm"]
             print(
                 f"{v:>7} {way:>6} {r['peak_mb']:>9.0f} {r['peak_mb'] / ref['peak_mb']:>8.3f} "
-                f"{r['time_s']:>9.2f} {r['time_s'] / ref['time_s']:>8.2f}  {dl:.1e} / {dg:.1e}",
+                f"{r['time_s']:>8.2f} {r['time_s'] / ref['time_s']:>8.2f} "
+                f"{r['cpu_s']:>8.2f} {r['cpu_s'] / ref['cpu_s']:>8.2f}  {dl:.1e} / {dg:.1e}",
                 flush=True,
             )
 
