@@ -232,7 +232,7 @@ class EvalConfig:
 class RunConfig:
     name: str = "run"
     seed: int = 0
-    steps: int = 150
+    steps: int = 100
     out_dir: str | None = None
     """Run directory (default runs/<name>-<time>)."""
     save_every: int = 25
