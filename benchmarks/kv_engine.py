@@ -374,8 +374,8 @@ def old_logprobs_from_sampler(engine: KVCacheEngine) -> Iterator[None]:
     """Within the block, entropy_rl.Trainer takes pi_old's log-probs, entropy and top-1 from the
     sampler's statistics of the step's rollout instead of a second no-grad forward (prototype of
     a src change; the sampler runs the same fp32 weights, so they agree to ~1e-6, see
-    check_against_model). Falls back to the forward when rows do not line up (dynamic sampling)
-    or a reference model is loaded."""
+    check_against_model). Only for ``engine``'s own model; falls back to the forward when rows do
+    not line up (dynamic sampling) or a reference model is loaded."""
     import entropy_rl.train.trainer as trainer_mod
 
     orig = trainer_mod.record_old_logprobs
@@ -383,7 +383,8 @@ def old_logprobs_from_sampler(engine: KVCacheEngine) -> Iterator[None]:
     def record(model: Any, ref_model: Any, batch: Any, s: Any) -> dict[str, Tensor]:
         st = engine.last_stats
         lengths = (batch.targets != -1).sum(1).tolist()
-        if ref_model is not None or not st or [len(r) for r in st["logprobs"]] != lengths:
+        mine = model is engine.model and ref_model is None and st
+        if not mine or [len(r) for r in st["logprobs"]] != lengths:
             return orig(model, ref_model, batch, s)
         t = batch.targets.shape[1]
         out = {}

@@ -11,9 +11,12 @@ prompts with the same RL settings:
 One "RL step" is one rollout and its update: TRL runs ``num_iterations`` optimizer steps per
 rollout, so its RL step is that many trainer steps. Time per RL step is wall time between
 consecutive step ends (everything the loop does, host overhead included); completion tokens
-count every sampled token up to and including EOS. Runs alternate A B A B ..., each a fresh
-trainer of --warmup + --steps RL steps whose warm-up steps are dropped; the table gives medians
-over all kept steps.
+count every sampled token up to and including EOS. Each round builds one fresh trainer per
+variant and runs them in threads that take turns one RL step at a time (A B C A B C ...; only
+the thread holding the turn runs), so the load swings of a shared machine hit every variant
+alike. The first --warmup steps of each trainer (set-up, first calls) are dropped; the table
+gives medians over all kept steps of all rounds. --parity runs the variants one after the
+other instead.
 
 Settings (--setting):
   char      the 19-token character tokenizer, 3-digit addition prompts ``a+b=``; reward = share
@@ -48,6 +51,7 @@ import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -140,20 +144,43 @@ def build_setting(name: str, root: Path) -> Setting:
 
 
 # ---------------------------------------------------------------------------------- runs
+class Baton:
+    """Round-robin turns between runner threads: one RL step each, A B C A B C ... So a load
+    change on a shared machine hits every variant alike instead of whichever run it lands on."""
+
+    def __init__(self, n: int) -> None:
+        self.cv = threading.Condition()
+        self.order = list(range(n))
+        self.turn: int | None = 0
+
+    def wait(self, i: int) -> None:
+        with self.cv:
+            self.cv.wait_for(lambda: self.turn == i)
+
+    def pass_on(self, i: int, *, finished: bool = False) -> None:
+        with self.cv:
+            pos = self.order.index(i)
+            nxt = self.order[(pos + 1) % len(self.order)]
+            if finished:
+                self.order.remove(i)
+                nxt = nxt if self.order and nxt != i else (self.order[0] if self.order else -1)
+            self.turn = nxt
+            self.cv.notify_all()
+
+
 @dataclass
 class RunResult:
-    step_ends: list[float] = field(default_factory=list)  # perf_counter at each RL step end
-    gen_s: list[float] = field(default_factory=list)  # generate time of each RL step
-    tokens: list[float] = field(default_factory=list)  # completion tokens of each RL step
-    rewards: list[float] = field(default_factory=list)  # mean reward of each RL step
+    """Per RL step: wall time (from getting the turn to the step's end), generate time,
+    completion tokens and mean reward."""
+
+    step_s: list[float] = field(default_factory=list)
+    gen_s: list[float] = field(default_factory=list)
+    tokens: list[float] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
 
     def kept(self, warmup: int) -> dict[str, list[float]]:
-        """Per-step numbers of steps warmup+1.. (a step's time = its end - previous end)."""
-        ends = self.step_ends
-        step_s = [ends[k] - ends[k - 1] for k in range(max(warmup, 1), len(ends))]
-        first = len(ends) - len(step_s)
-        gen = self.gen_s[first:]
-        tokens = self.tokens[first:]
+        """Per-step numbers without the first ``warmup`` steps."""
+        step_s, gen, tokens = self.step_s[warmup:], self.gen_s[warmup:], self.tokens[warmup:]
         return {
             "step_s": step_s,
             "gen_s": gen,
@@ -161,6 +188,45 @@ class RunResult:
             "tokens": tokens,
             "tok_per_s": [n / s for n, s in zip(tokens, step_s, strict=True)],
         }
+
+
+class Runner:
+    """One variant's training run, stepped under a Baton (or alone when ``baton`` is None)."""
+
+    def __init__(self, idx: int, baton: Baton | None, steps: int) -> None:
+        self.idx, self.baton, self.steps = idx, baton, steps
+        self.res = RunResult()
+        self.run: Callable[[], Any] = lambda: None
+        self._start = 0.0
+        self.error: BaseException | None = None
+
+    def begin(self) -> None:
+        if self.baton is not None:
+            self.baton.wait(self.idx)
+        self._start = time.perf_counter()
+
+    def end_step(self) -> None:
+        """Called by the trainer at the end of each RL step: hand the turn on (the last step
+        keeps it, so the run's teardown does not overlap another variant's step)."""
+        self.res.step_s.append(time.perf_counter() - self._start)
+        if len(self.res.step_s) < self.steps and self.baton is not None:
+            self.baton.pass_on(self.idx)
+            self.begin()
+        elif self.baton is None:
+            self._start = time.perf_counter()
+
+    def main(self, threads: int) -> None:
+        torch.set_num_threads(threads)  # per thread (OpenMP settings are thread-local)
+        try:
+            self.begin()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.run()
+        except BaseException as e:  # re-raised by the main thread
+            self.error = e
+        finally:
+            if self.baton is not None:
+                self.baton.pass_on(self.idx, finished=True)
 
 
 def _timed(fn: Callable[..., Any], sink: list[float]) -> Callable[..., Any]:
@@ -174,32 +240,33 @@ def _timed(fn: Callable[..., Any], sink: list[float]) -> Callable[..., Any]:
 
 
 class _StepLogger:
-    """A Trainer logger that records when each step ends, its tokens and its mean reward."""
+    """A Trainer logger: records each step's tokens and mean reward, then ends the step."""
 
-    def __init__(self, res: RunResult) -> None:
-        self.res = res
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if "reward/mean" not in metrics:  # an evaluation-only row
             return
-        self.res.step_ends.append(time.perf_counter())
-        self.res.tokens.append(metrics["length/mean"] * PROMPTS_PER_STEP * GROUP)
-        self.res.rewards.append(metrics["reward/mean"])
+        self.runner.res.tokens.append(metrics["length/mean"] * PROMPTS_PER_STEP * GROUP)
+        self.runner.res.rewards.append(metrics["reward/mean"])
+        self.runner.end_step()
 
     def close(self) -> None:
         pass
 
 
-def run_ours(setting: Setting, variant: str, *, steps: int, seed: int, args: Any) -> RunResult:
-    """``steps`` RL steps of entropy_rl.Trainer; variant ours | ours-kv | ours-fast | ours-full."""
+def make_ours(
+    setting: Setting, variant: str, runner: Runner, *, seed: int, out: str, args: Any
+) -> contextlib.AbstractContextManager[Any]:
+    """Set ``runner.run`` to ``runner.steps`` RL steps of entropy_rl.Trainer (variant ours |
+    ours-kv | ours-fast | ours-full); returns a context to hold while it runs."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from entropy_rl.train.config import config_from_dict
     from entropy_rl.train.data import RecordsSource
     from entropy_rl.train.trainer import Trainer
 
-    res = RunResult()
-    out = tempfile.mkdtemp(prefix="erl-bench-")
     cfg = config_from_dict({
         "model": {"path": str(setting.model_dir),
                   "logits": "full" if variant == "ours-full" else "auto"},
@@ -210,13 +277,13 @@ def run_ours(setting: Setting, variant: str, *, steps: int, seed: int, args: Any
                  "micro_batch_size": PROMPTS_PER_STEP * GROUP, "lr": args.lr,
                  "warmup_steps": 0, "grad_clip": 1.0, "kl_coef": 0.0},
         "eval": {"every": 0},
-        "run": {"steps": steps, "seed": seed, "threads": args.threads, "progress": False,
+        "run": {"steps": runner.steps, "seed": seed, "threads": args.threads, "progress": False,
                 "log_samples": 0, "save_every": 0, "out_dir": out, "device": "cpu"},
     })  # fmt: skip
     model = AutoModelForCausalLM.from_pretrained(setting.model_dir)
     tok = AutoTokenizer.from_pretrained(setting.model_dir)
     engine = None
-    ctx: Any = contextlib.nullcontext()
+    ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if variant in ("ours-kv", "ours-fast"):
         from kv_engine import KVCacheEngine, old_logprobs_from_sampler
 
@@ -232,26 +299,31 @@ def run_ours(setting: Setting, variant: str, *, steps: int, seed: int, args: Any
             cfg, model=model, tokenizer=tok, engine=engine,
             reward_fn=lambda ex, text: setting.reward(text),
             prompt_source=RecordsSource(setting.examples, setting.examples[:8]),
-            loggers=[_StepLogger(res)],
+            loggers=[_StepLogger(runner)],
         )  # fmt: skip
-        trainer.engine.generate = _timed(trainer.engine.generate, res.gen_s)  # type: ignore[method-assign]
-        with ctx:
-            trainer.fit()
-    return res
+    trainer.engine.generate = _timed(trainer.engine.generate, runner.res.gen_s)  # type: ignore[method-assign]
+    runner.run = trainer.fit
+    return ctx
 
 
-def run_trl(setting: Setting, *, steps: int, seed: int, args: Any) -> RunResult:
-    """``steps`` RL steps (``steps * passes`` optimizer steps) of TRL's GRPOTrainer."""
+def make_trl(
+    setting: Setting, runner: Runner, *, seed: int, out: str, args: Any
+) -> contextlib.AbstractContextManager[Any]:
+    """Set ``runner.run`` to ``runner.steps`` RL steps (``steps * passes`` optimizer steps) of
+    TRL's GRPOTrainer."""
     import datasets
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    res = RunResult()
-    ends: list[float] = []
+    res = runner.res
 
     class _Ends(TrainerCallback):  # type: ignore[misc]
+        n = 0
+
         def on_step_end(self, *a: Any, **kw: Any) -> None:
-            ends.append(time.perf_counter())
+            self.n += 1
+            if self.n % args.passes == 0:  # the rollout's last pass
+                runner.end_step()
 
     def reward(completions: list[str], completion_ids: list[list[int]], **kw: Any) -> list[float]:
         res.tokens.append(float(sum(len(c) for c in completion_ids)))
@@ -259,40 +331,61 @@ def run_trl(setting: Setting, *, steps: int, seed: int, args: Any) -> RunResult:
         res.rewards.append(sum(r) / len(r))
         return r
 
-    conf = GRPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="trl-bench-"),
-        per_device_train_batch_size=PROMPTS_PER_STEP * GROUP, num_generations=GROUP,
-        max_completion_length=MAX_NEW, max_steps=steps * args.passes,
-        num_iterations=args.passes, learning_rate=args.lr, lr_scheduler_type="constant",
-        warmup_steps=0, optim="adamw_torch", max_grad_norm=1.0, epsilon=EPS_LOW,
-        epsilon_high=EPS_HIGH, beta=0.0, loss_type="dapo", scale_rewards="group",
-        temperature=1.0, top_p=1.0, top_k=0, logging_steps=1, report_to=[],
-        save_strategy="no", use_cpu=True, seed=seed, bf16=False, disable_tqdm=True,
-        dataloader_num_workers=0,
-    )  # fmt: skip
-    data = datasets.Dataset.from_dict({"prompt": [e.prompt for e in setting.examples]})
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # deprecation notes of TrainingArguments
         warnings.simplefilter("ignore")
+        conf = GRPOConfig(
+            output_dir=out,
+            per_device_train_batch_size=PROMPTS_PER_STEP * GROUP, num_generations=GROUP,
+            max_completion_length=MAX_NEW, max_steps=runner.steps * args.passes,
+            num_iterations=args.passes, learning_rate=args.lr, lr_scheduler_type="constant",
+            warmup_steps=0, optim="adamw_torch", max_grad_norm=1.0, epsilon=EPS_LOW,
+            epsilon_high=EPS_HIGH, beta=0.0, loss_type="dapo", scale_rewards="group",
+            temperature=1.0, top_p=1.0, top_k=0, logging_steps=1, report_to=[],
+            save_strategy="no", use_cpu=True, seed=seed, bf16=False, disable_tqdm=True,
+            dataloader_num_workers=0,
+        )  # fmt: skip
+        data = datasets.Dataset.from_dict({"prompt": [e.prompt for e in setting.examples]})
         trainer = GRPOTrainer(
             model=str(setting.model_dir), reward_funcs=reward, args=conf, train_dataset=data,
             processing_class=AutoTokenizer.from_pretrained(setting.model_dir),
             callbacks=[_Ends()],
         )  # fmt: skip
-        trainer.model.generate = _timed(trainer.model.generate, res.gen_s)
-        for cb in list(trainer.callback_handler.callbacks):  # no printed logs or progress bars
-            if type(cb).__name__ in ("PrinterCallback", "ProgressCallback"):
-                trainer.remove_callback(cb)
-        torch.set_num_threads(args.threads)
-        trainer.train()
-    res.step_ends = ends[args.passes - 1 :: args.passes]  # the end of each rollout's last pass
-    return res
+    trainer.model.generate = _timed(trainer.model.generate, res.gen_s)
+    for cb in list(trainer.callback_handler.callbacks):  # no printed logs or progress bars
+        if type(cb).__name__ in ("PrinterCallback", "ProgressCallback"):
+            trainer.remove_callback(cb)
+    runner.run = trainer.train
+    return contextlib.nullcontext()
 
 
-def run_variant(setting: Setting, variant: str, *, steps: int, seed: int, args: Any) -> RunResult:
-    torch.set_num_threads(args.threads)
-    if variant == "trl":
-        return run_trl(setting, steps=steps, seed=seed, args=args)
-    return run_ours(setting, variant, steps=steps, seed=seed, args=args)
+def run_variants(
+    setting: Setting, variants: list[str], *, steps: int, seed: int, args: Any, interleave: bool
+) -> dict[str, RunResult]:
+    """Build one trainer per variant, then run them step by step in turn (``interleave``) or
+    one after the other; returns each variant's per-step results."""
+    baton = Baton(len(variants)) if interleave else None
+    runners = [Runner(i, baton, steps) for i in range(len(variants))]
+    with tempfile.TemporaryDirectory() as root, contextlib.ExitStack() as stack:
+        for v, r in zip(variants, runners, strict=True):
+            torch.manual_seed(seed)
+            out = str(Path(root) / f"{v}-{r.idx}")
+            if v == "trl":
+                stack.enter_context(make_trl(setting, r, seed=seed, out=out, args=args))
+            else:
+                stack.enter_context(make_ours(setting, v, r, seed=seed, out=out, args=args))
+        if interleave:
+            threads = [threading.Thread(target=r.main, args=(args.threads,)) for r in runners]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        else:
+            for r in runners:
+                r.main(args.threads)
+    for v, r in zip(variants, runners, strict=True):
+        if r.error is not None:
+            raise RuntimeError(f"variant {v} failed") from r.error
+    return {v: r.res for v, r in zip(variants, runners, strict=True)}
 
 
 # ---------------------------------------------------------------------------------- reports
@@ -303,24 +396,23 @@ def speed(setting: Setting, args: Any) -> None:
     }
     for rep in range(args.repeats):
         order = args.variants if rep % 2 == 0 else args.variants[::-1]  # A B, B A, ...
-        for v in order:
-            res = run_variant(setting, v, steps=args.warmup + args.steps, seed=rep, args=args)
+        results = run_variants(
+            setting, order, steps=args.warmup + args.steps, seed=rep, args=args, interleave=True
+        )
+        for v, res in results.items():
             for k, xs in res.kept(args.warmup).items():
                 kept[v][k] += xs
             med = statistics.median(res.kept(args.warmup)["tok_per_s"])
-            print(f"  run {rep + 1}/{args.repeats} {v:9s} {med:8.1f} tokens/s", flush=True)
+            print(f"  round {rep + 1}/{args.repeats} {v:9s} {med:8.1f} tokens/s", flush=True)
     print(f"\n{setting.describe}; {args.passes} passes, threads {args.threads}, "
-          f"{args.repeats} runs x {args.steps} steps each (+{args.warmup} warm-up)")  # fmt: skip
+          f"{args.repeats} rounds x {args.steps} interleaved steps (+{args.warmup} warm-up)")  # fmt: skip
     head = f"{'variant':10s} {'s/step':>8s} {'gen s':>8s} {'other s':>8s} {'tok/step':>9s} "
     print(head + f"{'tok/s':>8s} {'IQR tok/s':>15s}")
     med = {v: {k: statistics.median(xs) for k, xs in d.items()} for v, d in kept.items()}
     for v in args.variants:
         m = med[v]
-        q = (
-            statistics.quantiles(kept[v]["tok_per_s"], n=4)
-            if len(kept[v]["tok_per_s"]) > 1
-            else [0, 0, 0]
-        )
+        xs = kept[v]["tok_per_s"]
+        q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
         print(f"{v:10s} {m['step_s']:8.3f} {m['gen_s']:8.3f} {m['other_s']:8.3f} "
               f"{m['tokens']:9.0f} {m['tok_per_s']:8.1f} {q[0]:7.1f}-{q[2]:<7.1f}")  # fmt: skip
     if "trl" in med:
@@ -328,14 +420,17 @@ def speed(setting: Setting, args: Any) -> None:
             if v != "trl":
                 r = med[v]["tok_per_s"] / med["trl"]["tok_per_s"]
                 t = med["trl"]["step_s"] / med[v]["step_s"]
-                print(f"{v} / trl: tokens/s x{r:.2f}, time per step x{t:.2f} faster")
+                print(f"{v} / trl: tokens/s x{r:.2f}; time per step x{t:.2f} shorter")
 
 
 def parity(setting: Setting, args: Any) -> None:
     curves: dict[str, list[list[float]]] = {v: [] for v in args.variants}
     for seed in args.seeds:
-        for v in args.variants:
-            res = run_variant(setting, v, steps=args.parity_steps, seed=seed, args=args)
+        results = run_variants(
+            setting, args.variants, steps=args.parity_steps, seed=seed, args=args,
+            interleave=False,
+        )  # fmt: skip
+        for v, res in results.items():
             curves[v].append(res.rewards)
             print(f"  seed {seed} {v:9s} reward {res.rewards[0]:.3f} -> {res.rewards[-1]:.3f}",
                   flush=True)  # fmt: skip
@@ -374,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = p.parse_args(argv)
     if args.warmup < 1:
-        p.error("--warmup must be >= 1 (a step's time is measured from the previous step's end)")
+        p.error("--warmup must be >= 1 (the first step holds each trainer's set-up)")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
