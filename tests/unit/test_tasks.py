@@ -353,3 +353,15 @@ def test_shipped_checkpoint_loads_and_matches_record(task_name):
 def test_builtin_checkpoint_unknown():
     with pytest.raises(ValueError, match=r"no built-in checkpoint for task 'nope'.*addition"):
         builtin_checkpoint("nope")
+
+
+def test_math_verify_reward():
+    pytest.importorskip("math_verify")
+    from entropy_rl.tasks.rewards import load_reward
+
+    fn = load_reward("math_verify")
+    assert fn("1/2 = ?", "The answer is $\\frac{1}{2}$", answer="0.5") == 1.0
+    assert fn("6*7", "so it is \\boxed{42}", answer="42") == 1.0
+    assert fn("6*7", "so it is \\boxed{41}", answer="42") == 0.0
+    with pytest.raises(ValueError, match="answer"):
+        fn("6*7", "42")

@@ -141,7 +141,25 @@ def overlong_penalty(length: int, *, max_len: int, cache_len: int) -> float:
     return (soft_start - length) / cache_len  # cache_len > 0 here: soft_start < length <= max
 
 
+def math_verify(prompt: str, completion: str, **fields: Any) -> float:
+    """1.0 if the completion's final answer is mathematically equal to ``answer`` (HF Math-Verify:
+    LaTeX, boxed answers, fractions vs decimals, sets...), else 0.0. Needs the ``math`` extra.
+
+    ``math_verify("", "so it is \\boxed{1/2}", answer="0.5") == 1.0``.
+    """
+    try:
+        from math_verify import parse, verify
+    except ImportError as err:
+        raise ImportError("the math_verify reward needs: pip install 'entropy-rl[math]'") from err
+    gold = _require(fields, "answer", "math_verify")
+    gold_parsed = parse(str(gold))
+    if not gold_parsed:
+        raise ValueError(f"math_verify: cannot parse the reference answer {gold!r}")
+    return 1.0 if verify(gold_parsed, parse(completion)) else 0.0
+
+
 _BUILTIN: dict[str, RewardFn] = {
+    "math_verify": math_verify,
     "exact_match": exact_match,
     "numeric_match": numeric_match,
     "digit_sum_valid": digit_sum_valid,
