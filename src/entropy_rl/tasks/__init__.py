@@ -30,6 +30,7 @@ from entropy_rl.tasks.rewards import (
     numeric_match,
     overlong_penalty,
 )
+from entropy_rl.tasks.wordpick import WordPickTask
 
 _LAZY = {
     "build_char_tokenizer": "entropy_rl.tasks.tokenizer",
@@ -44,6 +45,7 @@ __all__ = [
     "DigitSumTask",
     "Example",
     "Task",
+    "WordPickTask",
     "available_rewards",
     "available_tasks",
     "build_char_tokenizer",

@@ -96,6 +96,12 @@ class Task(abc.ABC):
         """1.0 if `completion` is correct for `example`, else 0.0."""
         return 1.0 if self.is_correct(example, completion) else 0.0
 
+    def build_tokenizer(self) -> Any:
+        """Tokenizer that pretraining builds for this task (default: the character tokenizer)."""
+        from entropy_rl.tasks.tokenizer import build_char_tokenizer
+
+        return build_char_tokenizer()
+
     def sample_pretrain(self, n: int, rng: random.Random) -> list[Example]:
         """Supervised pretraining pairs: `answer` is the target text (default: `sample_train`)."""
         return self.sample_train(n, rng)

@@ -27,7 +27,6 @@ import torch
 
 from entropy_rl.tasks.base import Example, Task, get_task
 from entropy_rl.tasks.model import build_tiny_model, count_parameters
-from entropy_rl.tasks.tokenizer import build_char_tokenizer
 
 __all__ = [
     "SHIPPED_SETTINGS",
@@ -288,7 +287,7 @@ def pretrain(
         torch.set_num_threads(num_threads)
     task_kwargs = dict(task_kwargs or {})
     task = get_task(task_name, **task_kwargs)
-    tokenizer = build_char_tokenizer()
+    tokenizer = task.build_tokenizer()
     model = build_tiny_model(len(tokenizer), seed=seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
     rng = random.Random(seed)
