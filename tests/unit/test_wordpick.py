@@ -111,8 +111,14 @@ def test_eval_set_fixed_with_hard_prompts(task):
 
 
 def test_pretrain_mixture(task):
-    # invalid_frac 0.4: about 60% of the pairs are valid; binomial sd at n = 4000 is 0.008
-    data = task.sample_pretrain(4000, random.Random(1))
+    # reverse_frac 0.5: about half the pairs map a word to its category token
+    everything = task.sample_pretrain(8000, random.Random(1))
+    reverse = [e for e in everything if e.meta.get("reverse")]
+    assert abs(len(reverse) / 8000 - 0.5) < 0.03  # binomial sd 0.0056
+    assert all(e.answer == f"c{e.meta['category']:02d}" for e in reverse)
+    assert all(e.prompt in task.category_words(e.meta["category"]) for e in reverse)
+    # invalid_frac 0.4: about 60% of the forward pairs are valid; sd at n ~ 4000 is 0.008
+    data = [e for e in everything if not e.meta.get("reverse")]
     valid = [task.is_correct(e, str(e.answer)) for e in data]
     assert abs(sum(valid) / len(valid) - 0.6) < 0.03
     assert {e.meta["category"] for e in data} == set(range(40))  # hard categories included
@@ -128,6 +134,8 @@ def test_bad_arguments():
         WordPickTask(words_per_category=100)  # 32 * 100 + 25 > 3000
     with pytest.raises(ValueError, match="invalid_frac"):
         WordPickTask(invalid_frac=1.0)
+    with pytest.raises(ValueError, match="reverse_frac"):
+        WordPickTask(reverse_frac=-0.1)
     with pytest.raises(ValueError, match="hard_sizes"):
         WordPickTask(hard_sizes=(0,))
 
