@@ -57,8 +57,9 @@ class ModelConfig:
     """How the update gets log-probs and entropy: ``fused`` (hidden states x lm_head, chunked, never
     holds [tokens, V] logits), ``full`` (the model's own logits), or ``auto`` (fused when the
     vocabulary is >= 4096 and the model has a plain linear head)."""
-    chunk_size: int = 1024
-    """Rows per chunk for the fused log-prob/entropy computation."""
+    chunk_size: int = 512
+    """Rows per chunk for the fused log-prob/entropy computation (512 at V=152k keeps ~1/10 of
+    the full-logits peak memory at the same speed: benchmarks/token_stats.py)."""
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
