@@ -164,16 +164,17 @@ def test_word_probability_stats_uniform_model(task, tok):
 
 def test_shipped_checkpoint_loads_and_matches_record(task):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     from entropy_rl.tasks.pretrain import builtin_checkpoint, evaluate_start
 
     path = builtin_checkpoint("wordpick")
     record = json.loads((path / "pretrain.json").read_text())
     model = AutoModelForCausalLM.from_pretrained(path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    # AutoTokenizer would give Qwen2Tokenizer (forced for model_type qwen2 in transformers 5)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
     assert len(tokenizer) == model.config.vocab_size == 3053
-    assert tokenizer("c17 :")["input_ids"] == [1, 22, 4]
+    assert tokenizer("c17 w0001")["input_ids"] == [1, 22, 54]
     assert sum(f.stat().st_size for f in path.iterdir()) < 10_000_000
     torch.set_num_threads(1)
     # 32 normal prompts x 16 samples at T = 1: binomial sd of the valid rate <= 0.5/sqrt(512)
