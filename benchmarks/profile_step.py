@@ -10,6 +10,7 @@ the median seconds per RL step of each, over --steps steps after --warmup:
     control + log   controller, collapse detector, metrics.jsonl (fsync'd every step)
     host gap        the rest of the step (between the previous log and this rollout)
 
+``--framework trl`` prints the same breakdown for TRL's GRPOTrainer.
 ``--cprofile`` also prints the top functions by cumulative time; ``--ops`` prints torch.profiler's
 top operators of one step. ``--engine kv`` swaps in benchmarks/kv_engine.py; ``--engine fast`` also takes pi_old's
 log-probs from the sampler (no old-log-prob forward).
@@ -166,7 +167,7 @@ def build_trainer(setting: vs_trl.Setting, args: Any, timers: Timers, steps: int
         "algo": {"loss": "ppo", "loss_kwargs": {"eps_low": vs_trl.EPS_LOW,
                                                 "eps_high": vs_trl.EPS_HIGH},
                  "ppo_epochs": args.passes, "mini_batches": 1,
-                 "micro_batch_size": vs_trl.PROMPTS_PER_STEP * vs_trl.GROUP, "lr": 1e-3,
+                 "micro_batch_size": vs_trl.PROMPTS_PER_STEP * vs_trl.GROUP, "lr": args.lr,
                  "warmup_steps": 0},
         "eval": {"every": 0},
         "run": {"steps": steps, "seed": 0, "threads": args.threads, "progress": False,
@@ -196,10 +197,85 @@ def build_trainer(setting: vs_trl.Setting, args: Any, timers: Timers, steps: int
     return tr
 
 
+TRL_ROWS = [
+    ("rollout: generate", "generate"),
+    ("rollout: old log-probs fwd", "score/forward"),
+    ("rollout: decode+reward+adv+rest", "score_rest"),
+    ("update: forward (+entropy)", "loss/forward"),
+    ("update: loss rest", "loss_rest"),
+    ("update: backward", "backward"),
+    ("update: clip+optimizer", "optim"),
+    ("trainer loop + logging", "gap"),
+]
+
+
+def profile_trl(setting: vs_trl.Setting, args: Any) -> None:
+    """The same breakdown for TRL's GRPOTrainer (methods of GRPOTrainer 1.16 wrapped)."""
+    t = Timers()
+    runner = vs_trl.Runner(0, None, args.warmup + args.steps)
+    with tempfile.TemporaryDirectory() as out:
+        vs_trl.make_trl(setting, runner, seed=0, out=out, args=args)
+        tr = runner.trainer
+        t.wrap(tr.model, "generate", "generate")
+        orig_score, orig_loss = tr._generate_and_score_completions, tr.compute_loss
+
+        def score(*a: Any, **kw: Any) -> Any:
+            with t.in_phase("score"):
+                t0 = time.perf_counter()
+                try:
+                    return orig_score(*a, **kw)
+                finally:
+                    t.acc["score"] += time.perf_counter() - t0
+
+        def loss(*a: Any, **kw: Any) -> Any:
+            with t.in_phase("loss"):
+                t0 = time.perf_counter()
+                try:
+                    return orig_loss(*a, **kw)
+                finally:
+                    t.acc["loss"] += time.perf_counter() - t0
+
+        tr._generate_and_score_completions, tr.compute_loss = score, loss
+        t.wrap(tr, "_get_per_token_logps_and_entropies", lambda: f"{t.phase}/forward")
+        t.wrap(tr.accelerator, "backward", "backward")
+        t.wrap(torch.nn.utils, "clip_grad_norm_", "optim")
+        t.wrap(torch.optim.AdamW, "step", "optim")
+        snaps: list[tuple[float, dict[str, float]]] = []
+        orig_end = runner.end_step
+
+        def end_step() -> None:
+            snaps.append((time.perf_counter(), dict(t.acc)))
+            orig_end()
+
+        runner.end_step = end_step  # type: ignore[method-assign]
+        runner.main(args.threads)
+        if runner.error is not None:
+            raise runner.error
+    rows = []
+    for k in range(max(args.warmup, 1), len(snaps)):
+        (t1, a1), (t0, a0) = snaps[k], snaps[k - 1]
+        d = {key: a1.get(key, 0.0) - a0.get(key, 0.0) for key in a1}
+        d["step"] = t1 - t0
+        d["score_rest"] = d.get("score", 0) - d.get("generate", 0) - d.get("score/forward", 0)
+        d["loss_rest"] = d.get("loss", 0) - d.get("loss/forward", 0)
+        d["gap"] = d["step"] - d.get("score", 0) - d.get("loss", 0) - d["backward"] - d["optim"]
+        rows.append(d)
+    med = {k: statistics.median(r.get(k, 0.0) for r in rows) for k in rows[0]}
+    print(f"\nTRL GRPOTrainer, {setting.describe}; {args.passes} passes, threads "
+          f"{args.threads}; median of {len(rows)} steps")  # fmt: skip
+    print(f"{'part':32s} {'s/step':>8s} {'share':>7s}")
+    for label, key in TRL_ROWS:
+        v = med.get(key, 0.0)
+        print(f"{label:32s} {v:8.3f} {100 * v / med['step']:6.1f}%")
+    print(f"{'total (wall, step end to end)':32s} {med['step']:8.3f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--setting", default="char", choices=["char", "vocab32k"])
     p.add_argument("--engine", default="hf", choices=["hf", "kv", "fast"])
+    p.add_argument("--framework", default="ours", choices=["ours", "trl"])
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--passes", type=int, default=2)
@@ -215,6 +291,9 @@ def main(argv: list[str] | None = None) -> None:
     timers = Timers()
     with tempfile.TemporaryDirectory() as root:
         setting = vs_trl.build_setting(args.setting, Path(root))
+        if args.framework == "trl":
+            profile_trl(setting, args)
+            return
         tr = build_trainer(setting, args, timers, args.warmup + args.steps)
         instrument(tr, timers)
         ctx: Any = contextlib.nullcontext()

@@ -197,6 +197,7 @@ class Runner:
         self.idx, self.baton, self.steps = idx, baton, steps
         self.res = RunResult()
         self.run: Callable[[], Any] = lambda: None
+        self.trainer: Any = None
         self._start = 0.0
         self.error: BaseException | None = None
 
@@ -354,7 +355,7 @@ def make_trl(
     for cb in list(trainer.callback_handler.callbacks):  # no printed logs or progress bars
         if type(cb).__name__ in ("PrinterCallback", "ProgressCallback"):
             trainer.remove_callback(cb)
-    runner.run = trainer.train
+    runner.run, runner.trainer = trainer.train, trainer
     return contextlib.nullcontext()
 
 
