@@ -306,7 +306,11 @@ def test_ctrl_c_saves_a_checkpoint_and_resumes(tiny_model_dir: Path, tmp_path: P
     out = tmp_path / "intr"
     cmd = [sys.executable, "-m", "entropy_rl.cli", "train", "--no-progress",
            *_overrides(tiny_model_dir, out, steps=200, **{"run.save_every": 0})]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell's background job inherits SIGINT ignored; give the child the default disposition
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=restore
+    )
     deadline = time.time() + 240
     while time.time() < deadline:  # wait until a training step is logged
         if (out / "metrics.jsonl").exists() and len(
@@ -323,3 +327,17 @@ def test_ctrl_c_saves_a_checkpoint_and_resumes(tiny_model_dir: Path, tmp_path: P
     step = ckpt.load_state(saved)["step"]
     assert step >= 1
     assert max(r["step"] for r in _rows(out)) <= step + 1
+
+
+@pytest.mark.parametrize("task", ["addition", "digitsum", "wordpick"])
+def test_builtin_tokenizers_load_exactly(task: str):
+    from entropy_rl.tasks import get_task
+    from entropy_rl.tasks.pretrain import builtin_checkpoint
+    from entropy_rl.tasks.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(builtin_checkpoint(task)))
+    ex = get_task(task).eval_set()[0]
+    ids = tok(ex.prompt)["input_ids"]
+    assert ids[0] == tok.bos_token_id and tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=True).replace(" ", "") == ex.prompt.replace(" ", "")
+    assert tok("7= 1")["input_ids"] != tok("7=1")["input_ids"] or task == "wordpick"  # spaces kept

@@ -265,7 +265,12 @@ def test_overlong_penalty_hand_values():
 
 
 def test_load_reward_paths_and_errors(tmp_path):
-    assert set(available_rewards()) == {"exact_match", "numeric_match", "digit_sum_valid"}
+    assert set(available_rewards()) == {
+        "exact_match",
+        "numeric_match",
+        "digit_sum_valid",
+        "math_verify",
+    }
     assert load_reward("numeric_match") is numeric_match
     assert load_reward("entropy_rl.tasks.rewards:exact_match") is exact_match
     user = tmp_path / "my_reward.py"

@@ -370,10 +370,12 @@ def builtin_checkpoint(task_name: str) -> Path:
 
 def load_builtin(task_name: str) -> tuple[Any, Any]:
     """(model, tokenizer) of the shipped checkpoint, via the Auto classes."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from entropy_rl.tasks.tokenizer import load_tokenizer
 
     path = builtin_checkpoint(task_name)
-    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path), load_tokenizer(str(path))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

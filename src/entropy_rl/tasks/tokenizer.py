@@ -24,6 +24,10 @@ back.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 from transformers import PreTrainedTokenizerFast
 
 __all__ = ["CHARS", "SPECIAL_TOKENS", "build_char_tokenizer"]
@@ -58,3 +62,17 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
         unk_token="<unk>",
         padding_side="left",
     )
+
+
+def load_tokenizer(path: str, **kw: Any) -> Any:
+    """AutoTokenizer, except for a plain `tokenizers` tokenizer saved by save_pretrained (the
+    built-in char and word tokenizers): transformers 5 maps a qwen2 checkpoint to Qwen2Tokenizer
+    whatever tokenizer.json holds, which re-splits the text (spaces dropped, words -> <unk>)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    cfg_file = Path(path) / "tokenizer_config.json"
+    if cfg_file.is_file():
+        cls = json.loads(cfg_file.read_text()).get("tokenizer_class")
+        if cls in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+            return PreTrainedTokenizerFast.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path, **kw)

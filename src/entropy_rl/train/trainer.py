@@ -36,6 +36,7 @@ from entropy_rl.engine.hf import HFGenerateEngine
 from entropy_rl.ops.advantages import available_advantages, compute_advantages
 from entropy_rl.ops.losses import policy_loss
 from entropy_rl.tasks.pretrain import builtin_checkpoint
+from entropy_rl.tasks.tokenizer import load_tokenizer
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.batch import RolloutBatch
 from entropy_rl.train.config import Config, ConfigError
@@ -68,13 +69,13 @@ class TrainingStopped(RuntimeError):
 
 def load_model(cfg: Config) -> tuple[Any, Any]:
     """The model and tokenizer named by model.path (default: the task's built-in checkpoint)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path = cfg.model.path
     if path is None:
         path = str(builtin_checkpoint(cfg.data.task))
     kw = {"trust_remote_code": cfg.model.trust_remote_code}
-    tok = AutoTokenizer.from_pretrained(path, **kw)
+    tok = load_tokenizer(path, **kw)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.model.dtype], **kw)
     return model, tok
 
