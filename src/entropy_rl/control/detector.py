@@ -79,8 +79,11 @@ class DetectorConfig:
     """Fires when eval/distinct_answers (per prompt) falls to <= this from a baseline above it."""
     exploration_passk_window: int = 3
     """Number of evaluations compared for the pass@K-vs-pass@1 check (first vs last), >= 2."""
-    exploration_passk_max_gain: float = 0.0
-    """pass@K at the largest K counts as stalled when it gained at most this over the window..."""
+    exploration_passk_max_gain: float = -0.025
+    """pass@K at the largest K counts as stalled when it gained at most this over the window...
+    Default: it must *fall* by more than 2.5 points; smaller moves are evaluation noise (on the
+    default addition run pass@8 went 0.977 -> 0.961, two prompts of 128, and fired a false
+    alarm at 0.0). Set 0.0 to flag any stall."""
     exploration_pass1_min_gain: float = 0.05
     """...while pass@1 (eval/pass@1, else acc/eval) gained at least this."""
     exploration_passk_saturated: float = 0.98
