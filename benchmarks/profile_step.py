@@ -10,7 +10,8 @@ the median seconds per RL step of each, over --steps steps after --warmup:
     control + log   controller, collapse detector, metrics.jsonl (fsync'd every step)
     host gap        the rest of the step (between the previous log and this rollout)
 
-``--framework trl`` prints the same breakdown for TRL's GRPOTrainer.
+``--framework trl`` prints the same breakdown for TRL's GRPOTrainer (``trl-nogc``: with
+gradient checkpointing off; GRPOConfig turns it on by default).
 ``--cprofile`` also prints the top functions by cumulative time; ``--ops`` prints torch.profiler's
 top operators of one step. ``--engine kv`` swaps in benchmarks/kv_engine.py; ``--engine fast`` also takes pi_old's
 log-probs from the sampler (no old-log-prob forward).
@@ -214,7 +215,8 @@ def profile_trl(setting: vs_trl.Setting, args: Any) -> None:
     t = Timers()
     runner = vs_trl.Runner(0, None, args.warmup + args.steps)
     with tempfile.TemporaryDirectory() as out:
-        vs_trl.make_trl(setting, runner, seed=0, out=out, args=args)
+        gc = args.framework == "trl"
+        vs_trl.make_trl(setting, runner, seed=0, out=out, args=args, gradient_checkpointing=gc)
         tr = runner.trainer
         t.wrap(tr.model, "generate", "generate")
         orig_score, orig_loss = tr._generate_and_score_completions, tr.compute_loss
@@ -261,7 +263,7 @@ def profile_trl(setting: vs_trl.Setting, args: Any) -> None:
         d["gap"] = d["step"] - d.get("score", 0) - d.get("loss", 0) - d["backward"] - d["optim"]
         rows.append(d)
     med = {k: statistics.median(r.get(k, 0.0) for r in rows) for k in rows[0]}
-    print(f"\nTRL GRPOTrainer, {setting.describe}; {args.passes} passes, threads "
+    print(f"\nTRL GRPOTrainer ({args.framework}), {setting.describe}; {args.passes} passes, threads "
           f"{args.threads}; median of {len(rows)} steps")  # fmt: skip
     print(f"{'part':32s} {'s/step':>8s} {'share':>7s}")
     for label, key in TRL_ROWS:
@@ -274,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--setting", default="char", choices=["char", "vocab32k"])
     p.add_argument("--engine", default="hf", choices=["hf", "kv", "fast"])
-    p.add_argument("--framework", default="ours", choices=["ours", "trl"])
+    p.add_argument("--framework", default="ours", choices=["ours", "trl", "trl-nogc"])
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=1)
@@ -291,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     timers = Timers()
     with tempfile.TemporaryDirectory() as root:
         setting = vs_trl.build_setting(args.setting, Path(root))
-        if args.framework == "trl":
+        if args.framework.startswith("trl"):
             profile_trl(setting, args)
             return
         tr = build_trainer(setting, args, timers, args.warmup + args.steps)

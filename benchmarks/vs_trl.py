@@ -28,7 +28,8 @@ Settings (--setting):
 Variants (--variants): ours (HF generate engine), ours-kv (benchmarks/kv_engine.py, a plain
 KV-cached sampling loop), ours-fast (ours-kv, and pi_old's log-probs/entropy/top-1 taken from the
 sampler instead of a second forward: kv_engine.old_logprobs_from_sampler), ours-full
-(model.logits=full), trl.
+(model.logits=full), trl (GRPOConfig defaults, which include gradient checkpointing),
+trl-nogc (gradient_checkpointing=False, the same memory/compute trade as ours).
 
     python benchmarks/vs_trl.py                          # char setting, ours vs trl
     python benchmarks/vs_trl.py --variants ours ours-kv trl --repeats 3
@@ -308,10 +309,16 @@ def make_ours(
 
 
 def make_trl(
-    setting: Setting, runner: Runner, *, seed: int, out: str, args: Any
+    setting: Setting,
+    runner: Runner,
+    *,
+    seed: int,
+    out: str,
+    args: Any,
+    gradient_checkpointing: bool = True,
 ) -> contextlib.AbstractContextManager[Any]:
     """Set ``runner.run`` to ``runner.steps`` RL steps (``steps * passes`` optimizer steps) of
-    TRL's GRPOTrainer."""
+    TRL's GRPOTrainer (GRPOConfig turns gradient checkpointing on by default)."""
     import datasets
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -343,7 +350,7 @@ def make_trl(
             epsilon_high=EPS_HIGH, beta=0.0, loss_type="dapo", scale_rewards="group",
             temperature=1.0, top_p=1.0, top_k=0, logging_steps=1, report_to=[],
             save_strategy="no", use_cpu=True, seed=seed, bf16=False, disable_tqdm=True,
-            dataloader_num_workers=0,
+            dataloader_num_workers=0, gradient_checkpointing=gradient_checkpointing,
         )  # fmt: skip
         data = datasets.Dataset.from_dict({"prompt": [e.prompt for e in setting.examples]})
         trainer = GRPOTrainer(
@@ -370,8 +377,10 @@ def run_variants(
         for v, r in zip(variants, runners, strict=True):
             torch.manual_seed(seed)
             out = str(Path(root) / f"{v}-{r.idx}")
-            if v == "trl":
-                stack.enter_context(make_trl(setting, r, seed=seed, out=out, args=args))
+            if v in ("trl", "trl-nogc"):
+                gc = v == "trl"
+                ctx = make_trl(setting, r, seed=seed, out=out, args=args, gradient_checkpointing=gc)
+                stack.enter_context(ctx)
             else:
                 stack.enter_context(make_ours(setting, v, r, seed=seed, out=out, args=args))
         if interleave:
@@ -416,12 +425,14 @@ def speed(setting: Setting, args: Any) -> None:
         q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
         print(f"{v:10s} {m['step_s']:8.3f} {m['gen_s']:8.3f} {m['other_s']:8.3f} "
               f"{m['tokens']:9.0f} {m['tok_per_s']:8.1f} {q[0]:7.1f}-{q[2]:<7.1f}")  # fmt: skip
-    if "trl" in med:
+    for base in ("trl", "trl-nogc"):
+        if base not in med:
+            continue
         for v in args.variants:
-            if v != "trl":
-                r = med[v]["tok_per_s"] / med["trl"]["tok_per_s"]
-                t = med["trl"]["step_s"] / med[v]["step_s"]
-                print(f"{v} / trl: tokens/s x{r:.2f}; time per step x{t:.2f} shorter")
+            if not v.startswith("trl"):
+                r = med[v]["tok_per_s"] / med[base]["tok_per_s"]
+                t = med[base]["step_s"] / med[v]["step_s"]
+                print(f"{v} / {base}: tokens/s x{r:.2f}; time per step x{t:.2f} shorter")
 
 
 def parity(setting: Setting, args: Any) -> None:
@@ -458,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--setting", default="char", choices=["char", "vocab32k"])
     p.add_argument("--variants", nargs="+", default=["ours", "trl"],
-                   choices=["ours", "ours-kv", "ours-fast", "ours-full", "trl"])  # fmt: skip
+                   choices=["ours", "ours-kv", "ours-fast", "ours-full", "trl", "trl-nogc"])  # fmt: skip
     p.add_argument("--steps", type=int, default=4, help="timed RL steps per run")
     p.add_argument("--warmup", type=int, default=1, help="dropped RL steps at the start of a run")
     p.add_argument("--repeats", type=int, default=3, help="runs per variant, interleaved")
