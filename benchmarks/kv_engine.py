@@ -435,10 +435,10 @@ def main() -> None:
         print(f"vocab {vocab}: max |diff| {diffs}; greedy sequences equal to HF generate: {same}")
     vocab, n = 600, 300_000  # 3 blocks of 256, the last one partial; >= ~10 expected per cell
     probs = torch.softmax(torch.randn(1, vocab), -1)
-    freq = sum(
+    freq = torch.stack([
         torch.bincount(inverse_cdf_sample(probs.expand(50_000, -1).contiguous()), minlength=vocab)
         for _ in range(n // 50_000)
-    )
+    ]).sum(0)  # fmt: skip
     p = probs[0].double()
     chi2 = float((((freq.double() / n - p) ** 2) / p).sum() * n)
     q999 = (vocab - 1) + 3.09 * (2 * (vocab - 1)) ** 0.5  # normal approximation

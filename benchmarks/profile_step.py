@@ -154,7 +154,9 @@ def per_step(ends: _Ends, warmup: int) -> list[dict[str, float]]:
     return out
 
 
-def build_trainer(setting: vs_trl.Setting, args: Any, timers: Timers, steps: int) -> Any:
+def build_trainer(
+    setting: vs_trl.Setting, args: Any, timers: Timers, steps: int
+) -> tuple[Any, _Ends]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from entropy_rl.train.config import config_from_dict
@@ -194,8 +196,7 @@ def build_trainer(setting: vs_trl.Setting, args: Any, timers: Timers, steps: int
             prompt_source=RecordsSource(setting.examples, setting.examples[:8]),
         )  # fmt: skip
     tr.loggers.append(ends)
-    tr._bench_ends = ends
-    return tr
+    return tr, ends
 
 
 TRL_ROWS = [
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.framework.startswith("trl"):
             profile_trl(setting, args)
             return
-        tr = build_trainer(setting, args, timers, args.warmup + args.steps)
+        tr, ends = build_trainer(setting, args, timers, args.warmup + args.steps)
         instrument(tr, timers)
         ctx: Any = contextlib.nullcontext()
         if args.engine == "fast":
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
                 tr.fit()
             if prof:
                 prof.disable()
-        steps = per_step(tr._bench_ends, args.warmup)
+        steps = per_step(ends, args.warmup)
         med = {k: statistics.median(s.get(k, 0.0) for s in steps) for k in steps[0]}
         print(f"\n{setting.describe}; engine {args.engine}, {args.passes} passes, "
               f"threads {args.threads}; median of {len(steps)} steps")  # fmt: skip
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
             from torch.profiler import ProfilerActivity, profile
 
             tr.cfg.run.steps += 1
-            tr.loggers = [tr._bench_ends]  # fit() closed the jsonl logger
+            tr.loggers = [ends]  # fit() closed the jsonl logger
             with profile(activities=[ProfilerActivity.CPU]) as tp:
                 tr.fit()
             print(tp.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))

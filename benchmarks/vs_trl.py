@@ -58,7 +58,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -325,7 +325,7 @@ def make_trl(
 
     res = runner.res
 
-    class _Ends(TrainerCallback):  # type: ignore[misc]
+    class _Ends(TrainerCallback):
         n = 0
 
         def on_step_end(self, *a: Any, **kw: Any) -> None:
@@ -354,11 +354,12 @@ def make_trl(
         )  # fmt: skip
         data = datasets.Dataset.from_dict({"prompt": [e.prompt for e in setting.examples]})
         trainer = GRPOTrainer(
-            model=str(setting.model_dir), reward_funcs=reward, args=conf, train_dataset=data,
+            model=str(setting.model_dir), reward_funcs=cast(Any, reward), args=conf, train_dataset=data,
             processing_class=AutoTokenizer.from_pretrained(setting.model_dir),
             callbacks=[_Ends()],
         )  # fmt: skip
-    trainer.model.generate = _timed(trainer.model.generate, res.gen_s)
+    model: Any = trainer.model
+    model.generate = _timed(model.generate, res.gen_s)
     for cb in list(trainer.callback_handler.callbacks):  # no printed logs or progress bars
         if type(cb).__name__ in ("PrinterCallback", "ProgressCallback"):
             trainer.remove_callback(cb)
@@ -412,8 +413,8 @@ def speed(setting: Setting, args: Any) -> None:
         for v, res in results.items():
             for k, xs in res.kept(args.warmup).items():
                 kept[v][k] += xs
-            med = statistics.median(res.kept(args.warmup)["tok_per_s"])
-            print(f"  round {rep + 1}/{args.repeats} {v:9s} {med:8.1f} tokens/s", flush=True)
+            tps = statistics.median(res.kept(args.warmup)["tok_per_s"])
+            print(f"  round {rep + 1}/{args.repeats} {v:9s} {tps:8.1f} tokens/s", flush=True)
     print(f"\n{setting.describe}; {args.passes} passes, threads {args.threads}, "
           f"{args.repeats} rounds x {args.steps} interleaved steps (+{args.warmup} warm-up)")  # fmt: skip
     head = f"{'variant':10s} {'s/step':>8s} {'gen s':>8s} {'other s':>8s} {'tok/step':>9s} "
