@@ -163,7 +163,7 @@ def build_trainer(
     from entropy_rl.train.data import RecordsSource
     from entropy_rl.train.trainer import Trainer
 
-    out = tempfile.mkdtemp(prefix="erl-prof-")
+    out = str(setting.model_dir.parent / "run")  # inside main's temporary directory
     cfg = config_from_dict({
         "rollout": {"prompts_per_step": vs_trl.PROMPTS_PER_STEP, "group_size": vs_trl.GROUP,
                     "temperature": 1.0, "max_new_tokens": vs_trl.MAX_NEW},
