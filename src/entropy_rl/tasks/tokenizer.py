@@ -42,13 +42,28 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
     Returns:
         A fast tokenizer with pad/bos/eos/unk ids 0/1/2/3 and left padding.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import Regex, decoders, pre_tokenizers
 
-    vocab = {tok: i for i, tok in enumerate((*SPECIAL_TOKENS, *CHARS))}
+    # One token per character; "isolated" keeps every match (spaces included) as its own piece;
+    # Fuse joins pieces with no separator.
+    return word_level_tokenizer(
+        (*SPECIAL_TOKENS, *CHARS),
+        pre_tokenizer=pre_tokenizers.Split(Regex("."), behavior="isolated"),
+        decoder=decoders.Fuse(),
+    )
+
+
+def word_level_tokenizer(
+    tokens: tuple[str, ...], *, pre_tokenizer: Any, decoder: Any
+) -> PreTrainedTokenizerFast:
+    """A fixed-vocabulary fast tokenizer: ``tokens`` get ids 0.. in order (the four
+    SPECIAL_TOKENS first), <bos> is prepended, padding is on the left."""
+    from tokenizers import Tokenizer, models, processors
+
+    vocab = {tok: i for i, tok in enumerate(tokens)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    # One token per character; "isolated" keeps every match (spaces included) as its own piece.
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    backend.decoder = decoders.Fuse()  # join pieces with no separator
+    backend.pre_tokenizer = pre_tokenizer
+    backend.decoder = decoder
     backend.post_processor = processors.TemplateProcessing(
         single="<bos> $A",
         pair="<bos> $A $B",

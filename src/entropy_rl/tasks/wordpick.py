@@ -99,8 +99,9 @@ def build_word_tokenizer() -> Any:
         A `transformers.PreTrainedTokenizerFast`; next to a qwen2 config.json load it with
         ``PreTrainedTokenizerFast.from_pretrained`` (AutoTokenizer forces Qwen2Tokenizer there).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import decoders, pre_tokenizers
+
+    from entropy_rl.tasks.tokenizer import word_level_tokenizer
 
     tokens = (
         *SPECIAL_TOKENS,
@@ -108,22 +109,10 @@ def build_word_tokenizer() -> Any:
         *(category_token(c) for c in range(NUM_CATEGORY_TOKENS)),
         *(word_token(w) for w in range(NUM_WORDS)),
     )
-    vocab = {tok: i for i, tok in enumerate(tokens)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # join with " "
-    backend.post_processor = processors.TemplateProcessing(
-        single="<bos> $A",
-        pair="<bos> $A $B",
-        special_tokens=[("<bos>", vocab["<bos>"])],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-        padding_side="left",
+    return word_level_tokenizer(
+        tokens,
+        pre_tokenizer=pre_tokenizers.Whitespace(),
+        decoder=decoders.WordPiece(prefix="##", cleanup=False),  # join with " "
     )
 
 
