@@ -341,3 +341,16 @@ def test_builtin_tokenizers_load_exactly(task: str):
     assert ids[0] == tok.bos_token_id and tok.unk_token_id not in ids
     assert tok.decode(ids, skip_special_tokens=True).replace(" ", "") == ex.prompt.replace(" ", "")
     assert tok("7= 1")["input_ids"] != tok("7=1")["input_ids"] or task == "wordpick"  # spaces kept
+
+
+@pytest.mark.parametrize("kl_in", ["loss", "reward"])
+def test_reference_model_kl(tiny_model_dir: Path, tmp_path: Path, kl_in: str):
+    out = tmp_path / "kl"
+    _train(_overrides(tiny_model_dir, out, steps=2, **{"algo.kl_coef": 0.05, "algo.kl_in": kl_in}))
+    rows = [r for r in _rows(out) if r["step"] >= 1]
+    if kl_in == "loss":
+        # a mean over the update's 8 mini-batches: the first is at the reference (k3 = 0), the
+        # later ones have moved away, so it is positive and small
+        assert all(0.0 < r["kl/ref"] < 0.5 for r in rows)
+    else:
+        assert "kl/ref" not in rows[1]  # KL went into the advantages, not the loss

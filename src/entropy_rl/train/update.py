@@ -66,36 +66,27 @@ def record_old_logprobs(
 ) -> dict[str, Tensor]:
     """pi_old log-probs (and pi_ref's) for the whole rollout, plus the rollout policy's entropy and
     top-1 probability for the monitor: one no-grad forward, no extra pass for monitoring."""
-    logps, ents, top1s, refs = [], [], [], []
+    t = batch.targets.shape[1]
+    parts: dict[str, list[Tensor]] = {"logprobs": [], "entropy": [], "top1": [], "ref_logprobs": []}
+
+    def stats(
+        m: Any, rows: RolloutBatch, with_top1: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        return policy_token_stats(
+            m, rows, temperature=s.temperature, mode=s.logits_mode,
+            chunk_size=s.chunk_size, with_top1=with_top1,
+        )  # fmt: skip
+
     for idx in torch.arange(len(batch)).split(s.micro_batch_size):
-        mb = batch.rows(idx)
-        t = batch.targets.shape[1]
-        lp, ent, top1 = policy_token_stats(
-            model,
-            mb,
-            temperature=s.temperature,
-            mode=s.logits_mode,
-            chunk_size=s.chunk_size,
-            with_top1=True,
-        )
-        pad = t - lp.shape[1]
-        logps.append(torch.nn.functional.pad(lp.cpu(), (0, pad)))
-        ents.append(torch.nn.functional.pad(ent.cpu(), (0, pad)))
-        assert top1 is not None
-        top1s.append(torch.nn.functional.pad(top1.cpu(), (0, pad)))
+        mb = batch.rows(idx)  # trimmed to its own longest completion: pad back to t
+        lp, ent, top1 = stats(model, mb, with_top1=True)
+        mb_out = {"logprobs": lp, "entropy": ent, "top1": top1}
         if ref_model is not None:
-            rlp, _, _ = policy_token_stats(
-                ref_model,
-                mb,
-                temperature=s.temperature,
-                mode=s.logits_mode,
-                chunk_size=s.chunk_size,
-            )
-            refs.append(torch.nn.functional.pad(rlp.cpu(), (0, pad)))
-    out = {"logprobs": torch.cat(logps), "entropy": torch.cat(ents), "top1": torch.cat(top1s)}
-    if refs:
-        out["ref_logprobs"] = torch.cat(refs)
-    return out
+            mb_out["ref_logprobs"] = stats(ref_model, mb)[0]
+        for k, v in mb_out.items():
+            assert v is not None
+            parts[k].append(torch.nn.functional.pad(v.cpu(), (0, t - v.shape[1])))
+    return {k: torch.cat(v) for k, v in parts.items() if v}
 
 
 def _grads_finite(model: Any, info: DistInfo) -> bool:
