@@ -22,6 +22,7 @@ from entropy_rl.report import (
     summarize,
     write_report,
 )
+from entropy_rl.report._style import color, run_legend
 from entropy_rl.report.figures import PANELS
 from entropy_rl.report.summary import _lstsq_fit, delta_pairs
 
@@ -161,7 +162,7 @@ def test_labels_from_config_and_collisions(tmp_path: Path) -> None:
         (tmp_path / setting / "seed0" / "config.yaml").write_text("preset: dapo\nseed: 0\n")
     runs = load_runs([tmp_path / d for d in configs])
     compared = load_runs([tmp_path / "hi" / "seed0", tmp_path / "lo" / "seed0"])
-    assert [r.label for r in compared] == ["dapo seed 0 (hi/seed0)", "dapo seed 0 (lo/seed0)"]
+    assert [r.label for r in compared] == ["hi seed 0", "lo seed 0"]
     assert [r.label for r in runs] == [
         "grpo-base seed 3 (a)",
         "dapo",
@@ -170,6 +171,32 @@ def test_labels_from_config_and_collisions(tmp_path: Path) -> None:
         "dapo seed 0",
         "f",
     ]
+
+
+def test_seeds_of_one_setting_share_a_colour_and_a_legend_entry(tmp_path: Path) -> None:
+    # compare's layout OUT/<setting>/seed<k>: 2 seeds of "ppo", 1 of "dapo", then 2 more of ppo
+    dirs = []
+    for setting, seed in [("ppo", 0), ("dapo", 0), ("ppo", 1), ("ppo", 2)]:
+        d = tmp_path / setting / f"seed{seed}"
+        d.mkdir(parents=True)
+        _write_jsonl(d / "metrics.jsonl", [{"step": 1, "entropy/mean": 1.0}])
+        (d / "config.yaml").write_text(f"preset: ppo\nrun:\n  name: run\n  seed: {seed}\n")
+        dirs.append(d)
+    runs = load_runs(dirs)
+    assert [r.label for r in runs] == ["ppo seed 0", "dapo seed 0", "ppo seed 1", "ppo seed 2"]
+    assert [r.group for r in runs] == ["ppo", "dapo", "ppo", "ppo"]
+    assert [r.color_index for r in runs] == [0, 1, 0, 0]
+    assert color(runs[0]) == color(runs[3]) == color(0) != color(runs[1])
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    legend = run_legend(fig, runs, events=False)
+    assert [t.get_text() for t in legend.get_texts()] == ["ppo (3 runs)", "dapo seed 0"]
+    plt.close(fig)
 
 
 def test_delta_pairs_match_prediction_with_next_change(tmp_path: Path) -> None:

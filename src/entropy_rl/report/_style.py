@@ -89,8 +89,10 @@ def to_png(fig: Figure, *, dpi: int) -> bytes:
     return buf.getvalue()
 
 
-def color(i: int) -> str:
-    """The colour of run number i, the same in every panel."""
+def color(run: RunData | int) -> str:
+    """The colour of a run (its ``color_index``: one per setting, so a setting's seeds share
+    it) or of colour number ``run``; the same in every panel."""
+    i = run if isinstance(run, int) else run.color_index
     return RUN_COLORS[i % len(RUN_COLORS)]
 
 
@@ -118,7 +120,7 @@ def mark_events(ax: Axes, runs: Sequence[RunData], *, label: bool) -> None:
 
     trans = blended_transform_factory(ax.transData, ax.transAxes)
     events = sorted(
-        ((ev.step, i, ev) for i, run in enumerate(runs) for ev in run.events),
+        ((ev.step, run.color_index, ev) for run in runs for ev in run.events),
         key=lambda t: (t[0], t[1]),
     )
     if not events:
@@ -180,10 +182,19 @@ def run_legend(
     loc: Literal["outside lower center", "outside upper center"] = "outside lower center",
     events: bool = True,
 ) -> Legend:
-    """One legend for the runs (colour) and, if ``events``, the event severities present."""
+    """One legend for the runs (colour) and, if ``events``, the event severities present.
+
+    Runs that share a colour (seeds of one setting) get one entry: ``"dapo (3 runs)"``.
+    """
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=color(i), lw=3, label=r.label) for i, r in enumerate(runs)]
+    entries: dict[int, list[RunData]] = {}
+    for r in runs:
+        entries.setdefault(r.color_index, []).append(r)
+    handles = [
+        Line2D([], [], color=color(i), lw=3, label=_entry_label(same))
+        for i, same in entries.items()
+    ]
     severities = {ev.severity for r in runs for ev in r.events} if events else set()
     for sev in ("warning", "critical"):
         if sev in severities:
@@ -194,6 +205,13 @@ def run_legend(
             )
     ncols = min(len(handles), 4)
     return fig.legend(handles=handles, loc=loc, ncols=ncols, fontsize=10)
+
+
+def _entry_label(runs: Sequence[RunData]) -> str:
+    """Legend text of the runs drawn in one colour: the label of a lone run, else the group."""
+    if len(runs) == 1:
+        return runs[0].label
+    return f"{runs[0].group or runs[0].label} ({len(runs)} runs)"
 
 
 def style_legend(ax: Axes, items: Sequence[tuple[str, dict[str, Any]]]) -> None:

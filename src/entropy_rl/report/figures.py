@@ -73,18 +73,18 @@ def _missing_note(runs: Runs, keys: Sequence[str], what: str) -> list[str]:
 def draw_entropy(fig: FigureBase, runs: Runs) -> list[str]:
     ax = fig.subplots()
     any_band = any_target = False
-    for i, run in enumerate(runs):
+    for run in runs:
         steps, h = run.series("entropy/mean")
         if steps.size == 0:
             continue
-        ax.plot(steps, h, color=color(i), lw=2, zorder=3)
+        ax.plot(steps, h, color=color(run), lw=2, zorder=3)
         s_band, p10, p90 = run.paired("entropy/p10", "entropy/p90")
         if s_band.size:
-            ax.fill_between(s_band, p10, p90, color=color(i), alpha=0.13, lw=0, zorder=2)
+            ax.fill_between(s_band, p10, p90, color=color(run), alpha=0.13, lw=0, zorder=2)
             any_band = True
         s_t, target = run.series("control/target_entropy")
         if s_t.size:
-            ax.plot(s_t, target, color=color(i), ls="--", lw=1.4, zorder=3)
+            ax.plot(s_t, target, color=color(run), ls="--", lw=1.4, zorder=3)
             any_target = True
     ax.set_ylim(bottom=0)
     ax.set_ylabel("entropy (nats / token)")
@@ -114,25 +114,25 @@ def draw_reward_acc(fig: FigureBase, runs: Runs) -> list[str]:
     axes = list(np.atleast_1d(fig.subplots(1, int(has_reward) + int(has_acc), sharex=True)))
     if has_reward:
         ax = axes.pop(0)
-        for i, run in enumerate(runs):
+        for run in runs:
             steps, y = run.series("reward/mean")
             if steps.size:
-                _noisy_line(ax, steps, y, color(i))
+                _noisy_line(ax, steps, y, color(run))
         ax.set_title("reward/mean (faint: per step, bold: moving average)")
         ax.set_ylabel("mean reward")
         time_axis(ax, runs, label=True)
     if has_acc:
         ax = axes.pop(0)
-        for i, run in enumerate(runs):
+        for run in runs:
             steps, y = run.series("acc/train")
             if steps.size:
-                _noisy_line(ax, steps, y, color(i))
+                _noisy_line(ax, steps, y, color(run))
             steps, y = run.series("acc/eval")
             if steps.size:
                 ax.plot(
                     steps,
                     y,
-                    color=color(i),
+                    color=color(run),
                     ls="--",
                     lw=1.3,
                     marker="o",
@@ -169,11 +169,11 @@ def draw_clip(fig: FigureBase, runs: Runs) -> list[str]:
     axes = list(np.atleast_1d(fig.subplots(1, n, width_ratios=ratios)))
     if sides:
         ax = axes.pop(0)
-        for i, run in enumerate(runs):
+        for run in runs:
             for key, _, ls in sides:
                 steps, y = run.series(key)
                 if steps.size:
-                    ax.plot(steps, 100 * y, color=color(i), ls=ls, lw=1.6)
+                    ax.plot(steps, 100 * y, color=color(run), ls=ls, lw=1.6)
         ax.set_ylim(bottom=0)
         ax.set_title("clipped tokens by side")
         ax.set_ylabel("% of response tokens")
@@ -181,10 +181,10 @@ def draw_clip(fig: FigureBase, runs: Runs) -> list[str]:
         time_axis(ax, runs, label=True)
     if has_ratio:
         ax = axes.pop(0)
-        for i, run in enumerate(runs):
+        for run in runs:
             steps, y = run.series("ratio/abs_dev")
             if steps.size:
-                ax.plot(steps, y, color=color(i), lw=1.6)
+                ax.plot(steps, y, color=color(run), lw=1.6)
         ax.set_ylim(bottom=0)
         ax.set_title("update size: mean |r − 1|")
         ax.set_ylabel("ratio/abs_dev")
@@ -215,28 +215,28 @@ def draw_delta(fig: FigureBase, runs: Runs) -> list[str]:
 
     ax_sc, ax_t = fig.subplots(1, 2, width_ratios=[1, 1.6])
     lo, hi = np.inf, -np.inf
-    corr: list[tuple[int, float, int]] = []
-    for i, run in enumerate(runs):
+    corr: list[tuple[RunData, float, int]] = []
+    for run in runs:
         steps, pred, act = delta_pairs(run)
         if steps.size < 3:
             continue
-        ax_sc.scatter(pred, act, s=16, color=color(i), alpha=0.6, lw=0)
-        corr.append((i, _pearson(pred, act), steps.size))
+        ax_sc.scatter(pred, act, s=16, color=color(run), alpha=0.6, lw=0)
+        corr.append((run, _pearson(pred, act), steps.size))
         lo, hi = min(lo, pred.min(), act.min()), max(hi, pred.max(), act.max())
         # Per-step deltas are noisy; their running sums show whether the prediction tracks
         # the entropy trajectory (the sum of actual deltas is H(step) - H(first step)).
-        ax_t.plot(steps, np.cumsum(act), color=color(i), lw=2)
-        ax_t.plot(steps, np.cumsum(pred), color=color(i), lw=1.5, ls="--")
+        ax_t.plot(steps, np.cumsum(act), color=color(run), lw=2)
+        ax_t.plot(steps, np.cumsum(pred), color=color(run), lw=1.5, ls="--")
     ax_sc.plot([lo, hi], [lo, hi], color="0.5", lw=1, ls=":", zorder=1)
     ax_sc.axhline(0, color="0.6", lw=0.8)
     ax_sc.axvline(0, color="0.6", lw=0.8)
-    for row, (i, r, n) in enumerate(corr):
+    for row, (run, r, n) in enumerate(corr):
         ax_sc.text(
             0.03,
             0.97 - 0.08 * row,
             f"r = {r:.2f}  (n = {n})",
             transform=ax_sc.transAxes,
-            color=color(i),
+            color=color(run),
             va="top",
             fontsize=10.5,
             fontweight="bold",
@@ -268,11 +268,11 @@ def _needs_pos(runs: Runs) -> str | None:
 
 def draw_position(fig: FigureBase, runs: Runs) -> list[str]:
     buckets = _keys_matching(runs, _POS)
-    drawn = [(i, r) for i, r in enumerate(runs) if any(r.has(f"entropy/pos_{k}") for k in buckets)]
+    drawn = [r for r in runs if any(r.has(f"entropy/pos_{k}") for k in buckets)]
     if len(drawn) == 1:  # one run: heatmap, step on x, position bucket on y
         from matplotlib.colors import PowerNorm
 
-        i, run = drawn[0]
+        run = drawn[0]
         steps = np.array(
             [r["step"] for r in run.records if any(f"entropy/pos_{k}" in r for k in buckets)], float
         )
@@ -295,15 +295,15 @@ def draw_position(fig: FigureBase, runs: Runs) -> list[str]:
     else:  # several runs: one small axis per bucket, runs overlaid
         axes = np.atleast_1d(fig.subplots(1, len(buckets), sharey=True)).ravel()
         for ax, k in zip(axes, buckets, strict=True):
-            for i, run in drawn:
+            for run in drawn:
                 steps, y = run.series(f"entropy/pos_{k}")
                 if steps.size:
-                    ax.plot(steps, y, color=color(i), lw=1.6)
+                    ax.plot(steps, y, color=color(run), lw=1.6)
             ax.set_title(f"bucket {k}" + (" (start)" if k == buckets[0] else ""))
             ax.set_ylim(bottom=0)
             time_axis(ax, runs, label=False)
         axes[0].set_ylabel("entropy (nats)")
-    return [f"{r.label}: no entropy/pos_K" for r in runs if all(r is not d[1] for d in drawn)]
+    return [f"{r.label}: no entropy/pos_K" for r in runs if all(r is not d for d in drawn)]
 
 
 # 6. pass@k ----------------------------------------------------------------------------------
@@ -330,20 +330,20 @@ def _pass_curve(run: RunData, ks: Sequence[int], which: int) -> tuple[int, list[
 def draw_pass(fig: FigureBase, runs: Runs) -> list[str]:
     ks = _keys_matching(runs, _PASS)
     ax_k, ax_t = fig.subplots(1, 2, width_ratios=[1, 1.6])
-    drawn = [(i, r) for i, r in enumerate(runs) if any(r.has(f"eval/pass@{k}") for k in ks)]
+    drawn = [r for r in runs if any(r.has(f"eval/pass@{k}") for k in ks)]
     # Over time only the smallest and largest k: pass@1 is what RL optimises, pass@k_max is
     # what it may give up (Yue et al. 2025); all k in between crowd the axis.
     k_styles = [(ks[0], "-", "o")] + ([(ks[-1], "--", "s")] if len(ks) > 1 else [])
-    for i, run in drawn:
+    for run in drawn:
         s0, k0, v0 = _pass_curve(run, ks, 0)
         s1, k1, v1 = _pass_curve(run, ks, -1)
         if s0 != s1:
-            ax_k.plot(k0, v0, color=color(i), ls="--", marker="o", mfc="white", lw=1.3)
-        ax_k.plot(k1, v1, color=color(i), marker="o", markeredgecolor="white")
+            ax_k.plot(k0, v0, color=color(run), ls="--", marker="o", mfc="white", lw=1.3)
+        ax_k.plot(k1, v1, color=color(run), marker="o", markeredgecolor="white")
         for k, ls, marker in k_styles:
             steps, y = run.series(f"eval/pass@{k}")
             if steps.size:
-                ax_t.plot(steps, y, color=color(i), lw=1.5, ls=ls, marker=marker, ms=5)
+                ax_t.plot(steps, y, color=color(run), lw=1.5, ls=ls, marker=marker, ms=5)
     ax_k.set_xscale("log", base=2)
     ax_k.set_xticks(ks, [str(k) for k in ks])
     ax_k.minorticks_off()
@@ -364,7 +364,7 @@ def draw_pass(fig: FigureBase, runs: Runs) -> list[str]:
         lo, hi = ax.get_ylim()
         ax.set_ylim(max(lo, -0.02), min(hi, 1.02))
     time_axis(ax_t, runs, label=True)
-    return [f"{r.label}: no eval/pass@k" for r in runs if all(r is not d[1] for d in drawn)]
+    return [f"{r.label}: no eval/pass@k" for r in runs if all(r is not d for d in drawn)]
 
 
 # 7. entropy-performance fit -----------------------------------------------------------------
@@ -385,22 +385,22 @@ def draw_rh(fig: FigureBase, runs: Runs) -> list[str]:
     from matplotlib.colors import Normalize
 
     fits = []
-    for i, r in enumerate(runs):
+    for r in runs:
         key, steps, h, perf = rh_points(r)
         fit = fit_entropy_performance(h, perf) if key else None
         if fit is not None:
-            fits.append((i, r, key, steps, h, perf, fit))
+            fits.append((r, key, steps, h, perf, fit))
     ncols = min(len(fits), 3)
     nrows = -(-len(fits) // ncols)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharey=True)).ravel()
-    norm = Normalize(vmin=1, vmax=max(float(f[3].max()) for f in fits))
-    h_max = max(float(f[4].max()) for f in fits) * 1.08
+    norm = Normalize(vmin=1, vmax=max(float(f[2].max()) for f in fits))
+    h_max = max(float(f[3].max()) for f in fits) * 1.08
     sc = None
-    for ax, (i, run, key, steps, h, perf, fit) in zip(axes, fits, strict=False):
+    for ax, (run, key, steps, h, perf, fit) in zip(axes, fits, strict=False):
         inside = np.linspace(h.min(), h.max(), 100)  # solid where there is data,
         beyond = np.linspace(0, h.min(), 100)  # dotted where the law extrapolates to H = 0
-        ax.plot(inside, fit.predict(inside), color=color(i), lw=2.2, zorder=2)
-        ax.plot(beyond, fit.predict(beyond), color=color(i), lw=1.6, ls=":", zorder=2)
+        ax.plot(inside, fit.predict(inside), color=color(run), lw=2.2, zorder=2)
+        ax.plot(beyond, fit.predict(beyond), color=color(run), lw=1.6, ls=":", zorder=2)
         sc = ax.scatter(
             h,
             perf,
@@ -412,13 +412,13 @@ def draw_rh(fig: FigureBase, runs: Runs) -> list[str]:
             edgecolors="white",
             linewidths=0.5,
         )
-        ax.axhline(fit.ceiling, color=color(i), ls=(0, (1, 3)), lw=1)
-        ax.plot([0], [fit.ceiling], marker="*", ms=14, color=color(i), zorder=4, clip_on=False)
+        ax.axhline(fit.ceiling, color=color(run), ls=(0, (1, 3)), lw=1)
+        ax.plot([0], [fit.ceiling], marker="*", ms=14, color=color(run), zorder=4, clip_on=False)
         ax.text(
             0.98,
             fit.ceiling,
             f"ceiling b − a = {fmt(fit.ceiling)}",
-            color=color(i),
+            color=color(run),
             transform=ax.get_yaxis_transform(),
             ha="right",
             va="bottom",
@@ -427,7 +427,7 @@ def draw_rh(fig: FigureBase, runs: Runs) -> list[str]:
         )
         r2 = f"R² {fit.r2:.2f}" if np.isfinite(fit.r2) else "R constant"
         ax.set_title(
-            f"{run.label}\na = {fmt(fit.a)}, b = {fmt(fit.b)}, {r2}, n = {fit.n}", color=color(i)
+            f"{run.label}\na = {fmt(fit.a)}, b = {fmt(fit.b)}, {r2}, n = {fit.n}", color=color(run)
         )
         ax.set_xlim(0, h_max)
         ax.set_xlabel("entropy/mean (nats)")
@@ -440,7 +440,7 @@ def draw_rh(fig: FigureBase, runs: Runs) -> list[str]:
     return [
         f"{r.label}: too few points for the R-H fit"
         for r in runs
-        if all(r is not f[1] for f in fits)
+        if all(r is not f[0] for f in fits)
     ]
 
 

@@ -56,16 +56,16 @@ def _esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _swatch(i: int) -> str:
-    return f'<span class="swatch" style="background:{color(i)}"></span>'
+def _swatch(run: RunData) -> str:
+    return f'<span class="swatch" style="background:{color(run)}"></span>'
 
 
 def _runs_section(runs: Sequence[RunData], summaries: Sequence[RunSummary]) -> list[str]:
     out = ["<h2>What happened</h2>"]
-    for i, (run, s) in enumerate(zip(runs, summaries, strict=True)):
-        out.append(f'<div class="run" style="border-color:{color(i)}">')
+    for run, s in zip(runs, summaries, strict=True):
+        out.append(f'<div class="run" style="border-color:{color(run)}">')
         out.append(
-            f'<div>{_swatch(i)}<span class="label">{_esc(run.label)}</span> '
+            f'<div>{_swatch(run)}<span class="label">{_esc(run.label)}</span> '
             f'<span class="path">{_esc(run.path)}</span></div>'
         )
         out.append(f'<p class="headline">{_esc(headline(s))}</p>')
@@ -74,14 +74,14 @@ def _runs_section(runs: Sequence[RunData], summaries: Sequence[RunSummary]) -> l
     return out
 
 
-def _summary_table(summaries: Sequence[RunSummary]) -> list[str]:
+def _summary_table(runs: Sequence[RunData], summaries: Sequence[RunSummary]) -> list[str]:
     head = (
         "<tr><th>run</th><th>steps</th><th>entropy start</th><th>entropy end</th>"
         "<th>min entropy (step)</th><th>accuracy start &rarr; end</th><th>events</th>"
         "<th>wall time</th><th>R&ndash;H ceiling b&minus;a (R&sup2;)</th></tr>"
     )
     rows = ["<h2>Summary</h2>", "<table>", head]
-    for i, s in enumerate(summaries):
+    for run, s in zip(runs, summaries, strict=True):
         acc = (
             f"{fmt(s.acc_start)} &rarr; {fmt(s.acc_end)} ({_esc(s.acc_key)})"
             if s.acc_key
@@ -93,7 +93,7 @@ def _summary_table(summaries: Sequence[RunSummary]) -> list[str]:
         events = f"{s.n_events}" + (f" ({s.n_critical} critical)" if s.n_critical else "")
         ceiling = f"{fmt(s.fit.ceiling)} ({fmt(s.fit.r2)})" if s.fit is not None else "n/a"
         cells = [
-            f"<td>{_swatch(i)}{_esc(s.label)}</td>",
+            f"<td>{_swatch(run)}{_esc(s.label)}</td>",
             f'<td class="num">{s.steps} (last {s.last_step})</td>',
             f'<td class="num">{fmt(s.entropy_start)}</td>',
             f'<td class="num">{fmt(s.entropy_end)}</td>',
@@ -117,11 +117,11 @@ def _events_table(runs: Sequence[RunData]) -> list[str]:
         "<tr><th>run</th><th>step</th><th>severity</th><th>rule</th><th>message</th>"
         "<th>action</th></tr>",
     ]
-    for i, run in enumerate(runs):
+    for run in runs:
         for ev in run.events:
             bg = SEVERITY_COLORS.get(ev.severity, "#777")
             out.append(
-                f"<tr><td>{_swatch(i)}{_esc(run.label)}</td><td class='num'>{ev.step}</td>"
+                f"<tr><td>{_swatch(run)}{_esc(run.label)}</td><td class='num'>{ev.step}</td>"
                 f'<td><span class="sev" style="background:{bg}">{_esc(ev.severity)}</span></td>'
                 f"<td>{_esc(ev.rule)}</td><td>{_esc(ev.message)}</td>"
                 f"<td>{_esc(ev.action or '')}</td></tr>"
@@ -152,10 +152,10 @@ def _figures_section(figures: Sequence[RenderedFigure]) -> list[str]:
 
 def _configs_section(runs: Sequence[RunData]) -> list[str]:
     out = ["<h2>Configs</h2>"]
-    for i, run in enumerate(runs):
+    for run in runs:
         text = yaml.safe_dump(run.config, sort_keys=False) if run.config else "(no config.yaml)"
         out.append(
-            f"<details><summary>{_swatch(i)}{_esc(run.label)}</summary>"
+            f"<details><summary>{_swatch(run)}{_esc(run.label)}</summary>"
             f"<pre>{_esc(text)}</pre></details>"
         )
     return out
@@ -178,7 +178,7 @@ def render_html(
         f'<p class="sub">entropy-rl report on {n} run{"s" if n != 1 else ""}. Entropy is the '
         "full-vocabulary entropy of the sampling distribution, in nats per response token.</p>",
         *_runs_section(runs, summaries),
-        *_summary_table(summaries),
+        *_summary_table(runs, summaries),
         *_events_table(runs),
         *_figures_section(figures),
         *_configs_section(runs),

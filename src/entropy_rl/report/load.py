@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,10 @@ class RunData:
     records: list[dict[str, Any]]
     events: list[Event]
     notes: list[str] = field(default_factory=list)
+    group: str = ""
+    """The setting (`run_group`); runs of one group share a colour."""
+    color_index: int = 0
+    """Index of the run's colour (`_style.color`): one per group, in order of appearance."""
 
     @property
     def keys(self) -> set[str]:
@@ -187,15 +192,29 @@ def _config_value(config: dict[str, Any], key: str) -> Any:
     return run.get(key) if isinstance(run, dict) else None
 
 
-def run_label(config: dict[str, Any], run_dir: Path) -> str:
-    """Run name (else preset, else the directory name) plus ``seed N`` when the config has one.
+_SEED_DIR = re.compile(r"seed\d+")
 
-    The trainer's default name ``run`` says nothing, so it yields to the preset.
+
+def run_group(config: dict[str, Any], run_dir: Path) -> str:
+    """The setting a run belongs to: its name, else (``compare``'s OUT/<setting>/seed<k>
+    layout) the setting directory, else its preset, else its directory name.
+
+    The trainer's default name ``run`` says nothing, so it yields. Runs of one group differ
+    only by seed; the report draws them in one colour.
     """
     name = _config_value(config, "name")
-    base = name if name and name != "run" else config.get("preset") or name or run_dir.name
+    if name and name != "run":
+        return str(name)
+    if _SEED_DIR.fullmatch(run_dir.name) and run_dir.parent.name:
+        return run_dir.parent.name
+    return str(config.get("preset") or name or run_dir.name)
+
+
+def run_label(config: dict[str, Any], run_dir: Path) -> str:
+    """`run_group` plus ``seed N`` when the config has one."""
+    base = run_group(config, run_dir)
     seed = _config_value(config, "seed")
-    return str(base) if seed is None else f"{base} seed {seed}"
+    return base if seed is None else f"{base} seed {seed}"
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -220,6 +239,7 @@ def load_run(run_dir: str | Path) -> RunData:
     return RunData(
         path=run_dir,
         label=run_label(config, run_dir),
+        group=run_group(config, run_dir),
         config=config,
         records=records,
         events=events,
@@ -251,4 +271,7 @@ def load_runs(run_dirs: list[Path]) -> list[RunData]:
         if len(same) > 1:
             for r, tail in zip(same, _distinguishing_suffix([r.path for r in same]), strict=True):
                 r.label = f"{label} ({tail})"
+    order: dict[str, int] = {}
+    for r in runs:
+        r.color_index = order.setdefault(r.group or r.label, len(order))
     return runs
