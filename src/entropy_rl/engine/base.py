@@ -24,12 +24,21 @@ class Generation:
     sampler_logprobs: list[list[float]] | None = None
     """Log-probs the sampler assigned to each completion token (engines that report them, e.g.
     vLLM; used for train/inference mismatch correction). None when not reported."""
+    sampler_entropy: list[list[float]] | None = None
+    """Entropy (nats) of the sampling distribution softmax(logits / T) at each completion token
+    (engines that report it: engine.kv with top_p = 1). None when not reported."""
+    sampler_top1: list[list[float]] | None = None
+    """Top-1 probability of softmax(logits / T) at each completion token, like sampler_entropy."""
 
     def __len__(self) -> int:
         return len(self.completion_ids)
 
 
 class RolloutEngine(Protocol):
+    """Engines may also set ``exact_logprobs: bool`` (read with getattr, default False): True
+    only when the reported sampler statistics *are* the trainer's pi_old ones (its own fp32
+    weights, full softmax(logits / T)); the trainer then skips its pi_old forward."""
+
     def generate(
         self,
         prompts: list[list[int]],

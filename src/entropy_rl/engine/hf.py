@@ -13,8 +13,10 @@ class HFGenerateEngine:
     """Samples with ``model.generate`` on the policy model itself (no weight copy to sync).
 
     Prompts are left-padded into batches of at most ``batch_size`` sequences (prompts x n);
-    generation stops at ``eos_token_id`` or ``max_new_tokens``.
+    generation stops at ``eos_token_id`` or ``max_new_tokens``. Reports no sampler statistics.
     """
+
+    exact_logprobs = False
 
     def __init__(
         self, model: Any, *, pad_token_id: int, eos_token_id: int | list[int], batch_size: int = 256

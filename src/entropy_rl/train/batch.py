@@ -29,6 +29,8 @@ class RolloutBatch:
     old_logprobs: Tensor | None = None  # (B, T)
     ref_logprobs: Tensor | None = None  # (B, T)
     sampler_logprobs: Tensor | None = None  # (B, T) as the rollout engine computed them
+    sampler_entropy: Tensor | None = None  # (B, T) the engine's entropy of softmax(z / T)
+    sampler_top1: Tensor | None = None  # (B, T) the engine's top-1 probability
     token_weights: Tensor | None = None  # (B, T) per-token advantage weights (e.g. TIS)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -54,6 +56,8 @@ class RolloutBatch:
             old_logprobs=cut(self.old_logprobs),
             ref_logprobs=cut(self.ref_logprobs),
             sampler_logprobs=cut(self.sampler_logprobs),
+            sampler_entropy=cut(self.sampler_entropy),
+            sampler_top1=cut(self.sampler_top1),
             token_weights=cut(self.token_weights),
         )
 
@@ -67,9 +71,12 @@ def build_batch(
     pad_token_id: int,
     loss_mask: list[bool] | None = None,
     sampler_logprobs: list[list[float]] | None = None,
+    sampler_entropy: list[list[float]] | None = None,
+    sampler_top1: list[list[float]] | None = None,
 ) -> RolloutBatch:
     """Pack token lists into a RolloutBatch. ``loss_mask[i] = False`` keeps row i out of the loss
-    (e.g. truncated completions when masked). Targets are -1 beyond each completion."""
+    (e.g. truncated completions when masked). Targets are -1 beyond each completion; the
+    engine's per-token statistics (``sampler_*``, one list per row) become (B, T), 0 beyond."""
     b = len(prompt_ids)
     width = max(len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True))
     t = max(1, max(len(c) for c in completion_ids))
@@ -85,13 +92,19 @@ def build_batch(
             targets[i, : len(c)] = torch.tensor(c, dtype=torch.long)
             if loss_mask is None or loss_mask[i]:
                 mask[i, : len(c)] = 1.0
-    sampler = None
-    if sampler_logprobs is not None:
-        sampler = torch.zeros((b, t))
-        for i, lp in enumerate(sampler_logprobs):
-            sampler[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
+
+    def per_token(rows: list[list[float]] | None) -> Tensor | None:
+        if rows is None:
+            return None
+        out = torch.zeros((b, t))
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
+        return out
+
     return RolloutBatch(
-        sampler_logprobs=sampler,
+        sampler_logprobs=per_token(sampler_logprobs),
+        sampler_entropy=per_token(sampler_entropy),
+        sampler_top1=per_token(sampler_top1),
         input_ids=input_ids,
         attention_mask=attention,
         prompt_lens=torch.tensor([len(p) for p in prompt_ids], dtype=torch.long),

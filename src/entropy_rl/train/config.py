@@ -125,9 +125,14 @@ class RolloutConfig:
     """Drop truncated completions from the loss (TRL mask_truncated_completions)."""
     batch_size: int = 256
     """Sequences per generate call (memory knob only)."""
-    engine: str = "hf"
-    """Rollout engine: hf (transformers generate on the policy itself) or vllm (colocated vLLM,
-    the ``vllm`` extra; its sampler log-probs feed algo.tis_cap). See docs/vllm.md."""
+    engine: str = "auto"
+    """Rollout engine. ``kv``: engine.kv.KVCacheEngine, a lean KV-cached sampler over the policy's
+    own weights (Qwen2/Qwen3/Llama/Mistral-style decoders without sliding window; any other model
+    fails at construction); with float32 weights and top_p = 1 its per-token log-prob, entropy
+    and top-1 are pi_old's, so the trainer skips its pi_old forward (benchmarks/README.md).
+    ``hf``: transformers ``generate`` on the policy itself (any model). ``vllm``: colocated vLLM
+    (the ``vllm`` extra; its sampler log-probs feed algo.tis_cap; docs/vllm.md). ``auto``: kv
+    where the model is supported and float32, hf otherwise."""
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     """Engine options, e.g. {gpu_memory_utilization: 0.3, max_model_len: 2048}."""
 
@@ -140,7 +145,7 @@ class RolloutConfig:
             raise ConfigError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens is not None:
             _positive("rollout.max_new_tokens", self.max_new_tokens)
-        _choice("rollout.engine", self.engine, ("hf", "vllm"))
+        _choice("rollout.engine", self.engine, ("auto", "hf", "kv", "vllm"))
         if self.dynamic_sampling and self.group_size < 2:
             raise ConfigError("rollout.dynamic_sampling needs rollout.group_size >= 2")
 

@@ -38,6 +38,8 @@ class Samples:
     texts: list[str]
     truncated: list[bool]
     sampler_logprobs: list[list[float]]  # per row; [] when the engine does not report them
+    sampler_entropy: list[list[float]]  # per row, like sampler_logprobs
+    sampler_top1: list[list[float]]  # per row, like sampler_logprobs
     correct: list[float]  # the reward function's value, before shaping
     rewards: list[float]  # after overlong shaping (what the advantage sees)
 
@@ -133,6 +135,8 @@ def sample_round(
         texts,
         gen.truncated,
         gen.sampler_logprobs or [[] for _ in texts],
+        gen.sampler_entropy or [[] for _ in texts],
+        gen.sampler_top1 or [[] for _ in texts],
         correct,
         rewards,
     )
@@ -154,6 +158,8 @@ def _select_groups(s: Samples, groups: list[int], size: int) -> Samples:
         pick(s.texts),
         pick(s.truncated),
         pick(s.sampler_logprobs),
+        pick(s.sampler_entropy),
+        pick(s.sampler_top1),
         pick(s.correct),
         pick(s.rewards),
     )
@@ -234,9 +240,11 @@ def collect(
             cfg.algo.advantage, rewards, group_size=g_size, **cfg.algo.advantage_kwargs
         )
     loss_rows = [not t for t in kept.truncated] if ro.mask_truncated else None
+    reported = lambda rows: rows if all(rows) else None  # noqa: E731  (every row, or none)
     batch = build_batch(
         kept.prompt_ids, kept.completion_ids, rewards=rewards, advantages=adv,
         pad_token_id=pad_token_id, loss_mask=loss_rows,
-        sampler_logprobs=kept.sampler_logprobs if all(kept.sampler_logprobs) else None,
+        sampler_logprobs=reported(kept.sampler_logprobs),
+        sampler_entropy=reported(kept.sampler_entropy), sampler_top1=reported(kept.sampler_top1),
     )  # fmt: skip
     return batch, first, metrics

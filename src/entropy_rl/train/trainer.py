@@ -33,6 +33,7 @@ from entropy_rl.control.monitor import (
 )
 from entropy_rl.engine.base import RolloutEngine
 from entropy_rl.engine.hf import HFGenerateEngine
+from entropy_rl.engine.kv import KVCacheEngine, resolve_engine
 from entropy_rl.ops.advantages import available_advantages, compute_advantages
 from entropy_rl.ops.losses import policy_loss
 from entropy_rl.tasks.pretrain import builtin_checkpoint
@@ -55,6 +56,7 @@ from entropy_rl.train.update import (
     UpdateSettings,
     ppo_update,
     record_old_logprobs,
+    sampler_is_pi_old,
     warn_if_on_policy,
 )
 
@@ -164,6 +166,14 @@ class Trainer:
                 c.model.path or str(builtin_checkpoint(c.data.task)), tokenizer=tokenizer,
                 seed=c.run.seed + self.dist.rank, **c.rollout.engine_kwargs,
             )  # fmt: skip
+        if engine is None and resolve_engine(c.rollout.engine, self.model) == "kv":
+            try:  # the fast default: its sampler statistics replace the pi_old forward
+                engine = KVCacheEngine(
+                    self.model, pad_token_id=self.pad_id, eos_token_id=tokenizer.eos_token_id,
+                    batch_size=c.rollout.batch_size,
+                )  # fmt: skip
+            except ValueError as e:
+                raise ConfigError(f"rollout.engine=kv: {e}") from e
         self.engine = engine or HFGenerateEngine(
             self.model, pad_token_id=self.pad_id, eos_token_id=tokenizer.eos_token_id,
             batch_size=c.rollout.batch_size,
@@ -312,9 +322,10 @@ class Trainer:
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         s = self.settings()
-        old = record_old_logprobs(self.model, self.ref_model, batch, s)
+        exact = sampler_is_pi_old(self.engine, batch)  # then no pi_old forward, no TIS (ratio 1)
+        old = record_old_logprobs(self.model, self.ref_model, batch, s, from_sampler=exact)
         batch.old_logprobs, batch.ref_logprobs = old["logprobs"], old.get("ref_logprobs")
-        tis = self._importance_weights(batch)
+        tis = {} if exact else self._importance_weights(batch)
         if self.ref_model is not None and not s.kl_in_loss:  # KL as a per-sequence reward penalty
             from entropy_rl.ops.kl import kl_estimate
 

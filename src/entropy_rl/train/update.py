@@ -60,14 +60,41 @@ def warn_if_on_policy(epochs: int, mini_batches: int) -> None:
         )
 
 
+def sampler_is_pi_old(engine: Any, batch: RolloutBatch) -> bool:
+    """True when the rollout engine's per-token statistics in ``batch`` are pi_old's exactly:
+    the engine says so (``exact_logprobs``: the trainer's own fp32 weights, full
+    softmax(logits / T)) and reported log-prob, entropy and top-1 for every row. The pi_old
+    forward is then redundant, and so is truncated importance sampling (the ratio is 1)."""
+    have = (batch.sampler_logprobs, batch.sampler_entropy, batch.sampler_top1)
+    return bool(getattr(engine, "exact_logprobs", False)) and all(x is not None for x in have)
+
+
 @torch.no_grad()
 def record_old_logprobs(
-    model: Any, ref_model: Any | None, batch: RolloutBatch, s: UpdateSettings
+    model: Any,
+    ref_model: Any | None,
+    batch: RolloutBatch,
+    s: UpdateSettings,
+    *,
+    from_sampler: bool = False,
 ) -> dict[str, Tensor]:
     """pi_old log-probs (and pi_ref's) for the whole rollout, plus the rollout policy's entropy and
-    top-1 probability for the monitor: one no-grad forward, no extra pass for monitoring."""
+    top-1 probability for the monitor: one no-grad forward, no extra pass for monitoring.
+
+    Returns ``logprobs``, ``entropy``, ``top1`` (and ``ref_logprobs`` with a reference model),
+    each (B, T) float32 on the CPU (values beyond a completion are meaningless: mask them). ``from_sampler=True`` takes the
+    first three from the engine's statistics in ``batch`` (see ``sampler_is_pi_old``) instead
+    of the policy's forward; the reference model's forward still runs.
+    """
     t = batch.targets.shape[1]
     parts: dict[str, list[Tensor]] = {"logprobs": [], "entropy": [], "top1": [], "ref_logprobs": []}
+    if from_sampler:
+        given = {"logprobs": batch.sampler_logprobs, "entropy": batch.sampler_entropy,
+                 "top1": batch.sampler_top1}  # fmt: skip
+        for k, v in given.items():
+            if v is None:
+                raise ValueError(f"from_sampler=True needs batch.sampler_{k}; it is None")
+            parts[k].append(v.float().cpu().clone())
 
     def stats(
         m: Any, rows: RolloutBatch, with_top1: bool = False
@@ -79,8 +106,10 @@ def record_old_logprobs(
 
     for idx in torch.arange(len(batch)).split(s.micro_batch_size):
         mb = batch.rows(idx)  # trimmed to its own longest completion: pad back to t
-        lp, ent, top1 = stats(model, mb, with_top1=True)
-        mb_out = {"logprobs": lp, "entropy": ent, "top1": top1}
+        mb_out: dict[str, Tensor | None] = {}
+        if not from_sampler:
+            lp, ent, top1 = stats(model, mb, with_top1=True)
+            mb_out = {"logprobs": lp, "entropy": ent, "top1": top1}
         if ref_model is not None:
             mb_out["ref_logprobs"] = stats(ref_model, mb)[0]
         for k, v in mb_out.items():
