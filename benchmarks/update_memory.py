@@ -332,7 +332,7 @@ def worker(args: argparse.Namespace) -> None:
                 "peak_mb": ((peak_kb or 0) - rss0_kb) / 1024,
                 "model_rss_mb": (rss_model_kb - rss0_kb) / 1024,
                 "grads_allocated_mb": grad_mb,
-                "loss": float(loss),
+                "loss": float(loss.detach()),
                 "time_s": wall,
                 "cpu_s": cpu,
                 "peak_exact": exact,
