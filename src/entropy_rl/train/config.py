@@ -234,6 +234,9 @@ class EvalConfig:
         _positive("eval.samples", self.samples)
 
 
+SHARDING_MODES = ("auto", "none", "fsdp")
+
+
 @dataclass
 class RunConfig:
     name: str = "run"
@@ -256,12 +259,20 @@ class RunConfig:
     when installed. metrics.jsonl is always written (reports and resume read it)."""
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:N."""
+    sharding: str = "auto"
+    """Parameter sharding across processes (train.sharding, docs/scaling.md). ``auto``: FSDP2
+    when ``accelerate launch`` was given an FSDP config (it sets ACCELERATE_USE_FSDP=true) and
+    there are >= 2 processes, else plain data parallelism. ``fsdp``: require it (>= 2 processes;
+    FSDP options from accelerate's FSDP_* variables, else its defaults). ``none``: plain data
+    parallelism (every rank a full replica) even under an FSDP launch. DeepSpeed and
+    fsdp_version 1 are refused."""
 
     def __post_init__(self) -> None:
         _positive("run.steps", self.steps)
         if self.save_every < 0:
             raise ConfigError(f"run.save_every must be >= 0, got {self.save_every}")
         _positive("run.keep_checkpoints", self.keep_checkpoints)
+        _choice("run.sharding", self.sharding, SHARDING_MODES)
 
 
 @dataclass

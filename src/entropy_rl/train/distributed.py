@@ -11,7 +11,8 @@ update keeps the single-process arithmetic exactly:
 
 So N processes on a global batch give the parameters of 1 process on that batch (up to float
 summation order), and every logged metric is a global one. With one process every function
-here is the identity and torch.distributed is never initialised.
+here is the identity and torch.distributed is never initialised. Parameter sharding (FSDP2,
+configured by ``accelerate launch``) keeps the same arithmetic: see train.sharding.
 """
 
 from __future__ import annotations
@@ -40,14 +41,42 @@ class DistInfo:
 
 def init_from_env(device: torch.device) -> DistInfo:
     """Join the process group that torchrun / accelerate launch describe in the environment
-    (WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT); a no-op for a single process."""
+    (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); a no-op for a single process.
+
+    On CUDA each rank takes GPU ``LOCAL_RANK`` (so ``torch.device("cuda")`` is its own GPU) and
+    the group has NCCL for CUDA tensors and gloo for the CPU scalars and objects the trainer
+    exchanges (an NCCL-only group cannot reduce CPU tensors)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        backend = "cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
+
+
+def to_local(x: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a sharded (DTensor) tensor; a replicated DTensor (e.g. the norm that
+    ``clip_grad_norm_`` returns for sharded gradients) is its full value. Plain tensors pass."""
+    from torch.distributed.tensor import DTensor
+
+    return x.to_local() if isinstance(x, DTensor) else x
+
+
+def micro_batches(
+    idx: torch.Tensor, size: int, info: DistInfo, *, aligned: bool = False
+) -> list[torch.Tensor]:
+    """``idx`` cut into micro-batches of at most ``size`` rows (no empty one). ``aligned``: pad
+    the list with empty index tensors up to the largest count over ranks, because with sharded
+    parameters every forward and backward is a collective (an all-gather of the shards) that
+    all ranks must run together; the caller runs a zero-weight pass for an empty entry."""
+    parts = [p for p in idx.split(size) if len(p)]
+    if aligned:
+        most = int(all_reduce(torch.tensor(len(parts)), info, "max"))
+        parts += [idx[:0]] * (most - len(parts))
+    return parts
 
 
 def all_reduce(x: torch.Tensor, info: DistInfo, op: str = "sum") -> torch.Tensor:

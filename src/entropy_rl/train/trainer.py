@@ -52,6 +52,7 @@ from entropy_rl.train.distributed import all_gather_rows, all_reduce, init_from_
 from entropy_rl.train.evaluate import evaluate
 from entropy_rl.train.logging import JsonlLogger, Logger, default_loggers
 from entropy_rl.train.rollout import Encoder, collect
+from entropy_rl.train.sharding import make_sharding
 from entropy_rl.train.update import (
     UpdateSettings,
     ppo_update,
@@ -128,6 +129,7 @@ class Trainer:
         validate_algo(c)
         self.device = _device(c.run.device)
         self.dist = init_from_env(self.device)
+        self.sharding = make_sharding(c.run.sharding, self.dist)  # FSDP under accelerate launch
         if c.rollout.prompts_per_step % self.dist.world_size:
             raise ConfigError(
                 f"rollout.prompts_per_step={c.rollout.prompts_per_step} must be a multiple of the "
@@ -183,6 +185,11 @@ class Trainer:
         self.ref_model = None
         if c.algo.kl_coef > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if optimizer is not None and self.sharding.enabled:
+            raise ValueError("a sharded run builds its own optimizer: do not pass one")
+        self.model, self.ref_model, self.engine = self.sharding.prepare(
+            self.model, self.ref_model, self.engine
+        )  # sharded: the engine generates with a full-weight replica
         self.advantage_fn = advantage_fn
         self.optimizer = optimizer or torch.optim.AdamW(
             self.model.parameters(),
@@ -279,6 +286,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ parts
     def rollout(self) -> tuple[RolloutBatch | None, dict[str, float]]:
+        self.sharding.gather(self.model)  # sharded: refresh the rollout replica (every rank)
         self.engine.sync_weights(self.model)
         batch, samples, metrics = collect(
             self.cfg, source=self.source, engine=self.engine, encoder=self.encoder,
@@ -300,6 +308,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Held-out evaluation on the main process; the numbers are shared with every rank so
         that controllers and the collapse detector decide the same everywhere."""
+        self.sharding.gather(self.model)  # every rank, before evaluation on rank 0
         out = [evaluate(self) if self.dist.is_main else {}]
         if self.dist.enabled:
             torch.distributed.broadcast_object_list(out, src=0)
@@ -318,12 +327,15 @@ class Trainer:
             temperature=c.rollout.temperature, grad_clip=c.algo.grad_clip, entropy_coef=self.entropy_coef,
             kl_coef=c.algo.kl_coef, kl_kind=c.algo.kl_kind, kl_in_loss=c.algo.kl_in == "loss",
             logits_mode=mode, chunk_size=c.model.chunk_size, max_len=self.max_new_tokens,
+            sharded=self.sharding.enabled,
         )  # fmt: skip
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         s = self.settings()
         exact = sampler_is_pi_old(self.engine, batch)  # then no pi_old forward, no TIS (ratio 1)
-        old = record_old_logprobs(self.model, self.ref_model, batch, s, from_sampler=exact)
+        old = record_old_logprobs(
+            self.model, self.ref_model, batch, s, from_sampler=exact, info=self.dist
+        )
         batch.old_logprobs, batch.ref_logprobs = old["logprobs"], old.get("ref_logprobs")
         tis = {} if exact else self._importance_weights(batch)
         if self.ref_model is not None and not s.kl_in_loss:  # KL as a per-sequence reward penalty
@@ -424,7 +436,8 @@ class Trainer:
             print("rollback requested but no checkpoint exists yet; continuing", file=sys.stderr)
             return
         self._load_weights(latest)
-        self.optimizer.load_state_dict(ckpt.load_state(latest)["optimizer"])
+        opt_state = ckpt.load_state(latest)["optimizer"]
+        self.sharding.load_optimizer_state(self.model, self.optimizer, opt_state)
 
     def log(self, metrics: dict[str, float]) -> None:
         row = {
@@ -451,7 +464,7 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         st: dict[str, Any] = {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.sharding.optimizer_state(self.model, self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "rng": ckpt.rng_state(),
             "trainer_rng": self.rng.getstate(),
@@ -479,9 +492,10 @@ class Trainer:
             )
         state["rank_rng"] = per_rank
         path = None
+        full = self.sharding.full_model(self.model)  # sharded: gathered on every rank
         if self.dist.is_main:
             path = ckpt.save_checkpoint(
-                self.run_dir, self.step, model=self.model, tokenizer=self.tokenizer,
+                self.run_dir, self.step, model=full, tokenizer=self.tokenizer,
                 state=state, keep=self.cfg.run.keep_checkpoints,
             )  # fmt: skip
         if self.dist.enabled:
@@ -495,7 +509,7 @@ class Trainer:
         weights: dict[str, torch.Tensor] = {}
         for f in files:
             weights |= load_file(str(f))
-        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        missing, unexpected = self.sharding.load_model_state(self.model, weights)
         tied = {k for k in missing if "lm_head" in k}  # tied embeddings are saved once
         if set(missing) - tied or unexpected:
             raise RuntimeError(
@@ -511,7 +525,7 @@ class Trainer:
         self._load_weights(latest)
         st = ckpt.load_state(latest)
         self.step = int(st["step"])
-        self.optimizer.load_state_dict(st["optimizer"])
+        self.sharding.load_optimizer_state(self.model, self.optimizer, st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         mine = st.get("rank_rng", [st])[self.dist.rank] if self.dist.enabled else st
         ckpt.set_rng_state(mine["rng"])

@@ -24,9 +24,12 @@ from entropy_rl.train.distributed import (
     DistInfo,
     all_gather_sizes,
     all_reduce,
+    micro_batches,
     reduce_metrics,
     sum_gradients,
+    to_local,
 )
+from entropy_rl.train.sharding import sharded_token_stats
 
 
 @dataclass
@@ -47,6 +50,13 @@ class UpdateSettings:
     chunk_size: int
     max_len: int
     """Constant length of seq-mean-token-sum-norm (Dr. GRPO); the max completion length."""
+    sharded: bool = False
+    """FSDP-sharded model (train.sharding): FSDP sums the gradients, ranks run the same number
+    of passes, and token statistics run inside the model's forward."""
+
+
+def _stats_fn(s: UpdateSettings) -> Any:
+    return sharded_token_stats if s.sharded else policy_token_stats
 
 
 def warn_if_on_policy(epochs: int, mini_batches: int) -> None:
@@ -77,6 +87,7 @@ def record_old_logprobs(
     s: UpdateSettings,
     *,
     from_sampler: bool = False,
+    info: DistInfo = DistInfo(),  # noqa: B008  (frozen dataclass: a safe default)
 ) -> dict[str, Tensor]:
     """pi_old log-probs (and pi_ref's) for the whole rollout, plus the rollout policy's entropy and
     top-1 probability for the monitor: one no-grad forward, no extra pass for monitoring.
@@ -99,12 +110,18 @@ def record_old_logprobs(
     def stats(
         m: Any, rows: RolloutBatch, with_top1: bool = False
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        return policy_token_stats(
+        return _stats_fn(s)(
             m, rows, temperature=s.temperature, mode=s.logits_mode,
             chunk_size=s.chunk_size, with_top1=with_top1,
         )  # fmt: skip
 
-    for idx in torch.arange(len(batch)).split(s.micro_batch_size):
+    forwards = ([] if from_sampler else [model]) + ([] if ref_model is None else [ref_model])
+    aligned = s.sharded and bool(forwards)
+    for idx in micro_batches(torch.arange(len(batch)), s.micro_batch_size, info, aligned=aligned):
+        if len(idx) == 0:  # sharded: keep step with the other ranks' forwards, output unused
+            for m in forwards:
+                stats(m, batch.rows(torch.arange(1)))
+            continue
         mb = batch.rows(idx)  # trimmed to its own longest completion: pad back to t
         mb_out: dict[str, Tensor | None] = {}
         if not from_sampler:
@@ -119,7 +136,9 @@ def record_old_logprobs(
 
 
 def _grads_finite(model: Any, info: DistInfo) -> bool:
-    ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+    ok = all(
+        p.grad is None or bool(torch.isfinite(to_local(p.grad)).all()) for p in model.parameters()
+    )
     return bool(all_reduce(torch.tensor(float(ok)), info, "min") > 0)
 
 
@@ -195,20 +214,27 @@ def ppo_update(
             num_tokens = float(all_reduce(batch.mask[mine].sum().double(), info))
             optimizer.zero_grad(set_to_none=True)
             finite = True
-            for idx in mine.split(s.micro_batch_size):
+            for idx in micro_batches(mine, s.micro_batch_size, info, aligned=s.sharded):
+                if len(idx) == 0:  # sharded: a zero-weight pass keeps step with the other ranks
+                    _zero_pass(model, batch, s).backward()
+                    continue
                 loss, m = _micro_batch_loss(
                     model, batch.rows(idx), s, num_tokens=num_tokens, num_seqs=len(mb_global)
                 )
                 if not torch.isfinite(loss):
                     finite = False
-                    break
+                    if not s.sharded:
+                        break
+                    loss.backward()  # sharded: every rank runs every backward; step skipped below
+                    continue
                 loss.backward()
                 acc.add(m)
-            sum_gradients(model, info)
+            if not s.sharded:  # FSDP has summed them (train.sharding)
+                sum_gradients(model, info)
             finite = bool(all_reduce(torch.tensor(float(finite)), info, "min") > 0)
             if finite and _grads_finite(model, info):
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip or math.inf)
-                grad_norms.append(float(norm))
+                grad_norms.append(float(to_local(norm)))
                 optimizer.step()
                 steps += 1
             else:
@@ -227,12 +253,22 @@ def ppo_update(
     return metrics, bad
 
 
+def _zero_pass(model: Any, batch: RolloutBatch, s: UpdateSettings) -> Tensor:
+    """0 x (the statistics of one row): the same forward and backward as a micro-batch, so every
+    parameter gets its (zero) gradient and the sharded collectives line up across ranks."""
+    logp, ent, _ = _stats_fn(s)(
+        model, batch.rows(torch.arange(1)), temperature=s.temperature, mode=s.logits_mode,
+        chunk_size=s.chunk_size,
+    )  # fmt: skip
+    return (logp.sum() + ent.sum()) * 0.0
+
+
 def _micro_batch_loss(
     model: Any, mb: RolloutBatch, s: UpdateSettings, *, num_tokens: float, num_seqs: int
 ) -> tuple[Tensor, dict[str, float]]:
     """Policy loss (+ entropy bonus, + KL) of one micro-batch, scaled for accumulation."""
     assert mb.old_logprobs is not None
-    logp, ent, _ = policy_token_stats(
+    logp, ent, _ = _stats_fn(s)(
         model, mb, temperature=s.temperature, mode=s.logits_mode, chunk_size=s.chunk_size
     )
     mask = mb.mask.to(logp.device)
