@@ -199,6 +199,32 @@ def test_seeds_of_one_setting_share_a_colour_and_a_legend_entry(tmp_path: Path) 
     plt.close(fig)
 
 
+def test_entropy_bands_only_for_few_runs(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    from entropy_rl.report.figures import MAX_BANDED_RUNS, draw_entropy
+
+    rows = [
+        {"step": k, "entropy/mean": 1.0, "entropy/p10": 0.5, "entropy/p90": 1.5} for k in (1, 2)
+    ]
+    dirs = []
+    for k in range(MAX_BANDED_RUNS + 1):
+        (tmp_path / f"r{k}").mkdir()
+        _write_jsonl(tmp_path / f"r{k}" / "metrics.jsonl", rows)
+        dirs.append(tmp_path / f"r{k}")
+    for n, bands in [(MAX_BANDED_RUNS, MAX_BANDED_RUNS), (MAX_BANDED_RUNS + 1, 0)]:
+        fig = plt.figure()
+        notes = draw_entropy(fig, load_runs(dirs[:n]))
+        polys = [c for c in fig.axes[0].collections if isinstance(c, PolyCollection)]
+        assert len(polys) == bands
+        assert any("bands drawn for up to" in x for x in notes) == (bands == 0)
+        plt.close(fig)
+
+
 def test_delta_pairs_match_prediction_with_next_change(tmp_path: Path) -> None:
     # predicted_delta at step k-1 forecasts actual_delta at step k (control.monitor):
     # step:       1     2     3     4     5(no predicted)

@@ -70,16 +70,21 @@ def _missing_note(runs: Runs, keys: Sequence[str], what: str) -> list[str]:
 # 1. entropy ---------------------------------------------------------------------------------
 
 
+# More runs than this: no p10-p90 bands (a dozen overlaid bands read as one grey block).
+MAX_BANDED_RUNS = 3
+
+
 def draw_entropy(fig: FigureBase, runs: Runs) -> list[str]:
     ax = fig.subplots()
     any_band = any_target = False
+    banded = len(runs) <= MAX_BANDED_RUNS
     for run in runs:
         steps, h = run.series("entropy/mean")
         if steps.size == 0:
             continue
-        ax.plot(steps, h, color=color(run), lw=2, zorder=3)
+        ax.plot(steps, h, color=color(run), lw=2 if banded else 1.5, zorder=3)
         s_band, p10, p90 = run.paired("entropy/p10", "entropy/p90")
-        if s_band.size:
+        if banded and s_band.size:
             ax.fill_between(s_band, p10, p90, color=color(run), alpha=0.13, lw=0, zorder=2)
             any_band = True
         s_t, target = run.series("control/target_entropy")
@@ -96,7 +101,12 @@ def draw_entropy(fig: FigureBase, runs: Runs) -> list[str]:
     if len(items) > 1:
         style_legend(ax, items)
     time_axis(ax, runs, label=True)
-    return _missing_note(runs, ["entropy/mean"], "entropy")
+    notes = _missing_note(runs, ["entropy/mean"], "entropy")
+    if not banded and any(r.has("entropy/p10") for r in runs):
+        notes.append(
+            f"p10-p90 bands drawn for up to {MAX_BANDED_RUNS} runs; report fewer to see them"
+        )
+    return notes
 
 
 # 2. reward and accuracy ---------------------------------------------------------------------
