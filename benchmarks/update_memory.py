@@ -25,10 +25,10 @@ Peak memory: the process's resident set (RSS). Before the model is built, RSS0 i
 includes the parameters. Without /proc it falls back to resource.getrusage ru_maxrss (then
 the peak also holds the model's construction). Reported: the median over --repeats.
 
-The 24-layer rows are an extrapolation, not a measurement: the baseline is also run at
---small-layers; (peak(L) - peak(L_small)) / (L - L_small) is what one layer adds to the peak
-(its parameters, gradients and activations as they overlap at the peak), and each way's
-measured peak is extended by that slope to --target-layers.
+The 24-layer rows are an extrapolation, not a measurement: every way is also run at
+--small-layers; its (peak(L) - peak(L_small)) / (L - L_small) is what one layer adds to that
+way's peak (the layer's parameters, and whatever of its gradients and activations is alive at
+that way's peak), and its measured peak is extended by that slope to --target-layers.
 
     python benchmarks/update_memory.py [--layers 4] [--small-layers 2] [--batch 4]
         [--prompt 64] [--response 256] [--repeats 3] [--ways baseline fused ours-full full]
@@ -159,7 +159,7 @@ def peak_breakdown(
 
 def extrapolate_layers(*, peak_mb: float, layers: int, slope_mb: float, target: int) -> float:
     """Peak at ``target`` layers from a peak measured at ``layers``: peak + (target - layers) *
-    slope, slope = what one layer added to the baseline's peak. An extrapolation."""
+    slope, slope = what one layer added to the measured peak. An extrapolation."""
     if layers < 1 or target < layers:
         raise ValueError(f"need 1 <= layers <= target, got layers={layers}, target={target}")
     return peak_mb + (target - layers) * slope_mb
@@ -371,15 +371,22 @@ def _run_way(args: argparse.Namespace, way: str, layers: int) -> dict[str, Any] 
     return out
 
 
-def _report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> None:
+def _report(args: argparse.Namespace, runs: dict[tuple[str, int], list[dict[str, Any]]]) -> None:
     shape = {k: getattr(args, k) for k in ("hidden", "intermediate", "heads", "kv_heads", "vocab")}
     count = qwen2_param_count(**shape, layers=args.layers)
     params_mb = count["total"] * FLOAT32_BYTES / MB
     grads_mb = params_mb  # every parameter is trained (tied embedding: one [V, D] gradient)
     b, t, seq = args.batch, args.response, args.prompt + args.response
-    med = {w: statistics.median(r["peak_mb"] for r in rs) for w, rs in runs.items() if rs}
-    wall = {w: statistics.median(r["time_s"] for r in rs) for w, rs in runs.items() if rs}
-    one = runs[next(iter(med))][0]
+    med = {w: statistics.median(r["peak_mb"] for r in rs) for (w, n), rs in runs.items()
+           if rs and n == args.layers}  # fmt: skip
+    small = {w: statistics.median(r["peak_mb"] for r in rs) for (w, n), rs in runs.items()
+             if rs and n == args.small_layers}  # fmt: skip
+    wall = {w: statistics.median(r["time_s"] for r in rs) for (w, n), rs in runs.items()
+            if rs and n == args.layers}  # fmt: skip
+    if not med:
+        print("no run succeeded")
+        return
+    one = runs[(next(iter(med)), args.layers)][0]
     print(
         f"\nparams {count['total']:,} = {params_mb:.0f} MB (measured RSS growth building model + "
         f"batch: {one['model_rss_mb']:.0f} MB); grads {grads_mb:.0f} MB (allocated after "
@@ -416,8 +423,6 @@ def _report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> 
     )
     print(hdr)
     for way, peak in med.items():
-        if way == "baseline-small":
-            continue
         d = peak_breakdown(peak_mb=peak, baseline_mb=base, params_mb=params_mb, grads_mb=grads_mb)
         print(
             f"{way:>9} {params_mb:>7.0f} {grads_mb:>7.0f} {computed[way]:>7.0f} {peak:>7.0f} "
@@ -425,7 +430,7 @@ def _report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> 
             f"{d['logits_mb']:>7.0f} {100 * d['logits_share']:>6.1f}% "
             f"{100 * d['model_act_share']:>9.1f}% {wall[way]:>7.1f}"
         )
-    losses = {w: rs[-1]["loss"] for w, rs in runs.items() if rs and w != "baseline-small"}
+    losses = {w: rs[-1]["loss"] for (w, n), rs in runs.items() if rs and n == args.layers}
     print(
         "loss (same model and batch; fused, ours-full and full must agree): "
         + ", ".join(f"{w} {v:.6f}" for w, v in losses.items())
@@ -436,37 +441,29 @@ def _report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> 
             f"fused / full peak: {med['fused'] / med['full']:.3f} (above params + grads: "
             f"{above:.3f})"
         )
-    if "baseline-small" not in med or args.small_layers >= args.layers:
+    if not (1 <= args.small_layers < args.layers) or not set(med) <= set(small):
         return
-    slope = (base - med["baseline-small"]) / (args.layers - args.small_layers)
-    per_layer_pg = 2 * count["per_layer"] * FLOAT32_BYTES / MB
-    print(
-        f"\nEXTRAPOLATION to {args.target_layers} layers (not measured): one layer adds "
-        f"{slope:.0f} MB to the baseline peak (baseline {args.small_layers}L -> {args.layers}L;"
-        f" of which params + grads {per_layer_pg:.0f} MB, activations {slope - per_layer_pg:.0f}"
-        f" MB)"
-    )
+    dl = args.layers - args.small_layers
+    slope = {w: (med[w] - small[w]) / dl for w in med}  # MB one layer adds to each way's peak
+    p_layer = count["per_layer"] * FLOAT32_BYTES / MB
+    print(f"\nEXTRAPOLATION to {args.target_layers} layers (not measured): each way's peak grows "
+          f"by its own measured per-layer slope, (peak at {args.layers}L - peak at "
+          f"{args.small_layers}L) / {dl}; one layer's parameters = {p_layer:.0f} MB (+ the same "
+          f"in gradients)")  # fmt: skip
+    print("per-layer slope MB: " + ", ".join(f"{w} {v:.0f}" for w, v in slope.items()))
     full_params = qwen2_param_count(**shape, layers=args.target_layers)["total"] * 4 / MB
-    ext = {
-        w: extrapolate_layers(
-            peak_mb=p, layers=args.layers, slope_mb=slope, target=args.target_layers
-        )
-        for w, p in med.items()
-        if w != "baseline-small"
-    }
-    print(
-        f"{'way':>9} {'params':>7} {'grads':>7} {'peak':>7} {'peak-P-G':>8} {'%logits':>7} "
-        f"{'%model+act':>10}"
-    )
+    ext = {w: extrapolate_layers(peak_mb=p, layers=args.layers, slope_mb=slope[w],
+                                 target=args.target_layers) for w, p in med.items()}  # fmt: skip
+    print(f"{'way':>9} {'params':>7} {'grads':>7} {'peak':>7} {'+ vs ' + str(args.layers) + 'L':>8}"
+          f" {'peak-P-G':>8} {'%logits':>7} {'%model+act':>10}")  # fmt: skip
     for way, peak in ext.items():
-        d = peak_breakdown(
-            peak_mb=peak, baseline_mb=ext["baseline"], params_mb=full_params, grads_mb=full_params
-        )
-        print(
-            f"{way:>9} {full_params:>7.0f} {full_params:>7.0f} {peak:>7.0f} "
-            f"{d['above_params_grads_mb']:>8.0f} {100 * d['logits_share']:>6.1f}% "
-            f"{100 * d['model_act_share']:>9.1f}%"
-        )
+        if "baseline" not in ext:
+            break
+        d = peak_breakdown(peak_mb=peak, baseline_mb=ext["baseline"], params_mb=full_params,
+                           grads_mb=full_params)  # fmt: skip
+        print(f"{way:>9} {full_params:>7.0f} {full_params:>7.0f} {peak:>7.0f} "
+              f"{peak - med[way]:>8.0f} {d['above_params_grads_mb']:>8.0f} "
+              f"{100 * d['logits_share']:>6.1f}% {100 * d['model_act_share']:>9.1f}%")  # fmt: skip
     if "fused" in ext and "full" in ext:
         print(f"fused / full peak (extrapolated): {ext['fused'] / ext['full']:.3f}")
 
@@ -480,7 +477,7 @@ def main() -> None:
         "--small-layers",
         type=int,
         default=2,
-        help="baseline also run at this depth, for the per-layer slope",
+        help="every way also run at this depth, for its per-layer slope (0: skip)",
     )
     p.add_argument("--target-layers", type=int, default=QWEN25_05B["layers"])
     p.add_argument("--hidden", type=int, default=QWEN25_05B["hidden"])
@@ -511,15 +508,15 @@ def main() -> None:
         f"peak = RSS high-water mark (/proc VmHWM) - RSS before the model"
     )
     plan = [(w, args.layers) for w in args.ways]
-    if "baseline" in args.ways and 1 <= args.small_layers < args.layers:
-        plan.append(("baseline-small", args.small_layers))
-    runs: dict[str, list[dict[str, Any]]] = {w: [] for w, _ in plan}
+    if 1 <= args.small_layers < args.layers:
+        plan += [(w, args.small_layers) for w in args.ways]
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {k: [] for k in plan}
     for r in range(args.repeats):  # interleaved: the shared cores load every way alike
         print(f"round {r + 1}/{args.repeats}", flush=True)
         for way, layers in plan:
-            out = _run_way(args, way.replace("-small", ""), layers)
+            out = _run_way(args, way, layers)
             if out is not None:
-                runs[way].append(out)
+                runs[(way, layers)].append(out)
     _report(args, runs)
 
 
