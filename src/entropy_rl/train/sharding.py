@@ -120,6 +120,7 @@ class NoSharding:
                 set_optimizer_state_dict,
             )
 
+            optimizer.zero_grad(set_to_none=True)  # else torch skips creating the state to fill
             set_optimizer_state_dict(
                 model, optimizer, state, options=StateDictOptions(full_state_dict=True)
             )
@@ -222,6 +223,7 @@ class FSDPSharding(NoSharding):
         if not _keyed_by_name(state):  # written by an unsharded run: ids -> parameter names
             state = _ids_to_names(model, state)
         opts = StateDictOptions(full_state_dict=True)
+        optimizer.zero_grad(set_to_none=True)  # else torch skips creating the state to fill
         set_optimizer_state_dict(model, optimizer, state, options=opts)
 
 
