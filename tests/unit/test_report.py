@@ -225,6 +225,36 @@ def test_entropy_bands_only_for_few_runs(tmp_path: Path) -> None:
         plt.close(fig)
 
 
+def test_rh_fit_pools_the_seeds_of_a_setting(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from entropy_rl.report.figures import draw_rh
+
+    # R = -0.5 exp(H) + 2 exactly, 6 points per seed; seeds 0 and 1 of "ppo", one "dapo" run
+    dirs = []
+    for setting, seed, shift in [("ppo", 0, 0.0), ("ppo", 1, 0.05), ("dapo", 0, 0.02)]:
+        d = tmp_path / setting / f"seed{seed}"
+        d.mkdir(parents=True)
+        hs = [1.5 - 0.2 * k + shift for k in range(6)]
+        rows = [
+            {"step": k + 1, "entropy/mean": h, "reward/mean": -0.5 * math.exp(h) + 2}
+            for k, h in enumerate(hs)
+        ]
+        _write_jsonl(d / "metrics.jsonl", rows)
+        dirs.append(d)
+    fig = plt.figure()
+    notes = draw_rh(fig, load_runs(dirs))
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert len(titles) == 2 and notes == []
+    assert titles[0].startswith("ppo (2 runs)") and "n = 12" in titles[0]
+    assert titles[1].startswith("dapo\n") and "n = 6" in titles[1]  # a lone run: its label
+    assert "a = 0.50, b = 2.00, R² 1.00" in titles[0]
+    plt.close(fig)
+
+
 def test_delta_pairs_match_prediction_with_next_change(tmp_path: Path) -> None:
     # predicted_delta at step k-1 forecasts actual_delta at step k (control.monitor):
     # step:       1     2     3     4     5(no predicted)

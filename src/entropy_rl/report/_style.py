@@ -192,8 +192,7 @@ def run_legend(
     for r in runs:
         entries.setdefault(r.color_index, []).append(r)
     handles = [
-        Line2D([], [], color=color(i), lw=3, label=_entry_label(same))
-        for i, same in entries.items()
+        Line2D([], [], color=color(i), lw=3, label=entry_label(same)) for i, same in entries.items()
     ]
     severities = {ev.severity for r in runs for ev in r.events} if events else set()
     for sev in ("warning", "critical"):
@@ -207,7 +206,7 @@ def run_legend(
     return fig.legend(handles=handles, loc=loc, ncols=ncols, fontsize=10)
 
 
-def _entry_label(runs: Sequence[RunData]) -> str:
+def entry_label(runs: Sequence[RunData]) -> str:
     """Legend text of the runs drawn in one colour: the label of a lone run, else the group."""
     if len(runs) == 1:
         return runs[0].label

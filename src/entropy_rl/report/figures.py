@@ -20,6 +20,7 @@ import numpy as np
 
 from entropy_rl.report._style import (
     color,
+    entry_label,
     new_figure,
     require_matplotlib,
     rolling_mean,
@@ -32,6 +33,7 @@ from entropy_rl.report._style import (
 from entropy_rl.report.load import RunData, as_finite
 from entropy_rl.report.summary import (
     MIN_FIT_POINTS,
+    EntropyFit,
     delta_pairs,
     fit_entropy_performance,
     fmt,
@@ -391,22 +393,37 @@ def _needs_rh(runs: Runs) -> str | None:
     )
 
 
+def _rh_fits(
+    runs: Runs,
+) -> list[tuple[list[RunData], str, np.ndarray, np.ndarray, np.ndarray, EntropyFit]]:
+    """One R-H fit per setting: the seeds of a setting (runs sharing a colour) are pooled, so a
+    compare grid gets one axis per setting, not per run. (runs, key, steps, H, R, fit) each."""
+    pooled: dict[tuple[int, str], list[tuple[RunData, np.ndarray, np.ndarray, np.ndarray]]] = {}
+    for r in runs:
+        key, steps, h, perf = rh_points(r)
+        if key:
+            pooled.setdefault((r.color_index, key), []).append((r, steps, h, perf))
+    fits = []
+    for (_, key), parts in pooled.items():
+        steps, h, perf = (np.concatenate([p[i] for p in parts]) for i in (1, 2, 3))
+        fit = fit_entropy_performance(h, perf)
+        if fit is not None:
+            fits.append(([p[0] for p in parts], key, steps, h, perf, fit))
+    return fits
+
+
 def draw_rh(fig: FigureBase, runs: Runs) -> list[str]:
     from matplotlib.colors import Normalize
 
-    fits = []
-    for r in runs:
-        key, steps, h, perf = rh_points(r)
-        fit = fit_entropy_performance(h, perf) if key else None
-        if fit is not None:
-            fits.append((r, key, steps, h, perf, fit))
+    fits = _rh_fits(runs)
     ncols = min(len(fits), 3)
     nrows = -(-len(fits) // ncols)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharey=True)).ravel()
     norm = Normalize(vmin=1, vmax=max(float(f[2].max()) for f in fits))
     h_max = max(float(f[3].max()) for f in fits) * 1.08
     sc = None
-    for ax, (run, key, steps, h, perf, fit) in zip(axes, fits, strict=False):
+    for ax, (fitted, key, steps, h, perf, fit) in zip(axes, fits, strict=False):
+        run = fitted[0]
         inside = np.linspace(h.min(), h.max(), 100)  # solid where there is data,
         beyond = np.linspace(0, h.min(), 100)  # dotted where the law extrapolates to H = 0
         ax.plot(inside, fit.predict(inside), color=color(run), lw=2.2, zorder=2)
@@ -437,7 +454,8 @@ def draw_rh(fig: FigureBase, runs: Runs) -> list[str]:
         )
         r2 = f"R² {fit.r2:.2f}" if np.isfinite(fit.r2) else "R constant"
         ax.set_title(
-            f"{run.label}\na = {fmt(fit.a)}, b = {fmt(fit.b)}, {r2}, n = {fit.n}", color=color(run)
+            f"{entry_label(fitted)}\na = {fmt(fit.a)}, b = {fmt(fit.b)}, {r2}, n = {fit.n}",
+            color=color(run),
         )
         ax.set_xlim(0, h_max)
         ax.set_xlabel("entropy/mean (nats)")
@@ -450,7 +468,7 @@ def draw_rh(fig: FigureBase, runs: Runs) -> list[str]:
     return [
         f"{r.label}: too few points for the R-H fit"
         for r in runs
-        if all(r is not f[0] for f in fits)
+        if all(r not in f[0] for f in fits)
     ]
 
 
