@@ -61,6 +61,9 @@ def test_verdict_uses_the_seed_range():
     assert verdict([0.3, 0.4, 0.5], [0.75, 0.8, 0.85]) == "higher"
     assert verdict([0.75, 0.8, 0.85], [0.3, 0.4, 0.5]) == "lower"
     assert verdict([math.nan], [0.5]) == "n/a"
+    # one seed has no range: a gap of 0.02 must not read "higher"
+    assert verdict([1.95], [1.97]) == "n/a (1 seed)"
+    assert verdict([0.3, 0.4], [0.9, math.nan]) == "n/a (1 seed)"
 
 
 def test_table_marks_reference_and_formats_spread():

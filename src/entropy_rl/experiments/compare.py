@@ -101,10 +101,16 @@ def _stats(vals: list[float]) -> tuple[float, float, float]:
 
 
 def verdict(ref: list[float], other: list[float]) -> str:
-    """ "higher"/"lower" only when the gap of means exceeds both settings' seed ranges."""
+    """ "higher"/"lower" only when the gap of means exceeds both settings' seed ranges.
+
+    With fewer than 2 finite seeds on either side there is no range to compare with: "n/a
+    (1 seed)" rather than a verdict that any gap would pass.
+    """
     (m0, _, r0), (m1, _, r1) = _stats(ref), _stats(other)
     if not (math.isfinite(m0) and math.isfinite(m1)):
         return "n/a"
+    if min(sum(map(math.isfinite, ref)), sum(map(math.isfinite, other))) < 2:
+        return "n/a (1 seed)"
     gap = m1 - m0
     if abs(gap) <= max(r0, r1):
         return "no difference"
