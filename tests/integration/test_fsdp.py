@@ -39,25 +39,39 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def _cpu_config(tmp_path: Path) -> Path:
+def _cpu_config(tmp_path: Path, **fsdp: object) -> Path:
     """The example config, on CPU (accelerate's ``--cpu`` flag would drop the FSDP section)."""
     cfg = yaml.safe_load((ROOT / "examples/accelerate/fsdp.yaml").read_text())
     assert cfg["distributed_type"] == "FSDP" and cfg["fsdp_config"]["fsdp_version"] == 2
     cfg |= {"use_cpu": True, "num_processes": 2}
+    cfg["fsdp_config"] |= fsdp
     path = tmp_path / "fsdp_cpu.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
-@pytest.mark.slow  # ~65 s on the shared 2-core machine (two launches, four Trainers)
-def test_fsdp_two_processes_match_one(tiny_model_dir: Path, tmp_path: Path):
+@pytest.fixture(scope="module")
+def one_process(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    one = tmp_path_factory.mktemp("one")
+    _run([sys.executable, str(WORKER), str(tiny_model_dir), str(one)])
+    return one
+
+
+# ~20 s for the one-process run, ~45 s per sharded launch on the shared 2-core machine
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "fsdp", [{}, {"fsdp_activation_checkpointing": True}], ids=["example", "ac"]
+)
+def test_fsdp_two_processes_match_one(
+    tiny_model_dir: Path, one_process: Path, tmp_path: Path, fsdp: dict
+):
     pytest.importorskip("accelerate")
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, str(WORKER), str(tiny_model_dir), str(one)])
-    _run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(_cpu_config(tmp_path)),
+    one, two = one_process, tmp_path / "two"
+    config = _cpu_config(tmp_path, **fsdp)
+    _run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
           "--main_process_port", str(_free_port()), str(WORKER), str(tiny_model_dir), str(two)])  # fmt: skip
     p1, p2 = torch.load(one / "params.pt"), torch.load(two / "params.pt")
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()

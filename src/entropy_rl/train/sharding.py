@@ -147,7 +147,7 @@ class FSDPSharding(NoSharding):
         self.replica: Any = None
 
     def _shard(self, model: Any) -> Any:
-        from accelerate.utils import fsdp2_prepare_model
+        from accelerate.utils import fsdp2_apply_ac, fsdp2_prepare_model
         from torch.distributed.fsdp import FSDPModule
 
         device = next(model.parameters()).device
@@ -157,6 +157,16 @@ class FSDPSharding(NoSharding):
             mixed_precision=self.mixed_precision, is_main_process=self.info.is_main,
             torch_device_mesh=None,
         )  # fmt: skip
+        if self.plugin.activation_checkpointing and any(
+            p.requires_grad for p in model.parameters()
+        ):
+            self.plugin.set_auto_wrap_policy(model)
+            if self.plugin.auto_wrap_policy is None:
+                raise ConfigError(
+                    "fsdp_activation_checkpointing needs fsdp_auto_wrap_policy "
+                    "TRANSFORMER_BASED_WRAP or SIZE_BASED_WRAP (it checkpoints the wrapped layers)"
+                )
+            model = fsdp2_apply_ac(view, model)  # as Accelerator.prepare: before sharding
         model = fsdp2_prepare_model(view, model)
         for m in model.modules():
             if isinstance(m, FSDPModule):
@@ -186,7 +196,7 @@ class FSDPSharding(NoSharding):
         with torch.no_grad():
             for name, p in model.named_parameters():
                 full = p.full_tensor() if isinstance(p, DTensor) else p
-                mine[name].copy_(full)
+                mine[_canonical(name)].copy_(full)
 
     def full_model(self, model: Any) -> Any:
         self.gather(model)
@@ -297,6 +307,11 @@ def sharded_token_stats(
     return stats[..., 0], stats[..., 1], (stats[..., 2] if with_top1 else None)
 
 
+def _canonical(name: str) -> str:
+    """A parameter's name without activation checkpointing's wrapper (as in the state dict)."""
+    return name.replace("_checkpoint_wrapped_module.", "")
+
+
 def _keyed_by_name(state: dict[str, Any]) -> bool:
     return any(isinstance(k, str) for k in state.get("state", {}))
 
@@ -304,7 +319,7 @@ def _keyed_by_name(state: dict[str, Any]) -> bool:
 def _ids_to_names(model: Any, state: dict[str, Any]) -> dict[str, Any]:
     """An ``optimizer.state_dict()`` (parameters numbered in ``model.parameters()`` order, as the
     trainer builds its optimizer) re-keyed by parameter name for set_optimizer_state_dict."""
-    names = [n for n, _ in model.named_parameters()]
+    names = [_canonical(n) for n, _ in model.named_parameters()]
     groups = []
     for g in state["param_groups"]:
         groups.append({**g, "params": [names[i] for i in g["params"]]})
