@@ -5,7 +5,8 @@ the tokenizer, and ``state.pt`` (optimizer, scheduler, RNG states, step, control
 state). A checkpoint is written to a ``.tmp-*`` directory first, fsynced, then renamed into
 place; ``RUN_DIR/checkpoints/latest`` (a one-line file, itself replaced atomically) names the
 newest complete one. Loading never trusts a directory that ``latest`` does not name or that
-lacks its ``COMPLETE`` marker.
+lacks its ``COMPLETE`` marker. Under FSDP sharding the trainer passes the full weights gathered
+on every rank (train.sharding's replica) and only rank 0 writes, so the layout is the same.
 """
 
 from __future__ import annotations
