@@ -13,11 +13,12 @@ the median seconds per RL step of each, over --steps steps after --warmup:
 ``--framework trl`` prints the same breakdown for TRL's GRPOTrainer (``trl-nogc``: with
 gradient checkpointing off; GRPOConfig turns it on by default).
 ``--cprofile`` also prints the top functions by cumulative time; ``--ops`` prints torch.profiler's
-top operators of one step. ``--engine kv`` swaps in benchmarks/kv_engine.py; ``--engine fast`` also takes pi_old's
-log-probs from the sampler (no old-log-prob forward).
+top operators of one step. ``--engine`` sets rollout.engine: ``auto`` (the default: here the
+KV-cached engine, whose sampler statistics replace the old-log-prob forward), ``kv`` (the same,
+named) or ``hf`` (transformers generate + the old-log-prob forward, the path before engine.kv).
 
-    python benchmarks/profile_step.py [--setting char|vocab32k] [--engine hf] [--steps 6]
-        [--threads 2] [--cprofile] [--ops]    (--engine hf|kv|fast)
+    python benchmarks/profile_step.py [--setting char|vocab32k] [--engine auto] [--steps 6]
+        [--threads 2] [--cprofile] [--ops]    (--engine auto|kv|hf)
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see vs_trl.py
 
 import argparse
-import contextlib
 import cProfile
 import pstats
 import statistics
@@ -166,7 +166,8 @@ def build_trainer(
     out = str(setting.model_dir.parent / "run")  # inside main's temporary directory
     cfg = config_from_dict({
         "rollout": {"prompts_per_step": vs_trl.PROMPTS_PER_STEP, "group_size": vs_trl.GROUP,
-                    "temperature": 1.0, "max_new_tokens": vs_trl.MAX_NEW},
+                    "temperature": 1.0, "max_new_tokens": vs_trl.MAX_NEW,
+                    "engine": args.engine},
         "algo": {"loss": "ppo", "loss_kwargs": {"eps_low": vs_trl.EPS_LOW,
                                                 "eps_high": vs_trl.EPS_HIGH},
                  "ppo_epochs": args.passes, "mini_batches": 1,
@@ -179,20 +180,11 @@ def build_trainer(
     })  # fmt: skip
     model = AutoModelForCausalLM.from_pretrained(setting.model_dir)
     tok = AutoTokenizer.from_pretrained(setting.model_dir)
-    engine = None
-    if args.engine in ("kv", "fast"):
-        from kv_engine import KVCacheEngine
-
-        engine = KVCacheEngine(
-            model, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-            with_stats=args.engine == "fast",
-        )  # fmt: skip
     ends = _Ends(timers)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tr = Trainer(
-            cfg, model=model, tokenizer=tok, engine=engine,
-            reward_fn=lambda ex, text: setting.reward(text),
+            cfg, model=model, tokenizer=tok, reward_fn=lambda ex, text: setting.reward(text),
             prompt_source=RecordsSource(setting.examples, setting.examples[:8]),
         )  # fmt: skip
     tr.loggers.append(ends)
@@ -276,7 +268,7 @@ def profile_trl(setting: vs_trl.Setting, args: Any) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--setting", default="char", choices=["char", "vocab32k"])
-    p.add_argument("--engine", default="hf", choices=["hf", "kv", "fast"])
+    p.add_argument("--engine", default="auto", choices=["auto", "kv", "hf"])
     p.add_argument("--framework", default="ours", choices=["ours", "trl", "trl-nogc"])
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--steps", type=int, default=6)
@@ -299,23 +291,17 @@ def main(argv: list[str] | None = None) -> None:
             return
         tr, ends = build_trainer(setting, args, timers, args.warmup + args.steps)
         instrument(tr, timers)
-        ctx: Any = contextlib.nullcontext()
-        if args.engine == "fast":
-            from kv_engine import old_logprobs_from_sampler
-
-            ctx = old_logprobs_from_sampler(tr.engine)
         prof = cProfile.Profile() if args.cprofile else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if prof:
                 prof.enable()
-            with ctx:
-                tr.fit()
+            tr.fit()
             if prof:
                 prof.disable()
         steps = per_step(ends, args.warmup)
         med = {k: statistics.median(s.get(k, 0.0) for s in steps) for k in steps[0]}
-        print(f"\n{setting.describe}; engine {args.engine}, {args.passes} passes, "
+        print(f"\n{setting.describe}; engine {type(tr.engine).__name__}, {args.passes} passes, "
               f"threads {args.threads}; median of {len(steps)} steps")  # fmt: skip
         print(f"{'part':32s} {'s/step':>8s} {'share':>7s}")
         for label, key in ROWS:

@@ -25,14 +25,14 @@ Settings (--setting):
             share of odd token ids in the completion. Ours uses its fused log-prob/entropy path
             (model.logits auto -> fused at vocab >= 4096); ``ours-full`` materialises logits.
 
-Variants (--variants): ours (HF generate engine), ours-kv (benchmarks/kv_engine.py, a plain
-KV-cached sampling loop), ours-fast (ours-kv, and pi_old's log-probs/entropy/top-1 taken from the
-sampler instead of a second forward: kv_engine.old_logprobs_from_sampler), ours-full
-(model.logits=full), trl (GRPOConfig defaults, which include gradient checkpointing),
-trl-nogc (gradient_checkpointing=False, the same memory/compute trade as ours).
+Variants (--variants): ours (the defaults: rollout.engine=auto, here engine.kv.KVCacheEngine,
+whose sampler log-probs/entropy/top-1 are pi_old's, so no second forward), ours-hf
+(rollout.engine=hf: transformers generate + the pi_old forward, the path before engine.kv),
+ours-full (model.logits=full), trl (GRPOConfig defaults, which include gradient
+checkpointing), trl-nogc (gradient_checkpointing=False, the same memory/compute trade as ours).
 
     python benchmarks/vs_trl.py                          # char setting, ours vs trl
-    python benchmarks/vs_trl.py --variants ours ours-kv trl --repeats 3
+    python benchmarks/vs_trl.py --variants ours ours-hf trl trl-nogc --repeats 4 --steps 6
     python benchmarks/vs_trl.py --setting vocab32k --variants ours ours-full trl
     python benchmarks/vs_trl.py --parity --seeds 0 1 2 --parity-steps 30   # reward curves
 
@@ -50,7 +50,6 @@ import argparse
 import contextlib
 import random
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -61,8 +60,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from entropy_rl.tasks import get_task
 from entropy_rl.tasks.base import Example
@@ -262,7 +259,7 @@ def make_ours(
     setting: Setting, variant: str, runner: Runner, *, seed: int, out: str, args: Any
 ) -> contextlib.AbstractContextManager[Any]:
     """Set ``runner.run`` to ``runner.steps`` RL steps of entropy_rl.Trainer (variant ours |
-    ours-kv | ours-fast | ours-full); returns a context to hold while it runs."""
+    ours-hf | ours-full); returns a context to hold while it runs."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from entropy_rl.train.config import config_from_dict
@@ -273,7 +270,8 @@ def make_ours(
         "model": {"path": str(setting.model_dir),
                   "logits": "full" if variant == "ours-full" else "auto"},
         "rollout": {"prompts_per_step": PROMPTS_PER_STEP, "group_size": GROUP,
-                    "temperature": 1.0, "max_new_tokens": MAX_NEW},
+                    "temperature": 1.0, "max_new_tokens": MAX_NEW,
+                    "engine": "hf" if variant == "ours-hf" else "auto"},
         "algo": {"loss": "ppo", "loss_kwargs": {"eps_low": EPS_LOW, "eps_high": EPS_HIGH},
                  "agg": "token-mean", "ppo_epochs": args.passes, "mini_batches": 1,
                  "micro_batch_size": PROMPTS_PER_STEP * GROUP, "lr": args.lr,
@@ -284,28 +282,16 @@ def make_ours(
     })  # fmt: skip
     model = AutoModelForCausalLM.from_pretrained(setting.model_dir)
     tok = AutoTokenizer.from_pretrained(setting.model_dir)
-    engine = None
-    ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if variant in ("ours-kv", "ours-fast"):
-        from kv_engine import KVCacheEngine, old_logprobs_from_sampler
-
-        engine = KVCacheEngine(
-            model, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-            with_stats=variant == "ours-fast",
-        )  # fmt: skip
-        if variant == "ours-fast":
-            ctx = old_logprobs_from_sampler(engine)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = Trainer(
-            cfg, model=model, tokenizer=tok, engine=engine,
-            reward_fn=lambda ex, text: setting.reward(text),
+            cfg, model=model, tokenizer=tok, reward_fn=lambda ex, text: setting.reward(text),
             prompt_source=RecordsSource(setting.examples, setting.examples[:8]),
             loggers=[_StepLogger(runner)],
         )  # fmt: skip
     trainer.engine.generate = _timed(trainer.engine.generate, runner.res.gen_s)  # type: ignore[method-assign]
     runner.run = trainer.fit
-    return ctx
+    return contextlib.nullcontext()
 
 
 def make_trl(
@@ -470,7 +456,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--setting", default="char", choices=["char", "vocab32k"])
     p.add_argument("--variants", nargs="+", default=["ours", "trl"],
-                   choices=["ours", "ours-kv", "ours-fast", "ours-full", "trl", "trl-nogc"])  # fmt: skip
+                   choices=["ours", "ours-hf", "ours-full", "trl", "trl-nogc"])  # fmt: skip
     p.add_argument("--steps", type=int, default=4, help="timed RL steps per run")
     p.add_argument("--warmup", type=int, default=1, help="dropped RL steps at the start of a run")
     p.add_argument("--repeats", type=int, default=3, help="runs per variant, interleaved")
