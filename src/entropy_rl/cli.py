@@ -39,15 +39,20 @@ def _train(args: argparse.Namespace) -> int:
     from entropy_rl.train.trainer import Trainer
 
     trainer = Trainer(cfg, resume=bool(args.resume))
-    print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+    main = trainer.dist.is_main  # under torchrun / accelerate launch only rank 0 speaks
+    if main:
+        print(f"run directory: {trainer.run_dir}", file=sys.stderr)
     try:
         last = trainer.fit()
     except KeyboardInterrupt:
-        print(
-            f"checkpoint saved; continue with: entropy-rl train --resume {trainer.run_dir}",
-            file=sys.stderr,
-        )
+        if main:
+            print(
+                f"checkpoint saved; continue with: entropy-rl train --resume {trainer.run_dir}",
+                file=sys.stderr,
+            )
         return 130
+    if not main:
+        return 0
     keys = ("reward/mean", "acc/train", "acc/eval", "eval/greedy_acc", "entropy/mean")
     summary = "  ".join(f"{k}={last[k]:.3f}" for k in keys if isinstance(last.get(k), float))
     print(f"done: step {trainer.step}  {summary}\nmetrics: {trainer.run_dir / 'metrics.jsonl'}")
