@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.config import ConfigError, available_presets, build_config, load_preset
@@ -125,6 +126,23 @@ def test_resume_gives_the_same_metrics_as_an_unbroken_run(tiny_model_dir: Path, 
                 assert va == pytest.approx(vb, rel=1e-5, abs=1e-7), (ra["step"], k)
             else:
                 assert va == vb, (ra["step"], k)
+
+
+def test_resume_on_another_number_of_processes_warns_and_goes_on(
+    tiny_model_dir: Path, tmp_path: Path
+):
+    out = tmp_path / "run"
+    _train(_overrides(tiny_model_dir, out, steps=2))
+    latest = ckpt.latest_checkpoint(out)
+    assert latest is not None
+    state = ckpt.load_state(latest)
+    # what 2 processes write: one RNG state per rank
+    state["rank_rng"] = [{k: state[k] for k in ("rng", "trainer_rng")}] * 2
+    torch.save(state, latest / "state.pt")
+    with pytest.warns(UserWarning, match=r"written by 2 process\(es\), resuming on 1"):
+        trainer = _train(_overrides(tiny_model_dir, out, steps=3), resume=True)
+    assert trainer.step == 3
+    assert [r["step"] for r in _rows(out)][-1] == 3
 
 
 def test_kill_during_checkpoint_keeps_the_last_good_one(

@@ -527,9 +527,19 @@ class Trainer:
         self.step = int(st["step"])
         self.sharding.load_optimizer_state(self.model, self.optimizer, st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
-        mine = st.get("rank_rng", [st])[self.dist.rank] if self.dist.enabled else st
-        ckpt.set_rng_state(mine["rng"])
-        self.rng.setstate(mine["trainer_rng"])
+        per_rank = st.get("rank_rng", [st])  # a 1-process checkpoint holds its RNG at the top
+        if len(per_rank) == self.dist.world_size:
+            mine = per_rank[self.dist.rank]
+            ckpt.set_rng_state(mine["rng"])
+            self.rng.setstate(mine["trainer_rng"])
+        elif self.dist.is_main:  # each rank keeps the fresh seed it got in __init__
+            warnings.warn(
+                f"{latest} was written by {len(per_rank)} process(es), resuming on "
+                f"{self.dist.world_size}: weights, optimizer, schedule and controller state are "
+                "restored, the sampling RNG is not (the run goes on, but will not match an "
+                f"unbroken {len(per_rank)}-process run)",
+                stacklevel=2,
+            )
         self.shuffle.set_state(st["shuffle_rng"])
         self.dynamics.load_state_dict(st["dynamics"])
         self.loss_kwargs = dict(st["loss_kwargs"])
