@@ -152,13 +152,46 @@ def test_entropy_explosion_entropy_ceiling_is_critical() -> None:
         {"step": k, "entropy/mean": 0.5 + 0.12 * max(0, k - 30), "acc/train": 0.5}
         for k in range(1, 45)
     ]
-    events, _ = run(rows, entropy_explosion_action="rollback")
+    # (the sudden-rise check would fire first on this ramp: tested on its own below)
+    events, _ = run(rows, entropy_explosion_action="rollback", explosion_rise_frac=None)
     assert fired(events) == [(39, "entropy_explosion")]
     assert events[0].severity == "critical" and events[0].action == "rollback"
     assert events[0].values["entropy_ceiling"] == pytest.approx(1.5)
     # an absolute ceiling below the relative one wins: min(1.0, 1.5) -> 0.5 + 0.12 * 5 = 1.1
-    events, _ = run(rows, explosion_entropy_ceiling=1.0)
+    events, _ = run(rows, explosion_entropy_ceiling=1.0, explosion_rise_frac=None)
     assert fired(events) == [(35, "entropy_explosion")]
+
+
+def test_entropy_explosion_sudden_rise_where_the_ceiling_cannot_be_reached() -> None:
+    # wordpick with an entropy bonus (measured): 3.53 at the start, so 3x = 10.6 nats, above
+    # ln(3053) = 8.0; entropy slid to 2.8 by step 30, then 6.4 at 32 while acc fell 0.43 -> 0.07
+    h = {k: 3.53 - 0.025 * k for k in range(1, 31)} | {31: 2.79, 32: 6.38, 33: 6.26, 34: 5.1}
+    acc = {k: 0.3 + 0.005 * k for k in range(1, 32)} | {32: 0.07, 33: 0.11, 34: 0.2}
+    rows = [{"step": k, "entropy/mean": h[k], "acc/train": acc[k]} for k in range(1, 35)]
+    events, _ = run(rows)
+    assert fired(events) == [(32, "entropy_explosion")]
+    ev = events[0]
+    assert ev.severity == "critical"
+    # window minimum: h[31] = 2.79 (h[30] = 2.78 is 2 steps before... within the window too)
+    low = min(h[k] for k in range(32 - 10, 33))
+    assert ev.values["entropy_low"] == pytest.approx(low)
+    assert ev.values["rise_frac"] == pytest.approx((6.38 - low) / low)
+    assert "rose" in ev.message
+    # the same rise while accuracy improves is learning, not an explosion
+    improving = [{**r, "acc/train": 0.3 + 0.02 * r["step"]} for r in rows]
+    assert fired(run(improving)[0]) == []
+    # +50% of a tiny entropy (0.02 -> 0.05 nats) is below explosion_rise_min (0.1 nats)
+    tiny = [
+        {"step": k, "entropy/mean": 0.02 if k < 20 else 0.05, "acc/train": 0.5}
+        for k in range(1, 30)
+    ]
+    assert fired(run(tiny, entropy_floor_enabled=False)[0]) == []
+    # a slow rise under a controller (1.0 -> 1.3 over 10 steps: +30%) stays quiet
+    slow = [
+        {"step": k, "entropy/mean": 1.0 + 0.03 * max(0, k - 20), "acc/train": 0.5}
+        for k in range(1, 31)
+    ]
+    assert fired(run(slow)[0]) == []
 
 
 def test_entropy_explosion_length_and_repetition_are_warnings() -> None:

@@ -97,6 +97,15 @@ class DetectorConfig:
     """Absolute ceiling on entropy/mean in nats; None disables this check."""
     explosion_entropy_mult: float | None = 3.0
     """Fires when entropy/mean exceeds this multiple of its initial value; None disables."""
+    explosion_rise_frac: float | None = 0.5
+    """Fires when entropy/mean rose by more than this fraction of the window's minimum within
+    ``entropy_drop_window`` steps (and by more than ``explosion_rise_min`` nats) while accuracy
+    gained less than ``entropy_drop_min_acc_gain``; None disables. The multiple of the initial
+    value alone cannot fire where 3x the start exceeds what the vocabulary allows (wordpick:
+    3.5 nats at the start, ln 3053 = 8.0 at most): there an entropy bonus took entropy from
+    2.8 to 6.4 nats in two steps while accuracy fell from 0.43 to 0.07."""
+    explosion_rise_min: float = 0.1
+    """Smallest rise in nats the relative check counts (0.02 -> 0.04 is +100% and noise)."""
     explosion_repetition_rise: float | None = 0.2
     """Fires when gen/repetition exceeds its initial value by this much; None disables."""
     explosion_length_mult: float | None = 2.0
@@ -152,6 +161,7 @@ class DetectorConfig:
         for name in (
             "explosion_entropy_ceiling",
             "explosion_entropy_mult",
+            "explosion_rise_frac",
             "explosion_repetition_rise",
             "explosion_length_mult",
         ):
@@ -371,14 +381,10 @@ class CollapseDetector:
         peak, h = max(hs), now[ENTROPY]
         if len(hs) < 2 or peak <= 0:
             return None
-        for key in cfg.accuracy_keys:
-            accs = [v for s, v in self._history.get(key, ()) if s >= start]
-            if len(accs) >= 2:
-                half = len(accs) // 2
-                gain = sum(accs[-half:]) / half - sum(accs[:half]) / half
-                break
-        else:
+        acc = self._acc_gain(start)
+        if acc is None:
             return None
+        key, gain = acc
         drop = (peak - h) / peak
         cond = drop > cfg.entropy_drop_frac and gain < cfg.entropy_drop_min_acc_gain
         values = {"entropy": h, "entropy_peak": peak, "drop_frac": drop, "acc_gain": gain}
@@ -387,6 +393,16 @@ class CollapseDetector:
             f" ({peak:.3g} -> {h:.3g} nats) while {key} changed {gain:+.3f}"
         )
         return cond, "warning", values, msg
+
+    def _acc_gain(self, start: int) -> tuple[str, float] | None:
+        """(key, gain) of the first accuracy key with >= 2 values since ``start``: mean of the
+        newer half minus mean of the older half; None when no key has 2 values."""
+        for key in self.config.accuracy_keys:
+            accs = [v for s, v in self._history.get(key, ()) if s >= start]
+            if len(accs) >= 2:
+                half = len(accs) // 2
+                return key, sum(accs[-half:]) / half - sum(accs[:half]) / half
+        return None
 
     def _check_floor(self, step: int, now: dict[str, float]) -> _Check:
         cfg = self.config
@@ -433,6 +449,19 @@ class CollapseDetector:
             return None
         return bool(parts), "warning", values, "; ".join(parts)
 
+    def _entropy_rise(self, step: int, h: float) -> tuple[float, float, str, float] | None:
+        """(window minimum, (h - min) / min, accuracy key, accuracy gain) over the drop window;
+        None without 2 entropy values, a positive minimum and an accuracy key."""
+        if self.config.explosion_rise_frac is None:
+            return None
+        start = step - self.config.entropy_drop_window
+        hs = [v for s, v in self._history[ENTROPY] if s >= start]
+        acc = self._acc_gain(start)
+        if len(hs) < 2 or min(hs) <= 0 or acc is None:
+            return None
+        low = min(hs)
+        return low, (h - low) / low, acc[0], acc[1]
+
     def _check_explosion(self, step: int, now: dict[str, float]) -> _Check:
         cfg = self.config
         evaluated, values, parts, critical = False, dict[str, float](), list[str](), False
@@ -449,6 +478,22 @@ class CollapseDetector:
                 if h > ceiling:
                     critical = True
                     parts.append(f"entropy/mean {h:.3g} nats above its ceiling {ceiling:.3g}")
+            rise = self._entropy_rise(step, h)
+            if rise is not None:
+                evaluated = True
+                low, frac, key, gain = rise
+                values |= {"entropy": h, "entropy_low": low, "rise_frac": frac, "acc_gain": gain}
+                if (
+                    cfg.explosion_rise_frac is not None
+                    and frac > cfg.explosion_rise_frac
+                    and h - low > cfg.explosion_rise_min
+                    and gain < cfg.entropy_drop_min_acc_gain
+                ):
+                    critical = True
+                    parts.append(
+                        f"entropy/mean rose {frac:.0%} within {cfg.entropy_drop_window} steps"
+                        f" ({low:.3g} -> {h:.3g} nats) while {key} changed {gain:+.3f}"
+                    )
         rep_base = self._baseline(REPETITION)
         if cfg.explosion_repetition_rise is not None and REPETITION in now and rep_base is not None:
             evaluated, r = True, now[REPETITION]
