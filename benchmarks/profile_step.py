@@ -18,7 +18,7 @@ KV-cached engine, whose sampler statistics replace the old-log-prob forward), ``
 named) or ``hf`` (transformers generate + the old-log-prob forward, the path before engine.kv).
 
     python benchmarks/profile_step.py [--setting char|vocab32k] [--engine auto] [--steps 6]
-        [--threads 2] [--cprofile] [--ops]    (--engine auto|kv|hf)
+        [--threads 2] [--micro-batch N] [--cprofile] [--ops]    (--engine auto|kv|hf)
 """
 
 from __future__ import annotations
@@ -170,9 +170,8 @@ def build_trainer(
                     "engine": args.engine},
         "algo": {"loss": "ppo", "loss_kwargs": {"eps_low": vs_trl.EPS_LOW,
                                                 "eps_high": vs_trl.EPS_HIGH},
-                 "ppo_epochs": args.passes, "mini_batches": 1,
-                 "micro_batch_size": vs_trl.PROMPTS_PER_STEP * vs_trl.GROUP, "lr": args.lr,
-                 "warmup_steps": 0},
+                 "ppo_epochs": args.passes, "mini_batches": 1, "lr": args.lr, "warmup_steps": 0,
+                 **({} if args.micro_batch is None else {"micro_batch_size": args.micro_batch})},
         "eval": {"every": 0},
         "run": {"steps": steps, "seed": 0, "threads": args.threads, "progress": False,
                 "log_samples": 0, "save_every": 0, "out_dir": out, "device": "cpu",
@@ -275,6 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--passes", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="algo.micro_batch_size (default: the config default)")  # fmt: skip
     p.add_argument("--cprofile", action="store_true")
     p.add_argument("--ops", action="store_true", help="torch.profiler top ops of one extra step")
     args = p.parse_args(argv)

@@ -29,7 +29,11 @@ Variants (--variants): ours (the defaults: rollout.engine=auto, here engine.kv.K
 whose sampler log-probs/entropy/top-1 are pi_old's, so no second forward), ours-hf
 (rollout.engine=hf: transformers generate + the pi_old forward, the path before engine.kv),
 ours-full (model.logits=full), trl (GRPOConfig defaults, which include gradient
-checkpointing), trl-nogc (gradient_checkpointing=False, the same memory/compute trade as ours).
+checkpointing), trl-nogc (gradient_checkpointing=False, the same memory/compute trade as ours),
+trl-nogc-mb32 (trl-nogc with 32-row micro-batches: per_device_train_batch_size 32 x 2
+accumulation steps, the same rollout and optimizer steps). Ours runs algo.micro_batch_size rows
+per forward/backward (the config default, 32, length-sorted; --micro-batch sets it); TRL 64
+unless -mb32. Micro-batching is accumulation: the same gradient, to float summation order.
 
     python benchmarks/vs_trl.py                          # char setting, ours vs trl
     python benchmarks/vs_trl.py --variants ours ours-hf trl trl-nogc --repeats 4 --steps 6
@@ -274,8 +278,8 @@ def make_ours(
                     "engine": "hf" if variant == "ours-hf" else "auto"},
         "algo": {"loss": "ppo", "loss_kwargs": {"eps_low": EPS_LOW, "eps_high": EPS_HIGH},
                  "agg": "token-mean", "ppo_epochs": args.passes, "mini_batches": 1,
-                 "micro_batch_size": PROMPTS_PER_STEP * GROUP, "lr": args.lr,
-                 "warmup_steps": 0, "grad_clip": 1.0, "kl_coef": 0.0},
+                 "lr": args.lr, "warmup_steps": 0, "grad_clip": 1.0, "kl_coef": 0.0,
+                 **({} if args.micro_batch is None else {"micro_batch_size": args.micro_batch})},
         "eval": {"every": 0},
         "run": {"steps": runner.steps, "seed": seed, "threads": args.threads, "progress": False,
                 "log_samples": 0, "save_every": 0, "out_dir": out, "device": "cpu"},
@@ -302,9 +306,12 @@ def make_trl(
     out: str,
     args: Any,
     gradient_checkpointing: bool = True,
+    micro: int = PROMPTS_PER_STEP * GROUP,
 ) -> contextlib.AbstractContextManager[Any]:
     """Set ``runner.run`` to ``runner.steps`` RL steps (``steps * passes`` optimizer steps) of
-    TRL's GRPOTrainer (GRPOConfig turns gradient checkpointing on by default)."""
+    TRL's GRPOTrainer (GRPOConfig turns gradient checkpointing on by default). ``micro`` rows per
+    forward/backward: per_device_train_batch_size = micro with 64 / micro accumulation steps,
+    so a rollout is still 64 completions and an optimizer step still sums all 64 rows."""
     import datasets
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -329,7 +336,8 @@ def make_trl(
         warnings.simplefilter("ignore")
         conf = GRPOConfig(
             output_dir=out,
-            per_device_train_batch_size=PROMPTS_PER_STEP * GROUP, num_generations=GROUP,
+            per_device_train_batch_size=micro, num_generations=GROUP,
+            gradient_accumulation_steps=PROMPTS_PER_STEP * GROUP // micro,
             max_completion_length=MAX_NEW, max_steps=runner.steps * args.passes,
             num_iterations=args.passes, learning_rate=args.lr, lr_scheduler_type="constant",
             warmup_steps=0, optim="adamw_torch", max_grad_norm=1.0, epsilon=EPS_LOW,
@@ -364,9 +372,12 @@ def run_variants(
         for v, r in zip(variants, runners, strict=True):
             torch.manual_seed(seed)
             out = str(Path(root) / f"{v}-{r.idx}")
-            if v in ("trl", "trl-nogc"):
-                gc = v == "trl"
-                ctx = make_trl(setting, r, seed=seed, out=out, args=args, gradient_checkpointing=gc)
+            if v.startswith("trl"):
+                gc, micro = v == "trl", 32 if v.endswith("-mb32") else PROMPTS_PER_STEP * GROUP
+                ctx = make_trl(
+                    setting, r, seed=seed, out=out, args=args, gradient_checkpointing=gc,
+                    micro=micro,
+                )  # fmt: skip
                 stack.enter_context(ctx)
             else:
                 stack.enter_context(make_ours(setting, v, r, seed=seed, out=out, args=args))
@@ -412,7 +423,7 @@ def speed(setting: Setting, args: Any) -> None:
         q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
         print(f"{v:10s} {m['step_s']:8.3f} {m['gen_s']:8.3f} {m['other_s']:8.3f} "
               f"{m['tokens']:9.0f} {m['tok_per_s']:8.1f} {q[0]:7.1f}-{q[2]:<7.1f}")  # fmt: skip
-    for base in ("trl", "trl-nogc"):
+    for base in ("trl", "trl-nogc", "trl-nogc-mb32"):
         if base not in med:
             continue
         for v in args.variants:
@@ -456,7 +467,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--setting", default="char", choices=["char", "vocab32k"])
     p.add_argument("--variants", nargs="+", default=["ours", "trl"],
-                   choices=["ours", "ours-hf", "ours-full", "trl", "trl-nogc"])  # fmt: skip
+                   choices=["ours", "ours-hf", "ours-full", "trl", "trl-nogc",
+                            "trl-nogc-mb32"])  # fmt: skip
+    p.add_argument(
+        "--micro-batch",
+        type=int,
+        default=None,
+        help="ours: algo.micro_batch_size (default: the config default, 32)",
+    )
     p.add_argument("--steps", type=int, default=4, help="timed RL steps per run")
     p.add_argument("--warmup", type=int, default=1, help="dropped RL steps at the start of a run")
     p.add_argument("--repeats", type=int, default=3, help="runs per variant, interleaved")

@@ -8,6 +8,7 @@ token count (``num_tokens``), so accumulation does not change the loss.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -56,7 +57,12 @@ class UpdateSettings:
 
 
 def _stats_fn(s: UpdateSettings) -> Any:
-    return sharded_token_stats if s.sharded else policy_token_stats
+    """Token statistics for the update and pi_old: unsharded, without the attention mask on
+    right-padded rows (``policy_token_stats(skip_pad_mask=True)``: the same values at
+    completion tokens, less work)."""
+    if s.sharded:
+        return sharded_token_stats
+    return functools.partial(policy_token_stats, skip_pad_mask=True)
 
 
 def warn_if_on_policy(epochs: int, mini_batches: int) -> None:
@@ -211,6 +217,7 @@ def ppo_update(
             if len(mb_global) == 0:
                 continue
             mine = mb_global[(mb_global >= offset) & (mb_global < offset + n_local)] - offset
+            mine = by_length(batch, mine, s.micro_batch_size)
             num_tokens = float(all_reduce(batch.mask[mine].sum().double(), info))
             optimizer.zero_grad(set_to_none=True)
             finite = True
@@ -251,6 +258,19 @@ def ppo_update(
     metrics["update/bad_steps"] = float(bad)
     metrics["update/optimizer_steps"] = float(steps)
     return metrics, bad
+
+
+def by_length(batch: RolloutBatch, idx: Tensor, micro_batch_size: int) -> Tensor:
+    """The rows ``idx`` of one mini-batch ordered by sequence length (stable: ties keep their
+    shuffled order), so that micro-batches cut from it group rows of similar length and each is
+    trimmed to a shorter width (``RolloutBatch.rows``). The loss is a sum over the mini-batch's
+    tokens with a mini-batch-wide normaliser, so the grouping changes the gradient only by the
+    order of float additions (``tests/unit/test_update_speed_invariance.py``). ``idx`` comes
+    back unchanged when it fits one micro-batch (nothing to group)."""
+    if len(idx) <= micro_batch_size:
+        return idx
+    lengths = batch.attention_mask[idx].sum(1)  # (n,)
+    return idx[torch.sort(lengths, stable=True).indices]
 
 
 def _zero_pass(model: Any, batch: RolloutBatch, s: UpdateSettings) -> Tensor:
