@@ -8,35 +8,16 @@ greedy generation from the gathered weights must agree.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from launch import free_port, rows, run
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("fsdp_worker.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _run(cmd: list[str]) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-
-
-def _rows(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def _cpu_config(tmp_path: Path, **fsdp: object) -> Path:
@@ -53,7 +34,7 @@ def _cpu_config(tmp_path: Path, **fsdp: object) -> Path:
 @pytest.fixture(scope="module")
 def one_process(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     one = tmp_path_factory.mktemp("one")
-    _run([sys.executable, str(WORKER), str(tiny_model_dir), str(one)])
+    run([sys.executable, str(WORKER), str(tiny_model_dir), str(one)])
     return one
 
 
@@ -71,8 +52,8 @@ def test_fsdp_two_processes_match_one(
 
     one, two = one_process, tmp_path / "two"
     config = _cpu_config(tmp_path, **fsdp)
-    _run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-          "--main_process_port", str(_free_port()), str(WORKER), str(tiny_model_dir), str(two)])  # fmt: skip
+    run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+          "--main_process_port", str(free_port()), str(WORKER), str(tiny_model_dir), str(two)])  # fmt: skip
     p1, p2 = torch.load(one / "params.pt"), torch.load(two / "params.pt")
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     moved = max((p1[k] - start[k]).abs().max().item() for k in p1)
@@ -86,7 +67,7 @@ def test_fsdp_two_processes_match_one(
         torch.testing.assert_close(p2[k], p1[k], rtol=1e-4, atol=atol, msg=k)
         if k in saved:
             torch.testing.assert_close(saved[k], p2[k], rtol=0, atol=0, msg=k)
-    r1, r2 = _rows(one), _rows(two)
+    r1, r2 = rows(one), rows(two)
     assert [r["step"] for r in r1] == [r["step"] for r in r2] == [1, 2, 3]
     for a, b in zip(r1, r2, strict=True):
         for key in ("reward/mean", "entropy/mean", "entropy/p50", "clip/upper_frac",
