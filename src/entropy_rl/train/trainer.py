@@ -550,9 +550,10 @@ class Trainer:
             obj = getattr(self, name)
             if name in st and obj is not None and hasattr(obj, "load_state_dict"):
                 obj.load_state_dict(st[name])
-        JsonlLogger.truncate_after(self.run_dir / "metrics.jsonl", self.step)
-        JsonlLogger.truncate_after(self.run_dir / "events.jsonl", self.step)
-        JsonlLogger.truncate_after(self.run_dir / "samples.jsonl", self.step)
+        if self.dist.is_main:  # the files' only writer; another rank's os.replace would swap
+            # the file under rank 0's open logger and its next lines would go to the old inode
+            for name in ("metrics.jsonl", "events.jsonl", "samples.jsonl"):
+                JsonlLogger.truncate_after(self.run_dir / name, self.step)
 
     def _seed(self, seed: int) -> None:
         random.seed(seed)
