@@ -372,3 +372,50 @@ def test_reference_model_kl(tiny_model_dir: Path, tmp_path: Path, kl_in: str):
         assert all(0.0 < r["kl/ref"] < 0.5 for r in rows)
     else:
         assert "kl/ref" not in rows[1]  # KL went into the advantages, not the loss
+
+
+def test_entropy_shaped_advantages_reach_the_loss(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch
+):
+    # algo.entropy_adv_alpha: A'_t = A + min(alpha * H_old,t, |A| / kappa) (Cheng et al. 2025)
+    from entropy_rl.train import trainer as tr
+    from entropy_rl.train import update as up
+
+    # the built-in addition checkpoint (model.path null): some samples right, so A != 0
+    extra = {"algo.entropy_adv_alpha": 0.4, "model.path": "null"}
+    over = _overrides(tiny_model_dir, tmp_path / "run", steps=1, **extra)
+    trainer = _make_trainer(over, preset="ppo")
+    olds: list[dict] = []
+    seen: list[torch.Tensor] = []
+    real_record, real_loss = tr.record_old_logprobs, up.policy_loss
+
+    def record(*args, **kwargs):
+        olds.append(real_record(*args, **kwargs))
+        return olds[-1]
+
+    def loss(name, **kwargs):
+        seen.append(kwargs["advantages"].detach().clone())
+        return real_loss(name, **kwargs)
+
+    monkeypatch.setattr(tr, "record_old_logprobs", record)
+    monkeypatch.setattr(up, "policy_loss", loss)
+    trainer.step = 1
+    batch, _ = trainer.rollout()
+    assert batch is not None
+    metrics = trainer.update(batch)
+    h, a, m = olds[0]["entropy"], batch.advantages, batch.mask
+    expected = (a[:, None] + torch.minimum(0.4 * h, a.abs()[:, None] / 2.0)) * m
+    torch.testing.assert_close(batch.token_advantages, expected, rtol=0, atol=0)
+    bonus = float(((expected - a[:, None]) * m).sum() / m.sum())
+    assert bonus > 0 and metrics["adv/entropy_bonus"] == pytest.approx(bonus, rel=1e-6)
+    # the loss got [B, T] advantages, and each non-zero one is one of the shaped values
+    shaped = {round(v, 5) for v in expected[m > 0].tolist()}
+    assert seen and all(x.dim() == 2 for x in seen)
+    assert all({round(v, 5) for v in x[x != 0].tolist()} <= shaped for x in seen)
+
+
+def test_entropy_adv_config_is_validated():
+    with pytest.raises(ConfigError, match="entropy_adv_kappa must be > 0"):
+        build_config(preset="ppo", overrides=["algo.entropy_adv_kappa=0"])
+    with pytest.raises(ConfigError, match="entropy_adv_alpha must be >= 0"):
+        build_config(preset="ppo", overrides=["algo.entropy_adv_alpha=-0.1"])

@@ -32,6 +32,7 @@ class RolloutBatch:
     sampler_entropy: Tensor | None = None  # (B, T) the engine's entropy of softmax(z / T)
     sampler_top1: Tensor | None = None  # (B, T) the engine's top-1 probability
     token_weights: Tensor | None = None  # (B, T) per-token advantage weights (e.g. TIS)
+    token_advantages: Tensor | None = None  # (B, T) per-token advantages replacing `advantages`
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -59,6 +60,7 @@ class RolloutBatch:
             sampler_entropy=cut(self.sampler_entropy),
             sampler_top1=cut(self.sampler_top1),
             token_weights=cut(self.token_weights),
+            token_advantages=cut(self.token_advantages),
         )
 
 

@@ -181,6 +181,13 @@ class AlgoConfig:
     grad_clip: float = 1.0
     entropy_coef: float = 0.0
     """Fixed entropy bonus coefficient (controllers may override it)."""
+    entropy_adv_alpha: float = 0.0
+    """Entropy-based advantage shaping (Cheng et al. 2025, "Reasoning with Exploration: An
+    Entropy Perspective"): token t's advantage becomes A + min(alpha * H_old,t, |A| / kappa),
+    H_old the rollout policy's entropy at t (no gradient). Never flips the sign of A; 0 (the
+    default) turns it off; the paper uses 0.4 with GRPO."""
+    entropy_adv_kappa: float = 2.0
+    """The clip divisor of entropy_adv_alpha's bonus (> 1 keeps the sign of A)."""
     kl_coef: float = 0.0
     """KL to the reference (starting) model; 0 means no reference model is loaded."""
     kl_kind: str = "k3"
@@ -198,9 +205,17 @@ class AlgoConfig:
             _positive(f"algo.{k}", getattr(self, k))
         if self.lr <= 0:
             raise ConfigError(f"algo.lr must be > 0, got {self.lr}")
-        for k in ("warmup_steps", "weight_decay", "grad_clip", "kl_coef", "entropy_coef"):
+        for k in (
+            "warmup_steps", "weight_decay", "grad_clip", "kl_coef", "entropy_coef",
+            "entropy_adv_alpha",
+        ):  # fmt: skip
             if getattr(self, k) < 0:
                 raise ConfigError(f"algo.{k} must be >= 0, got {getattr(self, k)}")
+        if self.entropy_adv_kappa <= 0:
+            raise ConfigError(
+                f"algo.entropy_adv_kappa must be > 0 (> 1 keeps the sign of A), "
+                f"got {self.entropy_adv_kappa}"
+            )
         _choice("algo.agg", self.agg, _AGG_MODES)
         _choice("algo.kl_kind", self.kl_kind, ("k1", "k2", "k3"))
         _choice("algo.kl_in", self.kl_in, ("loss", "reward"))

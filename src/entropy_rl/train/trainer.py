@@ -36,6 +36,7 @@ from entropy_rl.engine.hf import HFGenerateEngine
 from entropy_rl.engine.kv import KVCacheEngine, resolve_engine
 from entropy_rl.ops.advantages import available_advantages, compute_advantages
 from entropy_rl.ops.losses import policy_loss
+from entropy_rl.ops.regularizers import entropy_shaped_advantages
 from entropy_rl.tasks.pretrain import builtin_checkpoint
 from entropy_rl.tasks.tokenizer import load_tokenizer
 from entropy_rl.train import checkpoint as ckpt
@@ -338,6 +339,16 @@ class Trainer:
         )
         batch.old_logprobs, batch.ref_logprobs = old["logprobs"], old.get("ref_logprobs")
         tis = {} if exact else self._importance_weights(batch)
+        if self.cfg.algo.entropy_adv_alpha > 0:  # Cheng et al.: A + min(alpha H_old, |A|/kappa)
+            shaped = entropy_shaped_advantages(
+                batch.advantages, old["entropy"], alpha=self.cfg.algo.entropy_adv_alpha,
+                kappa=self.cfg.algo.entropy_adv_kappa,
+            )  # fmt: skip
+            batch.token_advantages = shaped * batch.mask
+            sums = torch.stack([((shaped - batch.advantages[:, None]) * batch.mask).sum(),
+                                batch.mask.sum()])  # fmt: skip
+            all_reduce(sums, self.dist)  # a global mean, like every logged metric
+            tis["adv/entropy_bonus"] = float(sums[0] / sums[1].clamp(min=1))
         if self.ref_model is not None and not s.kl_in_loss:  # KL as a per-sequence reward penalty
             from entropy_rl.ops.kl import kl_estimate
 

@@ -292,9 +292,11 @@ def _micro_batch_loss(
         model, mb, temperature=s.temperature, mode=s.logits_mode, chunk_size=s.chunk_size
     )
     mask = mb.mask.to(logp.device)
-    adv = mb.advantages.to(logp.device)
-    if mb.token_weights is not None:  # (B,) -> (B, T): per-token importance weights (TIS)
-        adv = adv[:, None] * mb.token_weights.to(logp.device)
+    adv = mb.advantages.to(logp.device)  # (B,)
+    if mb.token_advantages is not None:  # (B, T), e.g. entropy-shaped (Cheng et al.)
+        adv = mb.token_advantages.to(logp.device)
+    if mb.token_weights is not None:  # (B, T) per-token importance weights (TIS)
+        adv = (adv if adv.dim() == 2 else adv[:, None]) * mb.token_weights.to(logp.device)
     agg_kw: dict[str, Any] = {"num_tokens": num_tokens, "num_seqs": num_seqs, "max_len": s.max_len}
     loss, metrics = policy_loss(
         s.loss,
