@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from entropy_rl.ops.token_stats import fused_logprobs_entropy, token_entropy, token_logprobs
+from procmem import proc_status_kb, reset_peak
 
 ENTROPY_COEF = 0.01
 
@@ -83,26 +84,6 @@ WAYS: dict[str, Callable[[Tensor, Tensor, Tensor, int], Tensor]] = {
 }
 
 
-def _proc_status_kb(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS
-        return True
-    except OSError:
-        return False
-
-
 def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     n, d, v = args.n, args.d, args.vocab[0]
@@ -111,8 +92,8 @@ def worker(args: argparse.Namespace) -> None:
     ids = torch.randint(0, v, (n,))
     fn = WAYS[args.worker]
     gc.collect()
-    exact = _reset_peak()
-    base_kb = _proc_status_kb("VmRSS") if exact else resource.getrusage(resource.RUSAGE_SELF)[2]
+    exact = reset_peak()
+    base_kb = proc_status_kb("VmRSS") if exact else resource.getrusage(resource.RUSAGE_SELF)[2]
     times, cpu_times, losses = [], [], []
     for _ in range(args.repeats):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -124,7 +105,7 @@ def worker(args: argparse.Namespace) -> None:
         gnorm = (hidden.grad.norm() ** 2 + weight.grad.norm() ** 2).sqrt().item()  # type: ignore[union-attr]
         hidden.grad = weight.grad = None
         del loss
-    peak_kb = _proc_status_kb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF)[2]
+    peak_kb = proc_status_kb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF)[2]
     print(
         json.dumps(
             {

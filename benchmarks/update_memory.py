@@ -54,6 +54,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from procmem import proc_status_kb, reset_peak
+
 MB = 1024 * 1024
 FLOAT32_BYTES = 4
 ENTROPY_COEF = 0.01
@@ -166,26 +168,6 @@ def extrapolate_layers(*, peak_mb: float, layers: int, slope_mb: float, target: 
 
 
 # ----------------------------------------------------------------- worker (one way, one process)
-
-
-def _proc_status_kb(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS
-        return True
-    except OSError:
-        return False
 
 
 def build_model(args: argparse.Namespace, layers: int) -> Any:
@@ -314,17 +296,17 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     _warm_up(args)
     gc.collect()
-    rss0_kb = _proc_status_kb("VmRSS") or 0
+    rss0_kb = proc_status_kb("VmRSS") or 0
     model = build_model(args, args.layers)
     batch = build_rollout(args)
     gc.collect()
-    rss_model_kb = _proc_status_kb("VmRSS") or 0
-    exact = _reset_peak()
+    rss_model_kb = proc_status_kb("VmRSS") or 0
+    exact = reset_peak()
     t0, c0 = time.perf_counter(), time.process_time()
     loss = step_loss(args.worker, model, batch, chunk_size=args.chunk)
     loss.backward()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak_kb = _proc_status_kb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF)[2]
+    peak_kb = proc_status_kb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF)[2]
     grad_mb = sum(p.grad.numel() for p in model.parameters() if p.grad is not None) * 4 / MB
     print(
         json.dumps(

@@ -14,6 +14,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "update_memory.py"
 
 
 def _load() -> ModuleType:
+    sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: its sibling procmem.py
     spec = importlib.util.spec_from_file_location("update_memory_bench", SCRIPT)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
