@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import torch
 
 from entropy_rl.train.batch import build_batch
-from entropy_rl.train.trainer import Trainer
+from entropy_rl.train.update import importance_weights
 
 
 def _batch(sampler: list[list[float]]):
@@ -23,8 +22,7 @@ def test_weights_are_capped_ratios_on_valid_tokens():
     b = _batch([[math.log(0.5), math.log(0.2)], [math.log(0.4)]])
     # trainer's old probabilities: 0.5 (same), 0.8 (ratio 4 -> capped at 2), 0.1 (ratio 0.25)
     b.old_logprobs = torch.log(torch.tensor([[0.5, 0.8], [0.1, 1.0]]))
-    cfg = SimpleNamespace(algo=SimpleNamespace(tis_cap=2.0))
-    out = Trainer._importance_weights(SimpleNamespace(cfg=cfg), b)  # type: ignore[arg-type]
+    out = importance_weights(b, cap=2.0)
     assert b.token_weights is not None
     torch.testing.assert_close(b.token_weights, torch.tensor([[1.0, 2.0], [0.25, 0.0]]))
     assert abs(out["tis/capped_frac"] - 1 / 3) < 1e-7
@@ -38,6 +36,5 @@ def test_weights_are_capped_ratios_on_valid_tokens():
 def test_no_sampler_logprobs_no_weights():
     b = build_batch([[1]], [[2]], rewards=torch.ones(1), advantages=torch.ones(1), pad_token_id=0)
     b.old_logprobs = torch.zeros(1, 1)
-    cfg = SimpleNamespace(algo=SimpleNamespace(tis_cap=2.0))
-    assert Trainer._importance_weights(SimpleNamespace(cfg=cfg), b) == {}  # type: ignore[arg-type]
+    assert importance_weights(b, cap=2.0) == {}
     assert b.token_weights is None

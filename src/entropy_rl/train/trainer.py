@@ -36,7 +36,6 @@ from entropy_rl.engine.hf import HFGenerateEngine
 from entropy_rl.engine.kv import KVCacheEngine, resolve_engine
 from entropy_rl.ops.advantages import available_advantages, compute_advantages
 from entropy_rl.ops.losses import policy_loss
-from entropy_rl.ops.regularizers import entropy_shaped_advantages
 from entropy_rl.tasks.pretrain import builtin_checkpoint
 from entropy_rl.tasks.tokenizer import load_tokenizer
 from entropy_rl.train import checkpoint as ckpt
@@ -56,9 +55,11 @@ from entropy_rl.train.rollout import Encoder, collect
 from entropy_rl.train.sharding import make_sharding
 from entropy_rl.train.update import (
     UpdateSettings,
+    importance_weights,
     ppo_update,
     record_old_logprobs,
     sampler_is_pi_old,
+    shape_advantages,
     warn_if_on_policy,
 )
 
@@ -338,17 +339,12 @@ class Trainer:
             self.model, self.ref_model, batch, s, from_sampler=exact, info=self.dist
         )
         batch.old_logprobs, batch.ref_logprobs = old["logprobs"], old.get("ref_logprobs")
-        tis = {} if exact else self._importance_weights(batch)
+        tis = {} if exact else importance_weights(batch, cap=self.cfg.algo.tis_cap)
         if self.cfg.algo.entropy_adv_alpha > 0:  # Cheng et al.: A + min(alpha H_old, |A|/kappa)
-            shaped = entropy_shaped_advantages(
-                batch.advantages, old["entropy"], alpha=self.cfg.algo.entropy_adv_alpha,
-                kappa=self.cfg.algo.entropy_adv_kappa,
+            tis |= shape_advantages(
+                batch, old["entropy"], alpha=self.cfg.algo.entropy_adv_alpha,
+                kappa=self.cfg.algo.entropy_adv_kappa, info=self.dist,
             )  # fmt: skip
-            batch.token_advantages = shaped * batch.mask
-            sums = torch.stack([((shaped - batch.advantages[:, None]) * batch.mask).sum(),
-                                batch.mask.sum()])  # fmt: skip
-            all_reduce(sums, self.dist)  # a global mean, like every logged metric
-            tis["adv/entropy_bonus"] = float(sums[0] / sums[1].clamp(min=1))
         if self.ref_model is not None and not s.kl_in_loss:  # KL as a per-sequence reward penalty
             from entropy_rl.ops.kl import kl_estimate
 
@@ -386,23 +382,6 @@ class Trainer:
         if upd["update/optimizer_steps"]:  # warm-up counts steps that updated the weights
             self.scheduler.step()
         return metrics
-
-    def _importance_weights(self, batch: RolloutBatch) -> dict[str, float]:
-        """TIS: weight token t's advantage by min(pi_old / pi_sampler, cap) when the engine's own
-        log-probs differ from the trainer's (vLLM kernels, precision); logs the mismatch."""
-        cap = self.cfg.algo.tis_cap
-        if batch.sampler_logprobs is None or batch.old_logprobs is None:
-            return {}
-        m = batch.mask
-        n = m.sum().clamp(min=1)
-        d = batch.old_logprobs - batch.sampler_logprobs  # log(pi_old / pi_sampler)
-        out = {"mismatch/k3": float(((torch.exp(-d) - 1 + d) * m).sum() / n)}
-        if cap is not None:
-            ratio = torch.exp(d)
-            batch.token_weights = ratio.clamp(max=cap) * m
-            out["tis/weight_mean"] = float((batch.token_weights * m).sum() / n)
-            out["tis/capped_frac"] = float(((ratio > cap).float() * m).sum() / n)
-        return out
 
     def control(self, metrics: dict[str, float]) -> dict[str, float]:
         """Controller update, then the collapse detector; applies the actions it may take."""

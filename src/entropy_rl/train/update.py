@@ -19,7 +19,7 @@ from torch import Tensor
 
 from entropy_rl.ops.kl import kl_ref_metrics
 from entropy_rl.ops.losses import policy_loss
-from entropy_rl.ops.regularizers import entropy_bonus, kl_penalty
+from entropy_rl.ops.regularizers import entropy_bonus, entropy_shaped_advantages, kl_penalty
 from entropy_rl.train.batch import RolloutBatch, policy_token_stats
 from entropy_rl.train.distributed import (
     DistInfo,
@@ -322,3 +322,41 @@ def _micro_batch_loss(
     # per-micro-batch metrics are reported as token means of this micro-batch
     metrics["loss/total"] = float(total.detach())
     return total, metrics
+
+
+# ---------------------------------------------------------------- per-token advantage changes
+
+
+def importance_weights(batch: RolloutBatch, *, cap: float | None) -> dict[str, float]:
+    """Truncated importance sampling (TIS) for the train/inference mismatch: sets
+    ``batch.token_weights`` (B, T) = min(pi_old / pi_sampler, cap) on response tokens when the
+    engine reported its own log-probs (vLLM kernels, precision), and returns ``mismatch/k3``
+    (k3 of log(pi_old / pi_sampler), token mean) plus ``tis/weight_mean`` and
+    ``tis/capped_frac``. No sampler log-probs: {} and no weights; ``cap`` None: only the k3."""
+    if batch.sampler_logprobs is None or batch.old_logprobs is None:
+        return {}
+    m = batch.mask
+    n = m.sum().clamp(min=1)
+    d = batch.old_logprobs - batch.sampler_logprobs  # log(pi_old / pi_sampler)
+    out = {"mismatch/k3": float(((torch.exp(-d) - 1 + d) * m).sum() / n)}
+    if cap is not None:
+        ratio = torch.exp(d)
+        batch.token_weights = ratio.clamp(max=cap) * m
+        out["tis/weight_mean"] = float((batch.token_weights * m).sum() / n)
+        out["tis/capped_frac"] = float(((ratio > cap).float() * m).sum() / n)
+    return out
+
+
+def shape_advantages(
+    batch: RolloutBatch, entropy: Tensor, *, alpha: float, kappa: float, info: DistInfo
+) -> dict[str, float]:
+    """Entropy-based advantage shaping (Cheng et al. 2025; ops.regularizers): sets
+    ``batch.token_advantages`` (B, T) = (A + min(alpha * H_old, |A| / kappa)) on response tokens,
+    ``entropy`` (B, T) the rollout policy's; returns ``adv/entropy_bonus``, the bonus's mean over
+    all ranks' response tokens."""
+    shaped = entropy_shaped_advantages(batch.advantages, entropy, alpha=alpha, kappa=kappa)
+    batch.token_advantages = shaped * batch.mask
+    sums = torch.stack([((shaped - batch.advantages[:, None]) * batch.mask).sum(),
+                        batch.mask.sum()])  # fmt: skip
+    all_reduce(sums, info)  # a global mean, like every logged metric
+    return {"adv/entropy_bonus": float(sums[0] / sums[1].clamp(min=1))}
