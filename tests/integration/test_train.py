@@ -419,3 +419,16 @@ def test_entropy_adv_config_is_validated():
         build_config(preset="ppo", overrides=["algo.entropy_adv_kappa=0"])
     with pytest.raises(ConfigError, match="entropy_adv_alpha must be >= 0"):
         build_config(preset="ppo", overrides=["algo.entropy_adv_alpha=-0.1"])
+
+
+def test_target_on_both_clip_bounds_sets_eps_low_and_eps_high(tiny_model_dir: Path, tmp_path: Path):
+    extra = {
+        "control.controller": "target",
+        "control.controller_kwargs": "{schedule: 5.0, actuator: eps}",  # far above any H here
+    }
+    trainer = _train(_overrides(tiny_model_dir, tmp_path / "run", steps=2, **extra), preset="ppo")
+    rows = _rows(tmp_path / "run")
+    u = trainer.controller.output
+    assert trainer.loss_kwargs["eps_low"] == trainer.loss_kwargs["eps_high"] == u
+    assert rows[-1]["control/eps_low"] == rows[-1]["control/eps_high"] == pytest.approx(u)
+    assert u == 0.02  # entropy under a 5-nat target: the negative gains narrow it to the floor

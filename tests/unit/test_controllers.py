@@ -135,6 +135,27 @@ def test_pi_hand_worked_eps_high() -> None:
     }
 
 
+def test_pi_hand_worked_eps_both_bounds() -> None:
+    c = PIEntropyController(0.5, actuator="eps")  # kp -0.5, ki -0.05, init 0.2, [0.02, 0.3]
+    assert c.eps_high == c.eps_low == 0.2 and c.entropy_coef is None
+    # H = 0.4 under the target: e = 0.1, I = 0.1, u = 0.2 - 0.05 - 0.005 = 0.145 (narrower)
+    out = c.update(1, m(0.4))
+    assert out == {
+        "control/eps_high": pytest.approx(0.145, abs=1e-12),
+        "control/eps_low": pytest.approx(0.145, abs=1e-12),
+        "control/target_entropy": 0.5,
+    }
+    assert c.eps_high == c.eps_low == pytest.approx(0.145, abs=1e-12)
+    # far under: e = 1.0, I = 1.1, u = 0.2 - 0.5 - 0.055 < 0.02 -> the floor 0.02
+    assert c.update(2, m(-0.5))["control/eps_low"] == 0.02
+    assert c.integral == pytest.approx(1.1)  # inside the anti-windup range [-2, 3.6]
+    # above the target widens it: H = 1.0, e = -0.5, I = 0.6, u = 0.2 + 0.25 - 0.03 = 0.42
+    # -> the ceiling 0.3
+    assert c.update(3, m(1.0))["control/eps_high"] == 0.3
+    with pytest.raises(ValueError, match="eps out_min must be > 0"):
+        PIEntropyController(0.5, actuator="eps", out_min=0.0)
+
+
 def _run_plant(ctrl: PIEntropyController, *, gain: float, drift: float, steps: int) -> list[float]:
     """Plant H_{k+1} = H_k - drift + gain * u; the value set at step k acts one step later
     (the trainer measures entropy inside the update). Returns |H_k - target_k| per step."""

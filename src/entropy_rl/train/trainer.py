@@ -391,12 +391,14 @@ class Trainer:
             coef = getattr(self.controller, "entropy_coef", None)
             if coef is not None:
                 self.entropy_coef = float(coef)
-            eps_high = getattr(self.controller, "eps_high", None)
-            if eps_high is not None:
-                self.loss_kwargs["eps_high"] = float(eps_high)
+            for side in ("eps_high", "eps_low"):
+                eps = getattr(self.controller, side, None)
+                if eps is not None:
+                    self.loss_kwargs[side] = float(eps)
         out["control/entropy_coef"] = self.entropy_coef
-        if "eps_high" in self.loss_kwargs:
-            out["control/eps_high"] = float(self.loss_kwargs["eps_high"])
+        for side in ("eps_high", "eps_low"):
+            if side in self.loss_kwargs:
+                out[f"control/{side}"] = float(self.loss_kwargs[side])
         if self.detector is None:
             return out
         for event in self.detector.observe({**metrics, **out, "step": self.step}):
