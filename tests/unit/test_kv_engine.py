@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from entropy_rl.engine.base import Generation
 from entropy_rl.engine.hf import HFGenerateEngine
 from entropy_rl.engine.kv import (
     KVCacheEngine,
@@ -18,7 +19,7 @@ from entropy_rl.engine.kv import (
     supports_kv_engine,
 )
 from entropy_rl.tasks.model import build_tiny_model
-from entropy_rl.train.batch import build_batch, policy_token_stats
+from entropy_rl.train.batch import RolloutBatch, build_batch, policy_token_stats
 from entropy_rl.train.update import UpdateSettings, record_old_logprobs, sampler_is_pi_old
 
 transformers = pytest.importorskip("transformers")
@@ -103,6 +104,21 @@ def _prompts(vocab: int, n: int = 5, seed: int = 0) -> list[list[int]]:
 
 def _engine(model: Any, **kw: Any) -> KVCacheEngine:
     return KVCacheEngine(model, pad_token_id=PAD, eos_token_id=EOS, **kw)
+
+
+def _batch_of(gen: Generation) -> RolloutBatch:
+    """The trainer's batch of a generation, with the sampler's statistics, zero rewards."""
+    b = len(gen)
+    return build_batch(
+        gen.prompt_ids,
+        gen.completion_ids,
+        rewards=torch.zeros(b),
+        advantages=torch.zeros(b),
+        pad_token_id=PAD,
+        sampler_logprobs=gen.sampler_logprobs,
+        sampler_entropy=gen.sampler_entropy,
+        sampler_top1=gen.sampler_top1,
+    )
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -215,16 +231,7 @@ def test_sampler_statistics_equal_the_trainers_pi_old(name: str, temperature: fl
     )
     assert gen.sampler_logprobs and gen.sampler_entropy and gen.sampler_top1
     b = len(gen)
-    batch = build_batch(
-        gen.prompt_ids,
-        gen.completion_ids,
-        rewards=torch.zeros(b),
-        advantages=torch.zeros(b),
-        pad_token_id=PAD,
-        sampler_logprobs=gen.sampler_logprobs,
-        sampler_entropy=gen.sampler_entropy,
-        sampler_top1=gen.sampler_top1,
-    )
+    batch = _batch_of(gen)
     with torch.no_grad():
         lp, ent, top1 = policy_token_stats(
             model, batch, temperature=temperature, mode=mode, chunk_size=64, with_top1=True
@@ -254,17 +261,7 @@ def test_reference_forward_still_runs_with_sampler_statistics():
     model, ref_model = _qwen2(), _scramble(build_tiny_model(19, layers=1, hidden=32), seed=5)
     torch.manual_seed(1)
     gen = _engine(model).generate(_prompts(19), n=2, temperature=1.0, top_p=1.0, max_new_tokens=5)
-    b = len(gen)
-    batch = build_batch(
-        gen.prompt_ids,
-        gen.completion_ids,
-        rewards=torch.zeros(b),
-        advantages=torch.zeros(b),
-        pad_token_id=PAD,
-        sampler_logprobs=gen.sampler_logprobs,
-        sampler_entropy=gen.sampler_entropy,
-        sampler_top1=gen.sampler_top1,
-    )
+    batch = _batch_of(gen)
     s = _settings(1.0, "full")
     full = record_old_logprobs(model, ref_model, batch, s)
     fast = record_old_logprobs(None, ref_model, batch, s, from_sampler=True)
