@@ -230,7 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `train --preset p a.b=1 --steps 5 c.d=2`: argparse gives the positional overrides only
+    # their first run; the ones after an option come back here and are overrides too.
+    stray = [x for x in extra if x.startswith("-") or "=" not in x]
+    if (args.command != "train" and extra) or stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     if args.command == "train" and not args.preset and not args.config and not args.resume:
         args.preset = "dapo"
     try:
