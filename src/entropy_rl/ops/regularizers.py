@@ -5,7 +5,7 @@
 * `entropy_shaped_advantages`: ``A + min(alpha * sg(H), |A| / kappa)`` (Cheng et al. 2025).
 * `kl_penalty`: ``coef * agg(k(log pi, log pi_ref))``, the KL term to add to the loss.
 
-All normalisation goes through `entropy_rl.ops.losses.aggregate`. Entropy ``H`` is the
+All normalisation goes through `entropy_rl.ops.aggregate.aggregate`. Entropy ``H`` is the
 full-vocabulary entropy of the sampling distribution (softmax(logits / T)), [B, T], in nats.
 """
 
@@ -16,8 +16,8 @@ import math
 import torch
 from torch import Tensor
 
+from entropy_rl.ops.aggregate import aggregate
 from entropy_rl.ops.kl import kl_estimate
-from entropy_rl.ops.losses import aggregate
 
 __all__ = ["entropy_bonus", "entropy_shaped_advantages", "high_entropy_mask", "kl_penalty"]
 
