@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from entropy_rl.errors import ConfigError  # re-exported here, its historical home
+
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader that reads 1e-4 as a float (YAML 1.1 wants 1.0e-4)."""
@@ -40,10 +42,6 @@ _Loader.add_implicit_resolver(
 
 def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
-
-
-class ConfigError(ValueError):
-    """A config that cannot run: the message names the key and what is allowed."""
 
 
 @dataclass
