@@ -24,6 +24,10 @@ Settings (--setting):
   vocab32k  vocab_size 32768 (word-level tokenizer ``w<id>``), random 6-token prompts; reward =
             share of odd token ids in the completion. Ours uses its fused log-prob/entropy path
             (model.logits auto -> fused at vocab >= 4096); ``ours-full`` materialises logits.
+  real      a pretrained instruct model (--model DIR, e.g. from ``entropy-rl get-model
+            smollm2``) through its chat template: "What is a + b? Answer with just the number."
+            (a, b in 1..29), 8 prompts x 4 samples, <= 20 new tokens; reward = last number in
+            the completion equals a + b (1 / 0). Sampling stops at the template's end of turn.
 
 Variants (--variants): ours (the defaults: rollout.engine=auto, here engine.kv.KVCacheEngine,
 whose sampler log-probs/entropy/top-1 are pi_old's, so no second forward), ours-hf
@@ -39,6 +43,7 @@ unless -mb32. Micro-batching is accumulation: the same gradient, to float summat
     python benchmarks/vs_trl.py --variants ours ours-hf trl trl-nogc --repeats 4 --steps 6
     python benchmarks/vs_trl.py --setting vocab32k --variants ours ours-full trl
     python benchmarks/vs_trl.py --parity --seeds 0 1 2 --parity-steps 30   # reward curves
+    python benchmarks/vs_trl.py --setting real --model models/smollm2 --lr 5e-6 --passes 1
 
 OMP_WAIT_POLICY defaults to PASSIVE: on a shared machine spinning OpenMP workers make 2-thread
 timings 5-50x slower and erratic (measured: a 64x1 forward went from ~20 ms to 120-980 ms).
@@ -70,9 +75,6 @@ from entropy_rl.tasks.base import Example
 from entropy_rl.tasks.model import build_tiny_model, count_parameters
 from entropy_rl.tasks.tokenizer import build_char_tokenizer
 
-PROMPTS_PER_STEP = 8
-GROUP = 8
-MAX_NEW = 16
 EPS_LOW, EPS_HIGH = 0.2, 0.28
 
 
@@ -82,8 +84,17 @@ class Setting:
     name: str
     model_dir: Path
     examples: list[Example]
-    reward: Callable[[str], float]
+    reward: Callable[[Example, str], float]
     describe: str
+    prompts_per_step: int = 8
+    group: int = 8
+    max_new: int = 16
+    chat: bool = False  # prompts go through the tokenizer's chat template (both frameworks)
+
+    @property
+    def rows(self) -> int:
+        """Completions per RL step."""
+        return self.prompts_per_step * self.group
 
 
 def odd_digit_share(text: str) -> float:
@@ -117,32 +128,63 @@ def build_word_tokenizer(vocab_size: int) -> Any:
     )  # fmt: skip
 
 
-def build_setting(name: str, root: Path) -> Setting:
-    """Save the setting's model + tokenizer under ``root/name`` and return its prompts."""
+def last_number_reward(example: Example, text: str) -> float:
+    """1.0 when the last number in the completion equals the example's answer (the built-in
+    ``last_number`` reward, the one a real instruct model's sentences need)."""
+    from entropy_rl.tasks.rewards import last_number
+
+    return last_number("", text, answer=example.answer)
+
+
+def real_examples(n: int, rng: random.Random) -> list[Example]:
+    """Single- and two-digit additions asked in words, as an instruct model is asked."""
+    out = []
+    for _ in range(n):
+        a, b = rng.randrange(1, 30), rng.randrange(1, 30)
+        q = f"What is {a} + {b}? Answer with just the number."
+        out.append(Example(prompt=q, answer=str(a + b)))
+    return out
+
+
+def build_setting(name: str, root: Path, model: str | None = None) -> Setting:
+    """Save the setting's model + tokenizer under ``root/name`` and return its prompts
+    (``real``: the pretrained model directory ``model``, used as it is)."""
     path = root / name
     rng = random.Random(0)
+    if name == "real":
+        if model is None:
+            raise ValueError("--setting real needs --model DIR (entropy-rl get-model smollm2)")
+        from transformers import AutoConfig
+
+        conf = AutoConfig.from_pretrained(model)
+        desc = (
+            f"real: {Path(model).name} ({conf.model_type}, vocab {conf.vocab_size}), chat "
+            "template, 8 prompts x 4 samples, <= 20 new tokens, reward last_number"
+        )
+        return Setting(name, Path(model), real_examples(2048, rng), last_number_reward, desc,
+                       prompts_per_step=8, group=4, max_new=20, chat=True)  # fmt: skip
     if name == "char":
         tok = build_char_tokenizer()
-        model = build_tiny_model(len(tok), seed=0)
+        net = build_tiny_model(len(tok), seed=0)
         examples = get_task("addition", digits=3).sample_train(2048, rng)
-        reward = odd_digit_share
+        reward: Callable[[str], float] = odd_digit_share
     elif name == "vocab32k":
         tok = build_word_tokenizer(32768)
-        model = build_tiny_model(32768, seed=0)
+        net = build_tiny_model(32768, seed=0)
         examples = [
             Example(prompt=" ".join(f"w{rng.randrange(4, 32768)}" for _ in range(6)))
             for _ in range(2048)
         ]
         reward = odd_word_share
     else:
-        raise ValueError(f"unknown setting {name!r}; available: char, vocab32k")
-    model.save_pretrained(path)
+        raise ValueError(f"unknown setting {name!r}; available: char, vocab32k, real")
+    net.save_pretrained(path)
     tok.save_pretrained(path)
     desc = (
-        f"{name}: Qwen2 {count_parameters(model) / 1e6:.2f}M params, vocab {len(tok)}, "
-        f"{PROMPTS_PER_STEP} prompts x {GROUP} samples, <= {MAX_NEW} new tokens"
+        f"{name}: Qwen2 {count_parameters(net) / 1e6:.2f}M params, vocab {len(tok)}, "
+        "8 prompts x 8 samples, <= 16 new tokens"
     )
-    return Setting(name, path, examples, reward, desc)
+    return Setting(name, path, examples, lambda ex, text: reward(text), desc)
 
 
 # ---------------------------------------------------------------------------------- runs
@@ -245,13 +287,13 @@ def _timed(fn: Callable[..., Any], sink: list[float]) -> Callable[..., Any]:
 class _StepLogger:
     """A Trainer logger: records each step's tokens and mean reward, then ends the step."""
 
-    def __init__(self, runner: Runner) -> None:
-        self.runner = runner
+    def __init__(self, runner: Runner, rows: int) -> None:
+        self.runner, self.rows = runner, rows
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if "reward/mean" not in metrics:  # an evaluation-only row
             return
-        self.runner.res.tokens.append(metrics["length/mean"] * PROMPTS_PER_STEP * GROUP)
+        self.runner.res.tokens.append(metrics["length/mean"] * self.rows)
         self.runner.res.rewards.append(metrics["reward/mean"])
         self.runner.end_step()
 
@@ -273,8 +315,9 @@ def make_ours(
     cfg = config_from_dict({
         "model": {"path": str(setting.model_dir),
                   "logits": "full" if variant == "ours-full" else "auto"},
-        "rollout": {"prompts_per_step": PROMPTS_PER_STEP, "group_size": GROUP,
-                    "temperature": 1.0, "max_new_tokens": MAX_NEW,
+        "data": {"chat_template": setting.chat},
+        "rollout": {"prompts_per_step": setting.prompts_per_step, "group_size": setting.group,
+                    "temperature": 1.0, "max_new_tokens": setting.max_new,
                     "engine": "hf" if variant == "ours-hf" else "auto"},
         "algo": {"loss": "ppo", "loss_kwargs": {"eps_low": EPS_LOW, "eps_high": EPS_HIGH},
                  "agg": "token-mean", "ppo_epochs": args.passes, "mini_batches": 1,
@@ -289,9 +332,9 @@ def make_ours(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = Trainer(
-            cfg, model=model, tokenizer=tok, reward_fn=lambda ex, text: setting.reward(text),
+            cfg, model=model, tokenizer=tok, reward_fn=setting.reward,
             prompt_source=RecordsSource(setting.examples, setting.examples[:8]),
-            loggers=[_StepLogger(runner)],
+            loggers=[_StepLogger(runner, setting.rows)],
         )  # fmt: skip
     trainer.engine.generate = _timed(trainer.engine.generate, runner.res.gen_s)  # type: ignore[method-assign]
     runner.run = trainer.fit
@@ -306,7 +349,7 @@ def make_trl(
     out: str,
     args: Any,
     gradient_checkpointing: bool = True,
-    micro: int = PROMPTS_PER_STEP * GROUP,
+    micro: int | None = None,
 ) -> contextlib.AbstractContextManager[Any]:
     """Set ``runner.run`` to ``runner.steps`` RL steps (``steps * passes`` optimizer steps) of
     TRL's GRPOTrainer (GRPOConfig turns gradient checkpointing on by default). ``micro`` rows per
@@ -317,6 +360,8 @@ def make_trl(
     from trl import GRPOConfig, GRPOTrainer
 
     res = runner.res
+    micro = micro or setting.rows
+    answers = {e.prompt: e for e in setting.examples}
 
     class _Ends(TrainerCallback):
         n = 0
@@ -326,9 +371,14 @@ def make_trl(
             if self.n % args.passes == 0:  # the rollout's last pass
                 runner.end_step()
 
-    def reward(completions: list[str], completion_ids: list[list[int]], **kw: Any) -> list[float]:
+    def reward(
+        prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **kw: Any
+    ) -> list[float]:
         res.tokens.append(float(sum(len(c) for c in completion_ids)))
-        r = [setting.reward(c) for c in completions]
+        # conversational data: each prompt / completion is a list of {"role", "content"} turns
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        users = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
+        r = [setting.reward(answers[u], t) for u, t in zip(users, texts, strict=True)]
         res.rewards.append(sum(r) / len(r))
         return r
 
@@ -336,9 +386,9 @@ def make_trl(
         warnings.simplefilter("ignore")
         conf = GRPOConfig(
             output_dir=out,
-            per_device_train_batch_size=micro, num_generations=GROUP,
-            gradient_accumulation_steps=PROMPTS_PER_STEP * GROUP // micro,
-            max_completion_length=MAX_NEW, max_steps=runner.steps * args.passes,
+            per_device_train_batch_size=micro, num_generations=setting.group,
+            gradient_accumulation_steps=setting.rows // micro,
+            max_completion_length=setting.max_new, max_steps=runner.steps * args.passes,
             num_iterations=args.passes, learning_rate=args.lr, lr_scheduler_type="constant",
             warmup_steps=0, optim="adamw_torch", max_grad_norm=1.0, epsilon=EPS_LOW,
             epsilon_high=EPS_HIGH, beta=0.0, loss_type="dapo", scale_rewards="group",
@@ -346,7 +396,10 @@ def make_trl(
             save_strategy="no", use_cpu=True, seed=seed, bf16=False, disable_tqdm=True,
             dataloader_num_workers=0, gradient_checkpointing=gradient_checkpointing,
         )  # fmt: skip
-        data = datasets.Dataset.from_dict({"prompt": [e.prompt for e in setting.examples]})
+        prompts: list[Any] = [e.prompt for e in setting.examples]
+        if setting.chat:  # TRL applies the chat template to conversational prompts
+            prompts = [[{"role": "user", "content": p}] for p in prompts]
+        data = datasets.Dataset.from_dict({"prompt": prompts})
         trainer = GRPOTrainer(
             model=str(setting.model_dir), reward_funcs=cast(Any, reward), args=conf, train_dataset=data,
             processing_class=AutoTokenizer.from_pretrained(setting.model_dir),
@@ -373,7 +426,7 @@ def run_variants(
             torch.manual_seed(seed)
             out = str(Path(root) / f"{v}-{r.idx}")
             if v.startswith("trl"):
-                gc, micro = v == "trl", 32 if v.endswith("-mb32") else PROMPTS_PER_STEP * GROUP
+                gc, micro = v == "trl", 32 if v.endswith("-mb32") else None
                 ctx = make_trl(
                     setting, r, seed=seed, out=out, args=args, gradient_checkpointing=gc,
                     micro=micro,
@@ -465,7 +518,8 @@ def _std(xs: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--setting", default="char", choices=["char", "vocab32k"])
+    p.add_argument("--setting", default="char", choices=["char", "vocab32k", "real"])
+    p.add_argument("--model", help="--setting real: a pretrained model directory")
     p.add_argument("--variants", nargs="+", default=["ours", "trl"],
                    choices=["ours", "ours-hf", "ours-full", "trl", "trl-nogc",
                             "trl-nogc-mb32"])  # fmt: skip
@@ -493,7 +547,7 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as root:
-        setting = build_setting(args.setting, Path(root))
+        setting = build_setting(args.setting, Path(root), args.model)
         print(setting.describe, flush=True)
         if args.parity:
             parity(setting, args)
