@@ -17,7 +17,7 @@ top operators of one step. ``--engine`` sets rollout.engine: ``auto`` (the defau
 KV-cached engine, whose sampler statistics replace the old-log-prob forward), ``kv`` (the same,
 named) or ``hf`` (transformers generate + the old-log-prob forward, the path before engine.kv).
 
-    python benchmarks/profile_step.py [--setting char|vocab32k] [--engine auto] [--steps 6]
+    python benchmarks/profile_step.py [--setting char|vocab32k|real --model DIR] [--engine auto] [--steps 6]
         [--threads 2] [--micro-batch N] [--cprofile] [--ops]    (--engine auto|kv|hf)
 """
 
@@ -163,10 +163,11 @@ def build_trainer(
     from entropy_rl.train.data import RecordsSource
     from entropy_rl.train.trainer import Trainer
 
-    out = str(setting.model_dir.parent / "run")  # inside main's temporary directory
+    out = tempfile.mkdtemp(prefix="profile-run-")
     cfg = config_from_dict({
-        "rollout": {"prompts_per_step": vs_trl.PROMPTS_PER_STEP, "group_size": vs_trl.GROUP,
-                    "temperature": 1.0, "max_new_tokens": vs_trl.MAX_NEW,
+        "data": {"chat_template": setting.chat},
+        "rollout": {"prompts_per_step": setting.prompts_per_step, "group_size": setting.group,
+                    "temperature": 1.0, "max_new_tokens": setting.max_new,
                     "engine": args.engine},
         "algo": {"loss": "ppo", "loss_kwargs": {"eps_low": vs_trl.EPS_LOW,
                                                 "eps_high": vs_trl.EPS_HIGH},
@@ -183,7 +184,7 @@ def build_trainer(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tr = Trainer(
-            cfg, model=model, tokenizer=tok, reward_fn=lambda ex, text: setting.reward(text),
+            cfg, model=model, tokenizer=tok, reward_fn=setting.reward,
             prompt_source=RecordsSource(setting.examples, setting.examples[:8]),
         )  # fmt: skip
     tr.loggers.append(ends)
@@ -266,7 +267,8 @@ def profile_trl(setting: vs_trl.Setting, args: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--setting", default="char", choices=["char", "vocab32k"])
+    p.add_argument("--setting", default="char", choices=["char", "vocab32k", "real"])
+    p.add_argument("--model", help="--setting real: a pretrained model directory")
     p.add_argument("--engine", default="auto", choices=["auto", "kv", "hf"])
     p.add_argument("--framework", default="ours", choices=["ours", "trl", "trl-nogc"])
     p.add_argument("--lr", type=float, default=1e-3)
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     timers = Timers()
     with tempfile.TemporaryDirectory() as root:
-        setting = vs_trl.build_setting(args.setting, Path(root))
+        setting = vs_trl.build_setting(args.setting, Path(root), args.model)
         if args.framework.startswith("trl"):
             profile_trl(setting, args)
             return
