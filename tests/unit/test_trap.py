@@ -160,6 +160,7 @@ def test_trap_sample_stats_by_hand():
     assert s["trapped"] == 1.0  # prompt 0: 100% valid, 0% P; prompt 2: 25% P is not trapped
     assert s["never_p"] == 1.0
     assert s["distinct_p"] == pytest.approx((0 + 1 + 1) / 3)  # prompt 1 found 303 twice
+    assert s["reward"] == pytest.approx((3 * 1.0 + 8 * 0.5) / 12)  # 3 P, 11 - 3 other valid
     # the 80% boundary: 4 valid of 5 is trapped, 3 of 5 is not
     edge = trap_sample_stats([[True] * 4 + [False], [True] * 3 + [False] * 2],
                              [[False] * 5] * 2, [[None] * 5] * 2)  # fmt: skip
@@ -181,5 +182,6 @@ def test_rollout_and_eval_metrics():
     assert (ev["trap/trapped_eval"], ev["trap/never_p_eval"], ev["trap/distinct_p_eval"]) == (
         0.0, 1.0, 0.5,
     )  # fmt: skip
+    assert ev["trap/reward_eval"] == 0.5  # two P samples of four
     assert ev["trap/p_prob_eval"] == pytest.approx((0.1 + 0.05) / 2)  # exact, as above
     assert ev["trap/valid_prob_eval"] == pytest.approx((0.175 + 0.05) / 2)

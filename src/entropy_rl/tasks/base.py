@@ -83,6 +83,8 @@ class Task(abc.ABC):
     name: ClassVar[str] = ""
     checkpoint: ClassVar[str] = ""
     """Task whose shipped checkpoint this one starts from (default: its own `name`)."""
+    summary_metrics: ClassVar[tuple[str, ...]] = ()
+    """Metrics of the last evaluation that ``entropy-rl compare`` adds to its table by default."""
     default_max_new_tokens: int = 8
 
     @abc.abstractmethod

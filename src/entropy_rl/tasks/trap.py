@@ -134,6 +134,8 @@ def trap_sample_stats(
         trapped     #{i : v_i / n >= 0.8 and r_i / n < 0.05}, prompts settled on the 0.5 answers
         never_p     #{i : r_i = 0}, prompts where no sample had P
         distinct_p  mean_i |{answers[i][j] : rare[i][j]}|, distinct P answers per prompt
+        reward      mean task reward, 1.0 per P sample and 0.5 per other valid one:
+                    (p_frac + valid_frac) / 2
     """
     p = len(valid)
     if p == 0 or len(rare) != p or len(answers) != p:
@@ -160,6 +162,7 @@ def trap_sample_stats(
         "trapped": float(trapped),
         "never_p": float(sum(r == 0 for r in r_counts)),
         "distinct_p": sum(distinct) / p,
+        "reward": (sum(r_counts) + sum(v_counts)) / (2 * p * n),
     }
 
 
@@ -174,6 +177,10 @@ class TrapTask(DigitSumTask):
 
     name: ClassVar[str] = "trap"
     checkpoint: ClassVar[str] = "digitsum"
+    summary_metrics: ClassVar[tuple[str, ...]] = (
+        "trap/p_prob_eval", "trap/p_frac_eval", "trap/reward_eval", "trap/trapped_eval",
+        "trap/never_p_eval",
+    )  # fmt: skip
 
     def __init__(
         self, *, rare: str = "valley_palindrome", train_targets: tuple[int, int] = (6, 21)
@@ -260,7 +267,7 @@ class TrapTask(DigitSumTask):
         temperature: float = 1.0,
     ) -> dict[str, float]:
         """The sampled stats (`trap_sample_stats`) of the held-out samples as
-        ``trap/{p_frac,valid_frac,trapped,never_p,distinct_p}_eval``, and the exact masses
+        ``trap/{p_frac,valid_frac,trapped,never_p,distinct_p,reward}_eval``, and the exact masses
         ``trap/p_prob_eval`` / ``trap/valid_prob_eval`` (means over the prompts)."""
         if not examples:
             return {}
