@@ -27,7 +27,10 @@ accepts after cleaning (a space before the digits, digits then spaces up to the 
 are left out, and hold almost no mass under a policy pretrained on canonical answers.
 
 The evaluation set is the 16 training prompts, each once; the hard prompts of digitsum are left
-out (N = 1, 3 and 27 have no valley-palindrome answer at all).
+out (N = 1, 3 and 27 have no valley-palindrome answer at all). The trainer's generic accuracy
+metrics count a sample as correct when its reward is > 0.5, so here ``acc/train``,
+``acc/eval``, ``eval/pass@k`` and ``eval/distinct_answers`` are about P answers; validity is
+in ``trap/valid_frac``. Exact masses use softmax(logits / T) without top-p truncation.
 """
 
 from __future__ import annotations
