@@ -100,11 +100,15 @@ def _compare(args: argparse.Namespace) -> int:
         raise ValueError(
             "give at least one --preset NAME or --variant LABEL PRESET [key=value ...]"
         )
+    from entropy_rl.tasks import get_task
+
+    extra = args.metric or list(get_task(args.task).summary_metrics)
     common = [f"data.task={args.task}", *args.set]
     out = Path(args.out)
     md, _ = compare(
-        settings, seeds=args.seeds, out_dir=out, common=common, steps=args.steps, jobs=args.jobs
-    )
+        settings, seeds=args.seeds, out_dir=out, common=common, steps=args.steps, jobs=args.jobs,
+        extra=extra,
+    )  # fmt: skip
     print(md)
     if not args.no_report:
         from entropy_rl.report import write_report
@@ -194,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="section.key=value",
         help="override applied to every run (repeatable)",
+    )
+    cmp_.add_argument(
+        "--metric",
+        action="append",
+        metavar="KEY",
+        help="a metric of the last evaluation to add to the table, with a verdict (repeatable; "
+        "default: the task's own, e.g. trap's P)",
     )
     cmp_.add_argument("--out", default="runs/compare")
     cmp_.add_argument(

@@ -1,4 +1,4 @@
-"""compare: run summaries, the seed-range verdict, and the table (hand-made metric rows)."""
+"""compare: run summaries, the range and permutation verdicts, and the table (hand-made rows)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from entropy_rl.experiments.compare import parse_setting, summarise_run, table, verdict
+from entropy_rl.experiments.compare import (
+    compare_seeds,
+    format_comparison,
+    parse_setting,
+    summarise_run,
+    table,
+    verdict,
+)
 
 
 def _rows() -> list[dict]:
@@ -90,3 +97,52 @@ def test_parse_setting():
     assert (s.label, s.preset, s.overrides) == ("loose", "ppo", ["algo.loss_kwargs.eps_high=0.5"])
     with pytest.raises(ValueError, match="LABEL PRESET"):
         parse_setting(["only"])
+
+
+def test_complete_separation_of_six_seeds_reads_significant():
+    # ranges 0.15 and 0.29 cover the gap 0.62 - 0.395 = 0.225, so the range rule says nothing;
+    # every other seed is above every reference seed: p = 2 / 924
+    ref = [0.31, 0.39, 0.42, 0.46, 0.35, 0.44]
+    other = [0.55, 0.58, 0.60, 0.79, 0.50, 0.70]
+    assert verdict(ref, other) == "no difference"
+    c = compare_seeds(ref, other)
+    assert (c["verdict"], c["rule"]) == ("higher", "perm")
+    assert c["gap"] == pytest.approx(0.225) and c["p"] == pytest.approx(2 / 924)
+    assert 0.0 < c["low"] < 0.225 < c["high"]
+    assert format_comparison(c).startswith("higher (perm): +0.225, p 0.0022, 95% CI [+")
+    assert compare_seeds(other, ref)["verdict"] == "lower"
+
+
+def test_single_outlier_is_no_difference():
+    # eleven 0s and one 1: every split of the pooled seeds has the same |gap|, p = 1
+    c = compare_seeds([0.0] * 6, [0.0] * 5 + [1.0])
+    assert (c["verdict"], c["rule"], c["p"]) == ("no difference", "", 1.0)
+    assert format_comparison(c).startswith("no difference: +0.167, p 1, 95% CI [+0, +")
+
+
+def test_range_rule_still_decides_with_three_seeds():
+    # gap 0.4 > both ranges (0.2, 0.1): "range", although 3 vs 3 can reach only p = 2/20
+    c = compare_seeds([0.3, 0.4, 0.5], [0.75, 0.8, 0.85])
+    assert (c["verdict"], c["rule"], c["p"]) == ("higher", "range", pytest.approx(0.1))
+    # separated but inside the ranges: p = 0.1 >= 0.05, so no rule fires
+    c = compare_seeds([0.3, 0.4, 0.5], [0.55, 0.6, 0.65])
+    assert (c["verdict"], c["rule"]) == ("no difference", "")
+    c = compare_seeds([1.95], [1.97])
+    assert format_comparison(c) == "n/a (1 seed)" and math.isnan(c["p"])
+
+
+def test_extra_metrics_reach_summary_and_table():
+    rows = _rows()
+    rows[-1]["trap/p_prob_eval"] = 0.6
+    s = summarise_run(rows, extra=("trap/p_prob_eval", "trap/absent"))
+    assert s["trap/p_prob_eval"] == 0.6 and math.isnan(s["trap/absent"])
+    res = {
+        "ppo": [{"trap/p_prob_eval": v} for v in (0.31, 0.39, 0.42, 0.46, 0.35, 0.44)],
+        "narrow": [{"trap/p_prob_eval": v} for v in (0.55, 0.58, 0.60, 0.79, 0.50, 0.70)],
+    }
+    lines = table(res, extra=("trap/p_prob_eval",)).splitlines()
+    head = lines[0].split(" | ")
+    assert "trap/p_prob_eval" in head and head[-1] == "vs ppo: trap/p_prob_eval |"
+    # std: deviations from 0.62 are -.07 -.04 -.02 .17 -.12 .08, sum of squares .0566 / 5 -> .106
+    assert "| narrow | 6 |" in lines[3] and "0.62 ± 0.106" in lines[3]
+    assert "| higher (perm): +0.225, p 0.0022, 95% CI [+" in lines[3]

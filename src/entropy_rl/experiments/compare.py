@@ -6,9 +6,24 @@ table reports, per setting, mean +- std over seeds of: final entropy, eval pass@
 distinct correct answers per prompt, steps to collapse, and the clip activity (upper / lower
 clipped fractions, mean |ratio - 1|) that decides whether a clip setting *can* matter.
 
-Verdicts compare each setting with the first (the reference): a gap is called a difference
-only when it exceeds the seed-to-seed range (max - min over seeds) of both settings; otherwise
-the table says "no difference". With 3 seeds this is deliberately conservative.
+Verdicts compare each setting with the first (the reference), by two rules, and the table
+says which one decided:
+
+- ``range``: the gap of means exceeds the seed-to-seed range (max - min over seeds) of both
+  settings. Deliberately conservative with 3 seeds, and blind to a complete separation of two
+  wide spreads.
+- ``perm``: otherwise, an exact two-sided permutation test of the gap has p < ``ALPHA``
+  (`stats.permutation_pvalue`): 6 vs 6 seeds completely separated give p = 2/924, while a
+  single outlying seed does not reach it. With 3 vs 3 seeds the smallest p is 2/20 = 0.1,
+  so this rule cannot fire below 4 seeds a side.
+
+Every verdict cell also gives the gap, its p-value and a seeded percentile-bootstrap 95%
+interval of the gap (`stats.bootstrap_interval`). p-values are per comparison, not corrected
+for the number of settings x metrics.
+
+Task metrics join the table through ``extra`` (``--metric``): keys of the last evaluation row,
+e.g. the `trap` task's P on the final checkpoint, each with its own verdict column; `Task`
+classes name their default ones in ``summary_metrics``.
 """
 
 from __future__ import annotations
@@ -22,6 +37,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from entropy_rl.experiments.stats import bootstrap_interval, permutation_pvalue
+
+ALPHA = 0.05
 
 
 @dataclass
@@ -52,12 +71,15 @@ def _num(v: Any) -> float:
     return float(v) if isinstance(v, (int, float)) and v is not None else math.nan
 
 
-def summarise_run(rows: list[dict[str, Any]], *, collapse_frac: float = 0.5) -> dict[str, float]:
+def summarise_run(
+    rows: list[dict[str, Any]], *, collapse_frac: float = 0.5, extra: Sequence[str] = ()
+) -> dict[str, float]:
     """Scalar outcomes of one run from its metrics rows.
 
     final_entropy: mean entropy/mean over the last 3 training steps. steps_to_collapse: first
     step whose entropy/mean is <= collapse_frac x the first step's (nan if never).
-    pass@1, pass@k, distinct, acc: from the last evaluation row (k = the largest logged).
+    pass@1, pass@k, distinct, acc, and every key in `extra`: from the last evaluation row
+    (k = the largest logged; nan for a key it lacks).
     clip fractions and |ratio - 1|: means over all steps with an update.
     """
     train = [r for r in rows if r.get("step", 0) >= 1 and r.get("entropy/mean") is not None]
@@ -84,6 +106,7 @@ def summarise_run(rows: list[dict[str, Any]], *, collapse_frac: float = 0.5) -> 
             out["pass@k"] = _num(last.get(f"eval/pass@{ks[-1]}"))
         out["distinct"] = _num(last.get("eval/distinct_answers"))
         out["start_distinct"] = _num(first.get("eval/distinct_answers"))
+        out |= {key: _num(last.get(key)) for key in extra}
     return out
 
 
@@ -117,23 +140,58 @@ def verdict(ref: list[float], other: list[float]) -> str:
     return "higher" if gap > 0 else "lower"
 
 
-def table(results: dict[str, list[dict[str, float]]]) -> str:
-    """Markdown table: one row per setting, mean +- std over seeds, verdicts vs the first row."""
+def compare_seeds(
+    ref: list[float], other: list[float], *, alpha: float = ALPHA, seed: int = 0
+) -> dict[str, Any]:
+    """Verdict of `other` against `ref` (one value per seed) with its evidence.
+
+    Returns gap (mean other - mean ref), p (`permutation_pvalue`), low / high (the bootstrap
+    95% interval of the gap, 10,000 resamples, `seed`), verdict ("higher" / "lower" / "no
+    difference" / "n/a ...") and rule: "range" when the range rule (`verdict`) decided, "perm"
+    when only the permutation test did (p < alpha), "" otherwise.
+    """
+    said = verdict(ref, other)
+    out: dict[str, Any] = {"verdict": said, "rule": "", "gap": math.nan, "p": math.nan,
+                           "low": math.nan, "high": math.nan}  # fmt: skip
+    if said.startswith("n/a"):
+        return out
+    out["gap"] = _stats(other)[0] - _stats(ref)[0]
+    out["p"] = permutation_pvalue(ref, other)
+    out["low"], out["high"] = bootstrap_interval(ref, other, seed=seed)
+    if said != "no difference":
+        out["rule"] = "range"
+    elif out["p"] < alpha:
+        out["verdict"], out["rule"] = ("higher" if out["gap"] > 0 else "lower"), "perm"
+    return out
+
+
+def format_comparison(c: dict[str, Any]) -> str:
+    """``higher (perm): +0.235, p 0.0022, 95% CI [+0.17, +0.3]``; "n/a ..." verdicts as they are."""
+    if not math.isfinite(c["gap"]):
+        return str(c["verdict"])
+    head = f"{c['verdict']} ({c['rule']})" if c["rule"] else c["verdict"]
+    return f"{head}: {c['gap']:+.3g}, p {c['p']:.2g}, 95% CI [{c['low']:+.3g}, {c['high']:+.3g}]"
+
+
+def table(results: dict[str, list[dict[str, float]]], *, extra: Sequence[str] = ()) -> str:
+    """Markdown table: one row per setting, mean +- std over seeds, verdicts vs the first row
+    (`compare_seeds`) on VERDICT_ON and the `extra` metrics."""
     labels = list(results)
-    head = ["setting", "seeds", *METRICS, *(f"vs {labels[0]}: {m}" for m in VERDICT_ON)]
+    columns, judged = [*METRICS, *extra], [*VERDICT_ON, *extra]
+    head = ["setting", "seeds", *columns, *(f"vs {labels[0]}: {m}" for m in judged)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     ref = results[labels[0]]
     for label in labels:
         runs = results[label]
         cells = [label, str(len(runs))]
-        for m in METRICS:
+        for m in columns:
             mean, std, _ = _stats([r.get(m, math.nan) for r in runs])
             pct = m in ("upper_clip", "lower_clip")
             fmt = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.3g}")
             cells.append("n/a" if not math.isfinite(mean) else f"{fmt(mean)} ± {fmt(std)}")
-        for m in VERDICT_ON:
-            cells.append("(reference)" if label == labels[0] else verdict(
-                [r.get(m, math.nan) for r in ref], [r.get(m, math.nan) for r in runs]))  # fmt: skip
+        for m in judged:
+            cells.append("(reference)" if label == labels[0] else format_comparison(compare_seeds(
+                [r.get(m, math.nan) for r in ref], [r.get(m, math.nan) for r in runs])))  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -164,9 +222,11 @@ def compare(
     common: list[str],
     steps: int | None = None,
     jobs: int = 1,
+    extra: Sequence[str] = (),
     log=print,
 ) -> tuple[str, dict[str, list[dict[str, float]]]]:
-    """Run every (setting, seed) not already finished, then summarise; returns (table, results)."""
+    """Run every (setting, seed) not already finished, then summarise; returns (table, results).
+    `extra`: metrics of the last evaluation added to the table, each with a verdict."""
     if len({s.label for s in settings}) != len(settings):
         raise ValueError("two settings share a label; give each --variant a distinct LABEL")
     common = list(common) + ([f"run.steps={steps}"] if steps else [])
@@ -206,11 +266,11 @@ def compare(
         else:
             log(f"done {run}")
     results = {
-        s.label: [summarise_run(read_rows(out_dir / s.label / f"seed{k}")) for k in range(seeds)
-                  if (out_dir / s.label / f"seed{k}" / "metrics.jsonl").is_file()]
+        s.label: [summarise_run(read_rows(out_dir / s.label / f"seed{k}"), extra=extra)
+                  for k in range(seeds) if (out_dir / s.label / f"seed{k}" / "metrics.jsonl").is_file()]
         for s in settings
     }  # fmt: skip
-    md = table(results)
+    md = table(results, extra=extra)
     (out_dir / "compare.md").write_text(md + "\n")
     (out_dir / "compare.json").write_text(json.dumps(results, indent=1))
     if failed:

@@ -30,6 +30,7 @@ from entropy_rl.tasks.rewards import (
     numeric_match,
     overlong_penalty,
 )
+from entropy_rl.tasks.trap import TrapTask
 from entropy_rl.tasks.wordpick import WordPickTask
 
 _LAZY = {
@@ -45,6 +46,7 @@ __all__ = [
     "DigitSumTask",
     "Example",
     "Task",
+    "TrapTask",
     "WordPickTask",
     "available_rewards",
     "available_tasks",

@@ -8,6 +8,11 @@ Completions are the *decoded text* of the generated tokens with special tokens r
 (`tokenizer.decode(ids, skip_special_tokens=True)`); a literal ``<eos>`` left in the text is
 also accepted and everything after it is ignored (see `clean_completion`).
 
+Three optional hooks add a task's own metrics without task-specific code in the trainer:
+`rollout_metrics` (each step's samples), `eval_metrics` (held-out samples plus the current
+policy, for exact computations) and `start_metrics` (once, on the start policy). Each returns a
+flat dict of namespaced floats; the default returns none.
+
 Tasks are registered by name with `@register_task` so a config string selects them:
 
     task = get_task("addition", digits=2)
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import abc
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -26,6 +31,7 @@ __all__ = [
     "Example",
     "Task",
     "available_tasks",
+    "checkpoint_name",
     "clean_completion",
     "example_fields",
     "get_task",
@@ -70,10 +76,15 @@ class Task(abc.ABC):
 
     Subclasses set `name` (registry key) and `default_max_new_tokens` (enough for the longest
     valid answer plus <eos> and a little slack, so overlong shaping has room to act), and
-    implement `sample_train`, `eval_set` and `extract_answer` / `is_correct`.
+    implement `sample_train`, `eval_set` and `extract_answer` / `is_correct`. A task that starts
+    from another task's shipped checkpoint names that task in `checkpoint`.
     """
 
     name: ClassVar[str] = ""
+    checkpoint: ClassVar[str] = ""
+    """Task whose shipped checkpoint this one starts from (default: its own `name`)."""
+    summary_metrics: ClassVar[tuple[str, ...]] = ()
+    """Metrics of the last evaluation that ``entropy-rl compare`` adds to its table by default."""
     default_max_new_tokens: int = 8
 
     @abc.abstractmethod
@@ -95,6 +106,34 @@ class Task(abc.ABC):
     def reward(self, example: Example, completion: str) -> float:
         """1.0 if `completion` is correct for `example`, else 0.0."""
         return 1.0 if self.is_correct(example, completion) else 0.0
+
+    def rollout_metrics(
+        self, examples: Sequence[Example], texts: Sequence[str], rewards: Sequence[float]
+    ) -> dict[str, float]:
+        """Task metrics of one step's samples: ``texts`` and ``rewards`` hold G = len(texts) //
+        len(examples) completions per example, prompt-major. Default: none."""
+        return {}
+
+    def eval_metrics(
+        self,
+        model: Any,
+        tokenizer: Any,
+        examples: Sequence[Example],
+        completions: Sequence[Sequence[str]],
+        *,
+        temperature: float = 1.0,
+    ) -> dict[str, float]:
+        """Task metrics of a held-out evaluation: ``completions[i]`` are the samples of
+        ``examples[i]`` at `temperature`; `model` / `tokenizer` are the current policy, for
+        metrics computed exactly rather than sampled. Default: none."""
+        return {}
+
+    def start_metrics(
+        self, model: Any, tokenizer: Any, *, temperature: float = 1.0
+    ) -> dict[str, float]:
+        """Measured once on the start policy, before the first step (logged at step 0 and
+        printed as one line). Default: none."""
+        return {}
 
     def build_tokenizer(self) -> Any:
         """Tokenizer that pretraining builds for this task (default: the character tokenizer)."""
@@ -124,6 +163,13 @@ def register_task(cls: TaskT) -> TaskT:
 def available_tasks() -> list[str]:
     """Sorted names of the registered tasks."""
     return sorted(_REGISTRY)
+
+
+def checkpoint_name(name: str) -> str:
+    """Name of the shipped checkpoint that task `name` starts from: its class's `checkpoint`, or
+    `name` itself (also for a name that is not registered)."""
+    cls = _REGISTRY.get(name)
+    return getattr(cls, "checkpoint", "") or name
 
 
 def get_task(name: str, **kwargs: Any) -> Task:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from entropy_rl.tasks.base import Example, Task, get_task
+from entropy_rl.tasks.base import Example, Task, checkpoint_name, get_task
 from entropy_rl.tasks.model import build_tiny_model, count_parameters
 
 __all__ = [
@@ -353,12 +353,13 @@ def pretrain(
 
 
 def builtin_checkpoint(task_name: str) -> Path:
-    """Directory of the checkpoint shipped for `task_name` (``tasks/checkpoints/<task>/``).
+    """Directory of the checkpoint shipped for `task_name` (``tasks/checkpoints/<name>/``, where
+    <name> is the task's `Task.checkpoint`, e.g. ``trap`` starts from ``digitsum``'s).
 
     Raises:
         ValueError: no checkpoint is shipped for that task (lists the ones that are).
     """
-    path = CHECKPOINT_ROOT / task_name
+    path = CHECKPOINT_ROOT / checkpoint_name(task_name)
     if not (path / "config.json").is_file():
         shipped = sorted(p.name for p in CHECKPOINT_ROOT.glob("*") if (p / "config.json").is_file())
         raise ValueError(

@@ -1,7 +1,10 @@
-"""Held-out evaluation during training: greedy accuracy, avg@k / pass@k, distinct answers."""
+"""Held-out evaluation during training: greedy accuracy, avg@k / pass@k, distinct answers,
+and the task's own metrics (`Task.eval_metrics`, `Task.start_metrics`)."""
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import Any
 
 from entropy_rl.control.evaluation import eval_summary
@@ -53,8 +56,27 @@ def evaluate(trainer: Any) -> dict[str, float]:
     ks = sorted({1, *(x for x in (2, 4, 8, 16, 32, 64) if x <= k), k})
     unit = list if trainer.task is not None else str.split  # built-in tasks are character-level
     out = eval_summary(correct, answers, comps, ks=ks, greedy_correct=greedy, tokenize=unit)
+    if trainer.task is not None:  # the task's own metrics (exact ones from the current weights)
+        out |= trainer.task.eval_metrics(
+            trainer.model, trainer.tokenizer, examples, comps, temperature=c.rollout.temperature
+        )
     h = trainer.last_entropy
     if h is not None:  # the entropy-performance law R = -a exp(H) + b, refit on every eval
         trainer.entropy_fit.add(h, out["acc/eval"])
         out |= trainer.entropy_fit.fit()
+    return out
+
+
+def start_metrics(trainer: Any) -> dict[str, float]:
+    """The task's `Task.start_metrics` on the start policy (logged at step 0), also printed as
+    one line on stderr by the main process with the time it took."""
+    if trainer.task is None:
+        return {}
+    t0 = time.perf_counter()
+    out = trainer.task.start_metrics(
+        trainer.model, trainer.tokenizer, temperature=trainer.cfg.rollout.temperature
+    )
+    if out and trainer.dist.is_main:
+        line = ", ".join(f"{k} {v:.4g}" for k, v in out.items())
+        print(f"start: {line} ({time.perf_counter() - t0:.2f} s)", file=sys.stderr)
     return out

@@ -49,7 +49,7 @@ from entropy_rl.train.data import (
     build_task,
 )
 from entropy_rl.train.distributed import all_gather_rows, all_reduce, init_from_env, reduce_metrics
-from entropy_rl.train.evaluate import evaluate
+from entropy_rl.train.evaluate import evaluate, start_metrics
 from entropy_rl.train.logging import JsonlLogger, Logger, default_loggers
 from entropy_rl.train.rollout import Encoder, collect
 from entropy_rl.train.sharding import make_sharding
@@ -250,8 +250,9 @@ class Trainer:
         last: dict[str, float] = {}
         bar = _progress(c.run.steps, self.step, enabled=c.run.progress and self.dist.is_main)
         try:
-            if self.step == 0 and c.eval.every:
-                self.log(self.evaluate())  # step 0: where the policy starts
+            first = self.step == 0  # step 0: where the policy starts (and the task's start metrics)
+            if first and (row := start_metrics(self) | (self.evaluate() if c.eval.every else {})):
+                self.log(row)
             while self.step < c.run.steps and self.stop_reason is None:
                 self.step += 1
                 t0 = time.perf_counter()
@@ -297,6 +298,8 @@ class Trainer:
             prompts_per_step=self.prompts_per_rank,
         )  # fmt: skip
         metrics["_tokens"] = float(sum(len(c) for c in samples.completion_ids))
+        if self.task is not None:  # the task's own metrics of the first-round samples
+            metrics |= self.task.rollout_metrics(samples.examples, samples.texts, samples.correct)
         metrics = reduce_metrics(metrics, self.dist, how=_ROLLOUT_REDUCE)
         if self.dist.is_main:
             self._write_samples(samples)
