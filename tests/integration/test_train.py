@@ -432,3 +432,26 @@ def test_target_on_both_clip_bounds_sets_eps_low_and_eps_high(tiny_model_dir: Pa
     assert trainer.loss_kwargs["eps_low"] == trainer.loss_kwargs["eps_high"] == u
     assert rows[-1]["control/eps_low"] == rows[-1]["control/eps_high"] == pytest.approx(u)
     assert u == 0.02  # entropy under a 5-nat target: the negative gains narrow it to the floor
+
+
+def test_entropic_controller_sets_the_loss_weights(tiny_model_dir: Path, tmp_path: Path):
+    extra = {"control.controller_kwargs": "{target: 0.0}"}  # any H > 1 here: alpha = 1
+    trainer = _train(_overrides(tiny_model_dir, tmp_path / "run", steps=2, **extra), "entropic")
+    rows = _rows(tmp_path / "run")
+    assert rows[-1]["control/entropic_alpha"] == 1.0
+    assert (rows[-1]["control/pos_weight"], rows[-1]["control/neg_weight"]) == (2.0, 0.0)
+    assert (trainer.loss_kwargs["pos_weight"], trainer.loss_kwargs["neg_weight"]) == (2.0, 0.0)
+    assert 0.0 <= rows[-1]["prob/confident_frac"] <= 1.0
+
+
+def test_controller_loss_overrides_are_validated_against_the_loss():
+    from entropy_rl.train.trainer import validate_algo
+
+    cfg = build_config(
+        preset="ppo",
+        overrides=["control.controller=entropic", "control.controller_kwargs={target: 1.0}"],
+    )
+    with pytest.raises(
+        ConfigError, match=r"pos_weight for policy loss 'ppo'.*controller='entropic'"
+    ):
+        validate_algo(cfg)

@@ -98,3 +98,20 @@ def test_errors():
     assert {"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "gae"} <= set(
         available_advantages()
     )
+
+
+def test_w_reinforce_hand_worked() -> None:
+    rewards = torch.tensor([1.0, 0.0, 0.5, 1.0, 0.75, 0.0])  # two groups of 3
+    # u = 2R - 1 = [1, -1, 0, 1, 0.5, -1]; A = 0.1 * u where u > 0, else u; no group baseline
+    adv = compute_advantages("w_reinforce", rewards, group_size=3)
+    assert adv.tolist() == pytest.approx([0.1, -1.0, 0.0, 0.1, 0.05, -1.0], abs=1e-7)
+    one = compute_advantages("w_reinforce", rewards, group_size=3, pos_weight=1.0)
+    assert one.tolist() == [1.0, -1.0, 0.0, 1.0, 0.5, -1.0]  # REINFORCE on the +-1 reward
+    nsr = compute_advantages("w_reinforce", rewards, group_size=3, pos_weight=0.0)
+    assert nsr.tolist() == [0.0, -1.0, 0.0, 0.0, 0.0, -1.0]  # negative samples only
+    # an all-wrong group still gets A = -1 each (GRPO would give 0)
+    assert compute_advantages("w_reinforce", torch.zeros(2), group_size=2).tolist() == [-1, -1]
+    with pytest.raises(ValueError, match="pos_weight"):
+        compute_advantages("w_reinforce", rewards, group_size=3, pos_weight=-0.1)
+    with pytest.raises(ValueError, match="whole number of groups"):
+        compute_advantages("w_reinforce", rewards, group_size=4)

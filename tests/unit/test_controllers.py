@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
 from entropy_rl.control.controllers import (
     AdaptiveEntropyCoef,
+    EntroPICController,
+    EntropyRateController,
     FixedEntropyBonus,
     NoController,
     PIEntropyController,
     TargetSchedule,
+    loss_overrides,
     make_controller,
 )
 
@@ -221,6 +225,8 @@ def test_state_round_trip() -> None:
         lambda: AdaptiveEntropyCoef(target=sched),
         lambda: PIEntropyController(sched),
         lambda: PIEntropyController(sched, actuator="eps_high"),
+        lambda: EntropyRateController(sched),
+        lambda: EntroPICController(sched),
     ):
         a = make()
         for k in range(10):
@@ -230,6 +236,7 @@ def test_state_round_trip() -> None:
         for k in range(10, 20):
             assert a.update(k, m(0.6 - 0.02 * k)) == b.update(k, m(0.6 - 0.02 * k))
         assert (a.entropy_coef, a.eps_high) == (b.entropy_coef, b.eps_high)
+        assert a.loss_overrides() == b.loss_overrides()
         with pytest.raises(ValueError, match="state"):
             b.load_state_dict({})
 
@@ -258,3 +265,150 @@ def test_make_controller() -> None:
         make_controller("fixed")
     with pytest.raises(ValueError, match="total_steps"):
         make_controller("target", schedule={"kind": "linear", "start": 0.6, "end": 0.2})
+    rate = make_controller(
+        "rate", schedule={"kind": "linear", "start": 1.5, "end": 0.5}, total_steps=100
+    )
+    assert isinstance(rate, EntropyRateController) and rate.eps_low == rate.eps_high == 0.2
+    ent = make_controller("entropic", target=1.0, kp=2.0)
+    assert isinstance(ent, EntroPICController) and ent.kp == 2.0
+    assert loss_overrides(ent) == {"pos_weight": 1.0, "neg_weight": 1.0}  # alpha 0 at first
+    assert loss_overrides(pi) == {} and loss_overrides(object()) == {}
+
+
+# --------------------------------------------------------------------------- EntroPIC
+
+
+def test_entropic_hand_worked() -> None:
+    c = EntroPICController(1.0)  # kp 1, ki 0.01, |alpha| <= 1
+    assert c.loss_overrides() == {"pos_weight": 1.0, "neg_weight": 1.0}
+    assert (c.entropy_coef, c.eps_high, c.eps_low) == (None, None, None)
+    # H = 1.3 above the target: e = H - target = 0.3, I = 0.3, alpha = 0.3 + 0.003 = 0.303
+    assert c.update(1, m(1.3)) == {
+        "control/entropic_alpha": pytest.approx(0.303, abs=1e-12),
+        "control/target_entropy": 1.0,
+    }
+    assert c.loss_overrides() == pytest.approx({"pos_weight": 1.303, "neg_weight": 0.697})
+    # H = 0.5 below: e = -0.5, I = -0.2, alpha = -0.5 - 0.002 = -0.502: positives down-weighted
+    c.update(2, m(0.5))
+    assert c.loss_overrides() == pytest.approx({"pos_weight": 0.498, "neg_weight": 1.502})
+    # H = 3.0: e = 2, I = 1.8, alpha = 2.018 -> clamped to 1: weights (2, 0)
+    assert c.update(3, m(3.0))["control/entropic_alpha"] == 1.0
+    assert c.loss_overrides() == {"pos_weight": 2.0, "neg_weight": 0.0}
+
+
+def test_entropic_anti_windup_and_schedule() -> None:
+    c = EntroPICController(1.0, kp=1.0, ki=0.5)  # |I| <= alpha_max / ki = 2
+    for k in range(10):  # e = +1 for 10 steps: I would be 10 without the clamp
+        c.update(k, m(2.0))
+    assert c.integral == 2.0 and c.alpha == 1.0
+    # e = -0.5: I = 1.5, alpha = -0.5 + 0.75 = 0.25, off the bound at once
+    # (unclamped: I = 9.5, alpha = -0.5 + 4.75 -> still pinned at 1)
+    assert c.update(10, m(0.5))["control/entropic_alpha"] == pytest.approx(0.25, abs=1e-12)
+    s = EntroPICController({"kind": "linear", "start": 1.4, "end": 0.8}, total_steps=10)
+    # step 5: target 1.1; H = 1.1 -> e = 0 -> alpha 0
+    assert s.update(5, m(1.1)) == {"control/entropic_alpha": 0.0, "control/target_entropy": 1.1}
+    with pytest.raises(ValueError, match="alpha_max"):
+        EntroPICController(1.0, alpha_max=1.5)
+    with pytest.raises(ValueError, match="entropy/mean"):
+        s.update(1, {})
+
+
+# --------------------------------------------------------------------------- rate
+
+
+def test_rate_hand_worked() -> None:
+    # linear 1.5 -> 0.5 over 100 steps: scheduled change s = -0.01 per step
+    c = EntropyRateController(TargetSchedule.linear(1.5, 0.5, 100))
+    # eps: kp -0.5 * 3 = -1.5, ki -0.05 * 40 = -2, init 0.2, bounds [0.02, 0.2], beta 0.2
+    assert (c.kp, c.ki, c.out_min, c.out_max, c.beta) == (-1.5, -2.0, 0.02, 0.2, 0.2)
+    # step 0: no rate yet, the clip stays at init
+    out = c.update(0, m(1.5))
+    assert out == pytest.approx(
+        {"control/eps_high": 0.2, "control/eps_low": 0.2, "control/target_entropy": 1.5,
+         "control/target_rate": -0.01}, abs=1e-12
+    )  # fmt: skip
+    # step 1: d = -0.03, r = -0.03 (the first rate), e = -0.01 + 0.03 = 0.02, I = 0.02,
+    # u = 0.2 - 1.5 * 0.02 - 2 * 0.02 = 0.13 (falling 3x too fast: narrower)
+    out = c.update(1, m(1.47))
+    assert out["control/entropy_rate"] == pytest.approx(-0.03, abs=1e-12)
+    assert out["control/eps_low"] == pytest.approx(0.13, abs=1e-12)
+    # step 2: d = -0.01, r = -0.03 + 0.2 * 0.02 = -0.026, e = 0.016, I = 0.036,
+    # u = 0.2 - 0.024 - 0.072 = 0.104
+    assert c.update(2, m(1.46))["control/eps_high"] == pytest.approx(0.104, abs=1e-12)
+    # step 3: flat, d = 0, r = -0.026 + 0.2 * 0.026 = -0.0208, e = 0.0108, I = 0.0468,
+    # u = 0.2 - 0.0162 - 0.0936 = 0.0902
+    assert c.update(3, m(1.46))["control/eps_high"] == pytest.approx(0.0902, abs=1e-12)
+    with pytest.raises(ValueError, match="beta"):
+        EntropyRateController(0.5, beta=0.0)
+    with pytest.raises(ValueError, match="eps or eps_high"):
+        EntropyRateController(0.5, actuator="entropy_coef")  # type: ignore[arg-type]
+
+
+def test_rate_anti_windup_leaves_the_floor_when_the_error_turns() -> None:
+    # constant target (slope 0), integral only, no smoothing: u = 0.2 - 3 * I,
+    # I clamped to [0, (0.02 - 0.2) / -3] = [0, 0.06]
+    c = EntropyRateController(1.0, kp=0.0, ki=-3.0, beta=1.0)
+    c.update(0, m(1.0))
+    # d = -0.1 twice: e = +0.1, I = 0.1 -> 0.06 (clamped), u = 0.2 - 0.18 = 0.02 (the floor)
+    assert c.update(1, m(0.9))["control/eps_low"] == pytest.approx(0.02, abs=1e-12)
+    assert c.update(2, m(0.8))["control/eps_low"] == pytest.approx(0.02, abs=1e-12)
+    assert c.integral == pytest.approx(0.06, abs=1e-12)
+    # entropy turns up by 0.01: e = -0.01, I = 0.05, u = 0.2 - 0.15 = 0.05, off the floor at
+    # once (unclamped, I = 0.19 would hold the floor for 14 more such steps)
+    assert c.update(3, m(0.81))["control/eps_low"] == pytest.approx(0.05, abs=1e-12)
+
+
+def _run_multiplicative_plant(ctrl, *, h0: float, steps: int, noise: float = 0.0) -> list[float]:
+    """Plant H_{k+1} = H_k * (1 - g * u_k) with g = 0.1: entropy only falls, faster under a wider
+    clip (u = 0.2 costs 3% a step, the floor 0.02 0.2%). The value set at step k acts one step
+    later; ``noise`` is the std of a measurement error (other prompts each step).
+    Returns the clip width applied at each step."""
+    rng = random.Random(0)
+    h, applied, widths = h0, ctrl.output, []
+    for k in range(steps):
+        ctrl.update(k, m(h + rng.gauss(0.0, noise)))
+        widths.append(applied)
+        h *= 1.0 - 0.1 * applied
+        applied = ctrl.output
+    return widths
+
+
+def test_level_controller_parks_where_rate_controller_tracks() -> None:
+    # entropy starts at 0.9, under a cosine target 1.4 -> 0.8, and can only fall: the level is
+    # out of reach, so the level controller sits at its floor all run (a fixed 0.02 clip)
+    sched = TargetSchedule.cosine(1.4, 0.8, 100)
+    level = PIEntropyController(sched, actuator="eps")
+    assert all(u == 0.02 for u in _run_multiplicative_plant(level, h0=0.9, steps=100)[2:])
+    # the rate controller follows the schedule's slope instead (up to 0.0094 nats a step
+    # mid-run, which needs u = 0.0094 / (0.1 H) ~ 0.13 at H ~ 0.7)
+    rate = EntropyRateController(sched, actuator="eps")
+    widths = _run_multiplicative_plant(rate, h0=0.9, steps=100)
+    h, changes = 0.9, []
+    for u in widths:
+        changes.append(-h * 0.1 * u)
+        h *= 1.0 - 0.1 * u
+    slope_err = [abs(changes[k] - (sched(k + 1) - sched(k))) for k in range(15, 95)]
+    assert sum(slope_err) / len(slope_err) < 0.0015
+    assert sum(0.02 < u < 0.2 for u in widths[15:95]) >= 70  # off the bounds
+
+
+@pytest.mark.parametrize(
+    ("noise", "tol", "touches"), [(0.0, 0.01, 0), (0.01, 0.03, 3), (0.035, 0.04, 15)]
+)
+def test_rate_controller_tracks_the_slope_and_leaves_the_floor(
+    noise: float, tol: float, touches: int
+) -> None:
+    # linear 1.5 -> 0.8 over 100 steps: -0.007 a step; the plant falls 3% a step at u = 0.2,
+    # so tracking needs u = 0.07 / H: 0.047 at the start, 0.0875 at the end (inside the bounds)
+    rate = EntropyRateController(TargetSchedule.linear(1.5, 0.8, 100))
+    widths = _run_multiplicative_plant(rate, h0=1.5, steps=100, noise=noise)
+    h = 1.5
+    for u in widths:
+        h *= 1.0 - 0.1 * u
+    assert h == pytest.approx(0.8, abs=tol)  # where the scheduled path ends
+    # the first steps overshoot to the floor (u starts at 0.2, 4x too wide); after that the
+    # clip stays inside its bounds (noise may touch one: 0.035 nats is a digit-sum batch's
+    # step-to-step wander) and widens as H falls (u ~ 1 / H). Without the integral (ki = 0)
+    # the same plant ends near 0.22 nats and sits at a bound on 14-24 of these steps.
+    assert sum(u in (0.02, 0.2) for u in widths[15:]) <= touches
+    assert sum(widths[80:]) / 20 > sum(widths[20:40]) / 20 + 0.01

@@ -21,12 +21,13 @@ from entropy_rl.ops.losses import (
 )
 
 F64 = torch.float64
-ALL_LOSSES = ("cispo", "clip_cov", "gpg", "gspo", "kl_cov", "ppo")
+ALL_LOSSES = ("cispo", "clip_cov", "entropic", "gpg", "gspo", "kl_cov", "ppo")
 # Hyperparameters that make the batch-statistics losses actually select tokens in small tests.
 ACTIVE: dict[str, dict[str, Any]] = {
     "clip_cov": {"clip_ratio": 0.25, "cov_lower": 0.0, "cov_upper": 10.0},
     "kl_cov": {"kl_cov_frac": 0.2},
     "gspo": {"eps": 0.05},
+    "entropic": {"pos_weight": 1.5, "neg_weight": 0.5, "prob_threshold": 0.2},
 }
 SHARED_METRICS = {
     "clip/upper_frac",
@@ -476,7 +477,11 @@ def test_low_precision_inputs_are_upcast() -> None:
 def test_registry_and_uniform_metric_stream() -> None:
     assert available_policy_losses() == ALL_LOSSES
     assert set(POLICY_LOSSES) == set(ALL_LOSSES)
-    extras = {"clip_cov": {"clip/cov_frac"}, "kl_cov": {"clip/kl_cov_frac"}}
+    extras = {
+        "clip_cov": {"clip/cov_frac"},
+        "kl_cov": {"clip/kl_cov_frac"},
+        "entropic": {"prob/confident_frac"},
+    }
     for name in ALL_LOSSES:
         _, m = policy_loss(name, **_batch(), **_hparams(name))
         assert set(m) == SHARED_METRICS | extras.get(name, set()), name

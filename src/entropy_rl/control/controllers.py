@@ -1,191 +1,52 @@
-"""Entropy controllers: decide the entropy-bonus coefficient or the upper clip each step.
+"""Entropy controllers: decide the entropy bonus, the clip or the loss's token weights each step.
 
 Every controller has ``update(step, metrics) -> dict`` (called once per RL step with that
-step's metrics, returning ``control/*`` metrics), the properties ``entropy_coef`` and
-``eps_high`` (``None`` = "not controlled here: use the configured value"), and
-``state_dict`` / ``load_state_dict`` for resume. The measured entropy is
-``metrics["entropy/mean"]``: the mean token entropy of the step's rollout.
+step's metrics, returning ``control/*`` metrics), the properties ``entropy_coef``,
+``eps_high`` and ``eps_low`` (``None`` = "not controlled here: use the configured value"),
+``loss_overrides()`` (other policy-loss hyperparameters to set for the next update, e.g.
+EntroPIC's ``pos_weight`` / ``neg_weight``; ``{}`` for most), and ``state_dict`` /
+``load_state_dict`` for resume. The measured entropy is ``metrics["entropy/mean"]``: the mean
+token entropy of the step's rollout.
 
 Timing: the value read after ``update(step, ...)`` is applied to the next policy update. When
 the trainer measures the rollout's entropy inside the update (the usual case), the controller
 therefore acts one step late; every controller here tolerates that.
 
 ``make_controller(kind, **kwargs)`` builds one from a config: kinds ``none``, ``fixed``,
-``adaptive`` and ``target``.
+``adaptive``, ``target``, ``rate`` and ``entropic``. Target schedules live in
+:mod:`entropy_rl.control.schedules` (``TargetSchedule`` is re-exported here).
 """
 
 from __future__ import annotations
 
 import inspect
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from itertools import pairwise
+from collections.abc import Mapping
 from typing import Any, Literal
+
+from entropy_rl.control.schedules import TargetSchedule, as_schedule, finite
 
 __all__ = [
     "ACTUATOR_DEFAULTS",
     "CONTROLLER_KINDS",
     "AdaptiveEntropyCoef",
+    "EntroPICController",
     "EntropyController",
+    "EntropyRateController",
     "FixedEntropyBonus",
     "NoController",
     "PIEntropyController",
     "TargetSchedule",
+    "loss_overrides",
     "make_controller",
 ]
 
 ENTROPY_KEY = "entropy/mean"
-SCHEDULE_KINDS = ("constant", "linear", "cosine", "piecewise")
-
-
-def _finite(name: str, value: object, *, low: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if low is not None and value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value!r}")
-    return float(value)
-
-
-# --------------------------------------------------------------------------- schedules
-
-
-@dataclass(frozen=True)
-class TargetSchedule:
-    """Target entropy H_target(step) in nats; call it: ``schedule(step) -> float``.
-
-    With f = clamp(step / total_steps, 0, 1) the fraction of training done:
-
-    * ``constant``: ``start`` at every step.
-    * ``linear``: start + (end - start) * g,
-    * ``cosine``: end + (start - end) * (1 + cos(pi * g)) / 2 (midpoint = (start + end) / 2),
-      where g = clamp((f - hold_frac) / (1 - hold_frac), 0, 1): the target is held at
-      ``start`` for the first ``hold_frac`` of training, then moves to ``end``.
-    * ``piecewise``: ``points`` = ((f_0, v_0), (f_1, v_1), ...), f strictly increasing in
-      [0, 1], linearly interpolated; v_0 before f_0 and the last v after the last f.
-
-    Build with the class methods, or ``from_dict`` for a YAML config.
-    """
-
-    kind: Literal["constant", "linear", "cosine", "piecewise"]
-    """One of constant, linear, cosine, piecewise."""
-    start: float = 0.0
-    """Target at the start (nats); the only value for ``constant``."""
-    end: float = 0.0
-    """Target at the end of training (linear and cosine)."""
-    total_steps: int | None = None
-    """Steps over which f goes 0 -> 1; required except for ``constant``."""
-    hold_frac: float = 0.0
-    """Fraction of training held at ``start`` before the linear/cosine move, in [0, 1)."""
-    points: tuple[tuple[float, float], ...] = field(default_factory=tuple)
-    """(fraction, target) knots of ``piecewise``."""
-
-    def __post_init__(self) -> None:
-        if self.kind not in SCHEDULE_KINDS:
-            raise ValueError(f"unknown schedule kind {self.kind!r}; valid: {SCHEDULE_KINDS}")
-        _finite("start", self.start, low=0.0)
-        _finite("end", self.end, low=0.0)
-        hold = _finite("hold_frac", self.hold_frac, low=0.0)
-        if hold >= 1.0:
-            raise ValueError(f"hold_frac must be in [0, 1), got {hold}")
-        if self.kind != "constant":
-            t = self.total_steps
-            if isinstance(t, bool) or not isinstance(t, int) or t < 1:
-                raise ValueError(f"{self.kind} schedule needs total_steps, an int >= 1, got {t!r}")
-        if self.kind == "piecewise":
-            pts = tuple((float(f), float(v)) for f, v in self.points)
-            if not pts:
-                raise ValueError("piecewise schedule needs at least one (fraction, value) point")
-            for f, v in pts:
-                if not 0.0 <= f <= 1.0:
-                    raise ValueError(f"piecewise fractions must lie in [0, 1], got {f}")
-                _finite("piecewise value", v, low=0.0)
-            if any(b[0] <= a[0] for a, b in pairwise(pts)):
-                raise ValueError(f"piecewise fractions must be strictly increasing, got {pts}")
-            object.__setattr__(self, "points", pts)
-
-    @classmethod
-    def constant(cls, value: float) -> TargetSchedule:
-        return cls("constant", start=value, end=value)
-
-    @classmethod
-    def linear(
-        cls, start: float, end: float, total_steps: int, *, hold_frac: float = 0.0
-    ) -> TargetSchedule:
-        return cls("linear", start=start, end=end, total_steps=total_steps, hold_frac=hold_frac)
-
-    @classmethod
-    def cosine(
-        cls, start: float, end: float, total_steps: int, *, hold_frac: float = 0.0
-    ) -> TargetSchedule:
-        return cls("cosine", start=start, end=end, total_steps=total_steps, hold_frac=hold_frac)
-
-    @classmethod
-    def piecewise(cls, points: Sequence[Sequence[float]], total_steps: int) -> TargetSchedule:
-        pts = tuple((float(p[0]), float(p[1])) for p in points)
-        return cls(
-            "piecewise", start=pts[0][1] if pts else 0.0, total_steps=total_steps, points=pts
-        )
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, total_steps: int | None = None) -> TargetSchedule:
-        """From a config mapping, e.g. ``{"kind": "linear", "start": 0.6, "end": 0.3}``.
-
-        ``total_steps`` fills in the mapping's when it has none. ``value`` is accepted as an
-        alias of ``start`` for ``constant``.
-        """
-        d = dict(d)
-        kind = d.pop("kind", None)
-        if kind not in SCHEDULE_KINDS:
-            raise ValueError(f"schedule kind must be one of {SCHEDULE_KINDS}, got {kind!r}")
-        if "value" in d:
-            d["start"] = d.pop("value")
-        if kind == "constant":
-            d.setdefault("end", d.get("start", 0.0))
-        else:
-            d.setdefault("total_steps", total_steps)
-        if kind == "piecewise" and "points" in d:
-            d["points"] = tuple((float(p[0]), float(p[1])) for p in d["points"])
-            d.setdefault("start", d["points"][0][1] if d["points"] else 0.0)
-        allowed = {"start", "end", "total_steps", "hold_frac", "points"}
-        unknown = set(d) - allowed
-        if unknown:
-            raise ValueError(f"unknown schedule keys {sorted(unknown)}; allowed {sorted(allowed)}")
-        return cls(kind, **d)
-
-    def __call__(self, step: float) -> float:
-        if self.kind == "constant":
-            return self.start
-        assert self.total_steps is not None  # checked in __post_init__
-        f = min(max(step / self.total_steps, 0.0), 1.0)
-        if self.kind == "piecewise":
-            pts = self.points
-            if f <= pts[0][0]:
-                return pts[0][1]
-            for (f0, v0), (f1, v1) in pairwise(pts):
-                if f <= f1:
-                    return v0 + (v1 - v0) * (f - f0) / (f1 - f0)
-            return pts[-1][1]
-        g = min(max((f - self.hold_frac) / (1.0 - self.hold_frac), 0.0), 1.0)
-        if self.kind == "linear":
-            return self.start + (self.end - self.start) * g
-        return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * g))
-
-
-def _as_schedule(
-    target: float | TargetSchedule | Mapping[str, Any], total_steps: int | None
-) -> TargetSchedule:
-    if isinstance(target, TargetSchedule):
-        return target
-    if isinstance(target, Mapping):
-        return TargetSchedule.from_dict(target, total_steps=total_steps)
-    return TargetSchedule.constant(_finite("target", target, low=0.0))
 
 
 def _measured(metrics: Mapping[str, float], key: str) -> float:
     if key not in metrics:
         raise ValueError(f"controller needs the measured entropy {key!r} in metrics")
-    return _finite(key, metrics[key])
+    return finite(key, metrics[key])
 
 
 # --------------------------------------------------------------------------- controllers
@@ -209,6 +70,11 @@ class EntropyController:
         """Lower clip range for the next update; None = the configured value."""
         return None
 
+    def loss_overrides(self) -> dict[str, float]:
+        """Policy-loss hyperparameters for the next update, merged into ``algo.loss_kwargs``
+        and logged as ``control/<name>`` by the trainer; ``{}`` = none."""
+        return {}
+
     def update(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
         """Observe step ``step``'s metrics; return the ``control/*`` metrics."""
         return {}
@@ -227,12 +93,12 @@ class NoController(EntropyController):
 class FixedEntropyBonus(EntropyController):
     """Kind ``fixed``: a constant bonus coefficient c >= 0 (loss -= c * agg(H)).
 
-    Fragile (REFERENCE.md section 5): 1e-4..1e-3 does little, 1e-2 made entropy explode in Cui
+    Fragile: 1e-4..1e-3 does little, 1e-2 made entropy explode in Cui
     et al. 2025. Kept as the baseline the adaptive and target controllers are compared with.
     """
 
     def __init__(self, coef: float) -> None:
-        self.coef = _finite("coef", coef, low=0.0)
+        self.coef = finite("coef", coef, low=0.0)
 
     @property
     def entropy_coef(self) -> float:
@@ -249,7 +115,7 @@ class AdaptiveEntropyCoef(EntropyController):
         applied coefficient  alpha_k = c_k * 1[e_k < H_target]
         c_{k+1} = clip(c_k + delta if e_k < H_target, c_k - delta if e_k > H_target, c_min, c_max)
     so the bonus is only on while entropy is under the target, and its strength ramps by
-    ``delta`` per step. Defaults are the paper's (REFERENCE.md section 5): target 0.2 nats,
+    ``delta`` per step. Defaults are the paper's: target 0.2 nats,
     delta 1e-4, c in [0, 5e-3], c_0 = 0 (so the very first step adds no bonus).
     ``target`` may also be a :class:`TargetSchedule` (a target that moves over training,
     the open request TRL #5584). ``entropy_coef`` is 0 until the first update.
@@ -265,11 +131,11 @@ class AdaptiveEntropyCoef(EntropyController):
         c_init: float = 0.0,
         total_steps: int | None = None,
     ) -> None:
-        self.schedule = _as_schedule(target, total_steps)
-        self.delta = _finite("delta", delta, low=0.0)
-        self.c_min = _finite("c_min", c_min, low=0.0)
-        self.c_max = _finite("c_max", c_max, low=self.c_min)
-        c0 = _finite("c_init", c_init)
+        self.schedule = as_schedule(target, total_steps)
+        self.delta = finite("delta", delta, low=0.0)
+        self.c_min = finite("c_min", c_min, low=0.0)
+        self.c_max = finite("c_max", c_max, low=self.c_min)
+        c0 = finite("c_init", c_init)
         if not self.c_min <= c0 <= self.c_max:
             raise ValueError(f"c_init must lie in [c_min, c_max] = [{c_min}, {c_max}], got {c0}")
         self.c = c0
@@ -337,7 +203,7 @@ class PIEntropyController(EntropyController):
 
     Caveats for ``eps_high``: the clip is inert when updates are on-policy (ratio == 1: one
     epoch, one mini-batch), and the direction is not guaranteed. DAPO reports that raising
-    eps_high raises entropy, but FINDINGS.md section 3 measured the opposite on a 1M-parameter
+    eps_high raises entropy, but this project measured the opposite on its 1M-parameter
     model with large per-rollout updates. For such a plant pass negative ``kp`` and ``ki``.
     """
 
@@ -359,13 +225,13 @@ class PIEntropyController(EntropyController):
                 f"actuator must be one of {sorted(ACTUATOR_DEFAULTS)}, got {actuator!r}"
             )
         d = ACTUATOR_DEFAULTS[actuator]
-        self.schedule = _as_schedule(schedule, total_steps)
+        self.schedule = as_schedule(schedule, total_steps)
         self.actuator = actuator
-        self.kp = _finite("kp", d["kp"] if kp is None else kp)
-        self.ki = _finite("ki", d["ki"] if ki is None else ki)
-        self.out_min = _finite("out_min", d["out_min"] if out_min is None else out_min)
-        self.out_max = _finite("out_max", d["out_max"] if out_max is None else out_max)
-        self.init = _finite("init", d["init"] if init is None else init)
+        self.kp = finite("kp", d["kp"] if kp is None else kp)
+        self.ki = finite("ki", d["ki"] if ki is None else ki)
+        self.out_min = finite("out_min", d["out_min"] if out_min is None else out_min)
+        self.out_max = finite("out_max", d["out_max"] if out_max is None else out_max)
+        self.init = finite("init", d["init"] if init is None else init)
         if actuator == "entropy_coef" and self.out_min < 0:
             raise ValueError(f"entropy_coef out_min must be >= 0, got {self.out_min}")
         if actuator in ("eps_high", "eps") and self.out_min <= 0:
@@ -375,7 +241,7 @@ class PIEntropyController(EntropyController):
                 f"need out_min <= init <= out_max, got {self.out_min}, {self.init}, {self.out_max}"
             )
         self.integral_limit = (
-            None if integral_limit is None else _finite("integral_limit", integral_limit, low=0.0)
+            None if integral_limit is None else finite("integral_limit", integral_limit, low=0.0)
         )
         self.integral = 0.0
         self.output = self.init
@@ -400,15 +266,21 @@ class PIEntropyController(EntropyController):
             value = min(max(value, -self.integral_limit), self.integral_limit)
         return value
 
-    def update(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
-        h = _measured(metrics, ENTROPY_KEY)
-        target = self.schedule(step)
-        error = target - h
+    def _pi_step(self, error: float) -> dict[str, float]:
+        """One PI step on ``error``; returns the actuator's ``control/*`` metrics."""
         self.integral = self._clamp_integral(self.integral + error)
         raw = self.init + self.kp * error + self.ki * self.integral
         self.output = min(max(raw, self.out_min), self.out_max)
+        return self._outputs()
+
+    def _outputs(self) -> dict[str, float]:
         sides = ("eps_high", "eps_low") if self.actuator == "eps" else (self.actuator,)
-        return {**{f"control/{k}": self.output for k in sides}, "control/target_entropy": target}
+        return {f"control/{k}": self.output for k in sides}
+
+    def update(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
+        h = _measured(metrics, ENTROPY_KEY)
+        target = self.schedule(step)
+        return {**self._pi_step(target - h), "control/target_entropy": target}
 
     def state_dict(self) -> dict[str, Any]:
         return {"integral": self.integral, "output": self.output}
@@ -421,6 +293,186 @@ class PIEntropyController(EntropyController):
         self.integral, self.output = integral, output
 
 
+# The rate controller's default gains are the level controller's (ACTUATOR_DEFAULTS) times
+# these: a rate error of 0.01 nats per step counts like a level error of 0.03 nats, and the
+# integral of the rate error (the drift from the scheduled path) 40x more than a level integral.
+# Tuned for ``eps`` (kp -1.5, ki -2, beta 0.2) on the simulated plant H' = H (1 - g u),
+# g 0.1-0.3, with measurement noise of 0.01-0.035 nats (a 16 x 16 digit-sum batch's entropy
+# wanders by about 0.035 from step to step). Only the clip: at these scales the entropy bonus,
+# a far stronger actuator, oscillates on plants the level controller handles.
+RATE_KP_SCALE, RATE_KI_SCALE = 3.0, 40.0
+
+
+class EntropyRateController(PIEntropyController):
+    """Kind ``rate``: PI control of the RATE of entropy change to the schedule's slope.
+
+    A level controller (kind ``target``) parks its actuator at a bound when the level is out
+    of reach: where entropy falls below the schedule even under the narrowest clip, ``eps``
+    sits at its floor and the controller is a fixed narrow clip in disguise. This one asks
+    entropy to fall at the schedule's pace, whatever its level:
+
+        s_k = H_target(k + 1) - H_target(k)          scheduled change per step (nats)
+        d_k = H_k - H_{k-1}                          measured change (H = ``entropy/mean``)
+        r_k = r_{k-1} + beta * (d_k - r_{k-1})       smoothed rate (EMA; r = d at the first)
+        e_k = s_k - r_k                              rate error
+        I_k = clamp(I_{k-1} + e_k),   u_k = clamp(init + kp * e_k + ki * I_k, out_min, out_max)
+
+    The first step only records H (no rate yet; u stays ``init``). Actuator ``eps`` (both clip
+    bounds, the default) or ``eps_high``; bounds and the anti-windup clamp are those of
+    :class:`PIEntropyController`, except that ``eps`` widens at most to ``init`` (0.2) unless
+    ``out_max`` says otherwise. Default gains are the level controller's gains
+    times ``RATE_KP_SCALE`` = 3 and ``RATE_KI_SCALE`` = 40 (for ``eps``: kp = -1.5, ki = -2,
+    so entropy falling 0.01 nats per step faster than scheduled narrows the clip by 0.015 at
+    once and by 0.02 more for every 0.01 nats it has drifted below the scheduled path).
+
+    Why it leaves the bounds: the integral of the rate error is the drift from the scheduled
+    path, clamped so that ki * I alone stays inside the output range. Entropy that falls too
+    fast pushes the clip to its floor; as soon as it falls slower than scheduled (the fall of
+    a collapsing policy slows down by itself) e_k changes sign and the clip widens again,
+    towards ``out_max`` if the policy stops moving. It limits how fast entropy falls; it does
+    not hold a level: entropy below the target is not raised, and where the policy falls more
+    slowly than scheduled the clip goes to ``out_max`` (for ``eps`` PPO's 0.2: never looser).
+    ``beta`` trades noise for lag: per-step entropy differences compare different prompts.
+    """
+
+    def __init__(
+        self,
+        schedule: float | TargetSchedule | Mapping[str, Any],
+        *,
+        actuator: Literal["eps", "eps_high"] = "eps",
+        kp: float | None = None,
+        ki: float | None = None,
+        out_min: float | None = None,
+        out_max: float | None = None,
+        init: float | None = None,
+        integral_limit: float | None = None,
+        beta: float = 0.2,
+        total_steps: int | None = None,
+    ) -> None:
+        if actuator not in ("eps", "eps_high"):
+            raise ValueError(f"the rate controller drives eps or eps_high, got {actuator!r}")
+        d = ACTUATOR_DEFAULTS[actuator]
+        kp = d["kp"] * RATE_KP_SCALE if kp is None else kp
+        ki = d["ki"] * RATE_KI_SCALE if ki is None else ki
+        if actuator == "eps" and out_max is None:
+            out_max = d["init"] if init is None else init
+        super().__init__(
+            schedule, actuator=actuator, kp=kp, ki=ki, out_min=out_min, out_max=out_max,
+            init=init, integral_limit=integral_limit, total_steps=total_steps,
+        )  # fmt: skip
+        self.beta = finite("beta", beta)
+        if not 0.0 < self.beta <= 1.0:
+            raise ValueError(f"beta must be in (0, 1], got {beta!r}")
+        self.prev_entropy: float | None = None
+        self.rate: float | None = None
+
+    def update(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
+        h = _measured(metrics, ENTROPY_KEY)
+        target = self.schedule(step)
+        slope = self.schedule(step + 1) - target
+        out = {"control/target_entropy": target, "control/target_rate": slope}
+        if self.prev_entropy is None:
+            self.prev_entropy = h
+            return {**self._outputs(), **out}
+        change, self.prev_entropy = h - self.prev_entropy, h
+        self.rate = change if self.rate is None else self.rate + self.beta * (change - self.rate)
+        return {**self._pi_step(slope - self.rate), **out, "control/entropy_rate": self.rate}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "prev_entropy": self.prev_entropy, "rate": self.rate}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        try:
+            prev, rate = state["prev_entropy"], state["rate"]
+            self.prev_entropy = None if prev is None else float(prev)
+            self.rate = None if rate is None else float(rate)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not an EntropyRateController state dict: {exc!r}") from exc
+
+
+class EntroPICController(EntropyController):
+    """Kind ``entropic``: EntroPIC (Yang et al. 2025, arXiv 2511.15248, "EntroPIC: Towards
+    Stable Long-Term Training of LLMs via Entropy Stabilization with Proportional-Integral
+    Control").
+
+    PI control of entropy through the loss weights of positive- and negative-advantage tokens
+    the policy is already confident about (the ``entropic`` policy loss weights tokens with
+    pi_theta(o_t) > ``prob_threshold``, 0.95). With the error measured the authors' way round,
+    e_k = H_k - H_target(step) (entropy ABOVE the target is positive):
+
+        I_k     = clamp(I_{k-1} + e_k)                              (anti-windup, below)
+        alpha_k = clamp(kp * e_k + ki * I_k, -alpha_max, alpha_max)
+        pos_weight = 1 + alpha_k,    neg_weight = 1 - alpha_k       (``loss_overrides()``)
+
+    Why this sign: pushing a confident token up lowers entropy, pushing it down raises it.
+    Entropy above target -> alpha > 0 -> confident positive tokens reinforced harder and
+    confident negative tokens penalised more gently -> entropy falls. Below target the reverse:
+    positive samples down-weighted, negative ones up-weighted, and entropy rises.
+
+    Defaults are the authors': kp = 1, ki = 0.01, |alpha| <= 1 (so both weights stay in
+    [0, 2]); their target is 0.1 nats for Qwen3-8B sampled at temperature 0.6 (set yours from a
+    baseline run's entropy). ``alpha`` is 0 (plain PPO weights) until the first update.
+
+    Differences from the authors' verl code: (1) alpha is computed once per RL step from the
+    rollout's ``entropy/mean`` and applied to the next update; theirs is recomputed per
+    micro-batch from the entropy of the policy being updated. (2) Their integral is unbounded;
+    ours is clamped so that ki * I alone stays in [-alpha_max, alpha_max] (and |I| <=
+    ``integral_limit`` when given), so alpha leaves a bound on the first step the error changes
+    sign. (3) The integral includes the current error (theirs adds it after computing alpha).
+    """
+
+    def __init__(
+        self,
+        target: float | TargetSchedule | Mapping[str, Any],
+        *,
+        kp: float = 1.0,
+        ki: float = 0.01,
+        alpha_max: float = 1.0,
+        integral_limit: float | None = None,
+        total_steps: int | None = None,
+    ) -> None:
+        self.schedule = as_schedule(target, total_steps)
+        self.kp = finite("kp", kp)
+        self.ki = finite("ki", ki)
+        self.alpha_max = finite("alpha_max", alpha_max, low=0.0)
+        if self.alpha_max > 1.0:
+            raise ValueError(f"alpha_max must be <= 1 (so 1 - alpha >= 0), got {alpha_max}")
+        self.integral_limit = (
+            None if integral_limit is None else finite("integral_limit", integral_limit, low=0.0)
+        )
+        self.integral = 0.0
+        self.alpha = 0.0
+
+    def loss_overrides(self) -> dict[str, float]:
+        return {"pos_weight": 1.0 + self.alpha, "neg_weight": 1.0 - self.alpha}
+
+    def update(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
+        h = _measured(metrics, ENTROPY_KEY)
+        target = self.schedule(step)
+        error = h - target
+        i = self.integral + error
+        if self.ki != 0.0:
+            bound = self.alpha_max / abs(self.ki)
+            i = min(max(i, -bound), bound)
+        if self.integral_limit is not None:
+            i = min(max(i, -self.integral_limit), self.integral_limit)
+        self.integral = i
+        raw = self.kp * error + self.ki * self.integral
+        self.alpha = min(max(raw, -self.alpha_max), self.alpha_max)
+        return {"control/entropic_alpha": self.alpha, "control/target_entropy": target}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"integral": self.integral, "alpha": self.alpha}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        try:
+            integral, alpha = float(state["integral"]), float(state["alpha"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not an EntroPICController state dict: {exc!r}") from exc
+        self.integral, self.alpha = integral, alpha
+
+
 # --------------------------------------------------------------------------- factory
 
 _KINDS: dict[str, type[EntropyController]] = {
@@ -428,6 +480,8 @@ _KINDS: dict[str, type[EntropyController]] = {
     "fixed": FixedEntropyBonus,
     "adaptive": AdaptiveEntropyCoef,
     "target": PIEntropyController,
+    "rate": EntropyRateController,
+    "entropic": EntroPICController,
 }
 CONTROLLER_KINDS = tuple(_KINDS)
 
@@ -440,7 +494,10 @@ def make_controller(
     Kinds: ``none`` (:class:`NoController`), ``fixed`` (:class:`FixedEntropyBonus`, kwarg
     ``coef``), ``adaptive`` (:class:`AdaptiveEntropyCoef`), ``target``
     (:class:`PIEntropyController`; ``schedule`` a number, a TargetSchedule or a mapping for
-    :meth:`TargetSchedule.from_dict`). ``total_steps`` is accepted by every kind and used by
+    :meth:`TargetSchedule.from_dict`), ``rate`` (:class:`EntropyRateController`, same
+    ``schedule``; its slope is tracked), ``entropic`` (:class:`EntroPICController`, ``target``
+    like ``schedule``; pair it with the ``entropic`` policy loss). ``total_steps`` is accepted
+    by every kind and used by
     schedules that need it. Unknown kinds or keyword arguments raise ValueError listing the
     valid ones.
     """
@@ -458,3 +515,10 @@ def make_controller(
         return cls(**kwargs)
     except TypeError as exc:  # e.g. a missing required argument
         raise ValueError(f"controller {kind!r}: {exc}; allowed arguments: {allowed}") from exc
+
+
+def loss_overrides(controller: object) -> dict[str, float]:
+    """``controller.loss_overrides()`` as floats; ``{}`` for objects without the method (the
+    trainer also accepts duck-typed controllers that only have ``entropy_coef`` / ``eps_*``)."""
+    fn = getattr(controller, "loss_overrides", None)
+    return {str(k): float(v) for k, v in fn().items()} if callable(fn) else {}

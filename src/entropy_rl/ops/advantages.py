@@ -5,11 +5,12 @@ Outcome-reward estimators take one scalar reward per completion, laid out group-
 group_size``), and return one advantage per completion (``[B]``), broadcast over its tokens by the
 loss. GAE works on token-level rewards and values (``[B, T]``) and returns ``[B, T]``.
 
-References (shared/REFERENCE.md section 4):
+References:
 - GRPO (Shao et al. 2024): A = (R - mean_g R) / (std_g R + eps); Dr. GRPO (Liu et al. 2025) drops
   the division by the std (``scale_by_std=False``).
 - RLOO (Ahmadian et al. 2024): A_i = R_i - mean_{j != i} R_j.
 - REINFORCE++ baseline (Hu 2025): A = R - mean_g R, then whitened over the whole batch.
+- W-REINFORCE (Zhu et al. 2025): u = 2R - 1, A = lambda * u for u > 0, else u (no baseline).
 - GAE (Schulman et al. 2016): delta_t = r_t + gamma V_{t+1} - V_t, A_t = sum_l (gamma lambda)^l delta_{t+l}.
 """
 
@@ -120,6 +121,31 @@ def reinforce_pp_baseline_advantages(
     if c.numel() < 2:
         return torch.zeros_like(c)
     return (c - c.mean()) / (c.std() + eps)
+
+
+@register_advantage("w_reinforce")
+def w_reinforce_advantages(rewards: Tensor, *, group_size: int, pos_weight: float = 0.1) -> Tensor:
+    """W-REINFORCE (Zhu et al. 2025, arXiv 2506.01347, "The Surprising Effectiveness of
+    Negative Reinforcement in LLM Reasoning"): positive samples down-weighted by lambda.
+
+    The paper's reward is +1 (correct) / -1 (wrong) with no baseline, and its objective
+    lambda * L_PSR + L_NSR weights positive-sample reinforcement by lambda (0.1 in the paper).
+    Our rewards lie in [0, 1], so u_i = 2 R_i - 1 maps them onto the paper's scale::
+
+        A_i = lambda * u_i  if u_i > 0,   A_i = u_i  otherwise        [B] -> [B]
+
+    R = 1 -> lambda, R = 0 -> -1, R = 0.5 -> 0 (a half reward is neither reinforced nor
+    penalised). lambda = 1 is REINFORCE on +-1 rewards; lambda = 0 is negative samples only
+    (their NSR). No group baseline: a group whose samples all fail still gets A = -1 each,
+    unlike GRPO; ``group_size`` only checks the layout. Their code scales the advantage in
+    the same way (its PPO-clipped actor loss is unchanged).
+    """
+    if isinstance(pos_weight, bool) or not (
+        isinstance(pos_weight, int | float) and 0 <= pos_weight < float("inf")
+    ):
+        raise ValueError(f"pos_weight must be a finite number >= 0, got {pos_weight!r}")
+    u = 2.0 * _groups(rewards, group_size).reshape(-1) - 1.0
+    return torch.where(u > 0, pos_weight * u, u)
 
 
 @register_advantage("gae")

@@ -1,6 +1,6 @@
 """Policy-gradient losses, registered by name (`aggregate`, re-exported here, lives in ops.aggregate).
 
-Notation (REFERENCE.md section 2): a response token o_t sampled from pi_old,
+Notation: a response token o_t sampled from pi_old,
 ``r_t = exp(log pi_theta(o_t) - log pi_old(o_t))``, advantage ``A_t``, response mask ``M``.
 Every loss returns a per-token matrix ``L`` [B, T] (minimised); `aggregate` reduces it.
 
@@ -206,6 +206,64 @@ def ppo(
         loss = torch.where(negative, torch.minimum(loss, -advantages * dual_clip_c), loss)
         dual = valid & negative & (ratio > dual_clip_c)
     return LossTerms(loss, upper=upper, lower=lower, dual=dual)
+
+
+@register_policy_loss("entropic")
+def entropic(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    valid: Tensor,
+    *,
+    pos_weight: float = 1.0,
+    neg_weight: float = 1.0,
+    prob_threshold: float = 0.95,
+    eps: float | None = None,
+    eps_low: float | None = None,
+    eps_high: float | None = None,
+    dual_clip_c: float | None = None,
+) -> LossTerms:
+    """EntroPIC's loss (Yang et al. 2025, arXiv 2511.15248): PPO with advantage-sign weights
+    on the tokens the policy is confident about.
+
+    With ``C_t = [pi_theta(o_t) > prob_threshold]`` (the current policy's probability, detached,
+    as in the authors' code) and ``L^ppo_t`` the `ppo` loss with the same clip arguments::
+
+        w_t = pos_weight if C_t and A_t > 0;  neg_weight if C_t and A_t < 0;  1 otherwise
+        L_t = w_t * L^ppo_t
+
+    The ``entropic`` controller sets pos_weight = 1 + alpha, neg_weight = 1 - alpha each step
+    (alpha > 0 when entropy is above its target: confident tokens are pushed up harder and down
+    more gently, which lowers entropy). Weights 1 are `ppo` exactly; ``prob_threshold = 0``
+    weights every token.
+
+    Differences from the authors' verl code, which adds ``alpha * agg(-r * |A|)`` over the
+    confident tokens to the PPO loss (inside the clip range the same per-token gradient
+    weights 1 +/- alpha): (a) their extra term is a token mean over the confident tokens only,
+    ours goes through the loss's own aggregate, so their alpha acts like ours times
+    N / N_confident; (b) on clipped tokens their extra term keeps a gradient, ours scales a
+    term that has none, so the trust region holds. Metric ``prob/confident_frac`` = confident
+    valid tokens / N.
+    """
+    for name, w in (("pos_weight", pos_weight), ("neg_weight", neg_weight)):
+        if not (isinstance(w, int | float) and 0 <= w < math.inf):
+            raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
+    _check_range("prob_threshold", prob_threshold, low=0.0, high=1.0, closed_high=False)
+    terms = ppo(
+        logprobs, old_logprobs, advantages, valid,
+        eps=eps, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c,
+    )  # fmt: skip
+    confident = valid
+    if prob_threshold > 0:
+        confident = valid & (logprobs.detach() > math.log(prob_threshold))
+    one = torch.ones_like(advantages)
+    weight = torch.where(confident & (advantages > 0), pos_weight * one, one)
+    weight = torch.where(confident & (advantages < 0), neg_weight * one, weight)
+    n_valid = max(int(valid.sum()), 1)
+    extra = {"prob/confident_frac": int(confident.sum()) / n_valid}
+    return LossTerms(
+        weight * terms.loss, upper=terms.upper, lower=terms.lower, dual=terms.dual, extra=extra
+    )
 
 
 @register_policy_loss("cispo")

@@ -151,10 +151,10 @@ class RolloutConfig:
 @dataclass
 class AlgoConfig:
     advantage: str = "grpo"
-    """Advantage estimator (grpo, dr_grpo, rloo, reinforce_pp_baseline)."""
+    """Advantage estimator (grpo, dr_grpo, rloo, reinforce_pp_baseline, w_reinforce)."""
     advantage_kwargs: dict[str, Any] = field(default_factory=dict)
     loss: str = "ppo"
-    """Policy loss from the registry (ppo, cispo, gspo, gpg, clip_cov, kl_cov)."""
+    """Policy loss from the registry (ppo, cispo, gspo, gpg, clip_cov, kl_cov, entropic)."""
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
     """Hyperparameters of the loss, e.g. {eps_low: 0.2, eps_high: 0.28}."""
     agg: str = "token-mean"
@@ -226,7 +226,8 @@ _AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-me
 @dataclass
 class ControlConfig:
     controller: str = "none"
-    """Entropy controller: none, fixed, adaptive (Skywork-OR1), target (schedule tracked by PI)."""
+    """Entropy controller: none, fixed, adaptive (Skywork-OR1), target (schedule tracked by PI),
+    rate (the schedule's slope tracked by PI), entropic (EntroPIC; with algo.loss=entropic)."""
     controller_kwargs: dict[str, Any] = field(default_factory=dict)
     detector: bool = True
     """Run the collapse detector on every step's metrics."""

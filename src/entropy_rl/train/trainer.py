@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from entropy_rl.control.controllers import make_controller
+from entropy_rl.control.controllers import loss_overrides, make_controller
 from entropy_rl.control.detector import CollapseDetector, DetectorConfig
 from entropy_rl.control.evaluation import EntropyPerformanceFit
 from entropy_rl.control.monitor import (
@@ -92,6 +92,12 @@ def validate_algo(cfg: Config) -> None:
         raise ConfigError(
             f"algo.advantage={cfg.algo.advantage!r} is unknown; choose one of {available_advantages()}"
         )
+    ctl = cfg.control  # a controller may set loss hyperparameters: the loss must accept them
+    try:
+        made = make_controller(ctl.controller, total_steps=cfg.run.steps, **ctl.controller_kwargs)
+    except ValueError as e:
+        raise ConfigError(f"control: {e}") from e
+    sets = loss_overrides(made)  # e.g. EntroPIC's pos_weight / neg_weight
     one = torch.zeros(2, 1)
     try:
         compute_advantages(
@@ -99,10 +105,11 @@ def validate_algo(cfg: Config) -> None:
         )
         policy_loss(
             cfg.algo.loss, logprobs=one, old_logprobs=one, advantages=torch.zeros(2), mask=torch.ones(2, 1),
-            agg=cfg.algo.agg, max_len=1, **cfg.algo.loss_kwargs,
+            agg=cfg.algo.agg, max_len=1, **{**cfg.algo.loss_kwargs, **sets},
         )  # fmt: skip
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"algo: {e}") from e
+        hint = f" (control.controller={ctl.controller!r} sets {sorted(sets)})" if sets else ""
+        raise ConfigError(f"algo: {e}{hint}") from e
 
 
 def _device(name: str) -> torch.device:
@@ -398,10 +405,11 @@ class Trainer:
                 eps = getattr(self.controller, side, None)
                 if eps is not None:
                     self.loss_kwargs[side] = float(eps)
+            self.loss_kwargs |= loss_overrides(self.controller)  # e.g. EntroPIC's token weights
         out["control/entropy_coef"] = self.entropy_coef
-        for side in ("eps_high", "eps_low"):
-            if side in self.loss_kwargs:
-                out[f"control/{side}"] = float(self.loss_kwargs[side])
+        for key in ("eps_high", "eps_low", *loss_overrides(self.controller)):
+            if key in self.loss_kwargs:
+                out[f"control/{key}"] = float(self.loss_kwargs[key])
         if self.detector is None:
             return out
         for event in self.detector.observe({**metrics, **out, "step": self.step}):
