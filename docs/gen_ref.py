@@ -50,8 +50,9 @@ def _md(text: str) -> str:
 
 
 def _cell(text: str) -> str:
-    """Text safe inside a Markdown table cell."""
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Text safe inside a Markdown table cell: a pipe outside a code span would split it."""
+    parts = text.replace("\n", " ").split("`")
+    return "`".join(p if i % 2 else p.replace("|", "\\|") for i, p in enumerate(parts))
 
 
 def _code(text: str) -> str:
@@ -67,7 +68,12 @@ class FieldDoc:
     allowed: str = ""
 
 
-def _default_source(node: ast.expr | None) -> str:
+def _source(source: str, node: ast.AST) -> str:
+    """The node as its author wrote it (``1e-4``, not ``0.0001``)."""
+    return ast.get_source_segment(source, node) or ast.unparse(node)
+
+
+def _default_source(source: str, node: ast.expr | None) -> str:
     if node is None:
         return "(required)"
     if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "field":
@@ -76,8 +82,8 @@ def _default_source(node: ast.expr | None) -> str:
                 factory = ast.unparse(kw.value)
                 return {"dict": "{}", "list": "[]", "tuple": "()"}.get(factory, f"{factory}()")
             if kw.arg == "default":
-                return ast.unparse(kw.value)
-    return ast.unparse(node)
+                return _source(source, kw.value)
+    return _source(source, node)
 
 
 def _module_constants(tree: ast.Module) -> dict[str, str]:
@@ -93,8 +99,15 @@ def _module_constants(tree: ast.Module) -> dict[str, str]:
         if isinstance(value, ast.Tuple):
             for t in targets:
                 if isinstance(t, ast.Name):
-                    out[t.id] = ", ".join(ast.unparse(e) for e in value.elts)
+                    out[t.id] = _choices(value)
     return out
+
+
+def _choices(node: ast.Tuple) -> str:
+    """``("a", "b")`` -> "`a`, `b`"."""
+    return ", ".join(
+        f"`{e.value}`" if isinstance(e, ast.Constant) else f"`{ast.unparse(e)}`" for e in node.elts
+    )
 
 
 def _allowed_values(cls: ast.ClassDef, constants: dict[str, str]) -> dict[str, str]:
@@ -110,7 +123,7 @@ def _allowed_values(cls: ast.ClassDef, constants: dict[str, str]) -> dict[str, s
             key = str(node.args[0].value).rsplit(".", 1)[-1]
             choices = node.args[2]
             if isinstance(choices, ast.Tuple):
-                out[key] = ", ".join(ast.unparse(e) for e in choices.elts)
+                out[key] = _choices(choices)
             elif isinstance(choices, ast.Name) and choices.id in constants:
                 out[key] = constants[choices.id]
     return out
@@ -118,7 +131,8 @@ def _allowed_values(cls: ast.ClassDef, constants: dict[str, str]) -> dict[str, s
 
 def dataclass_fields(path: Path, class_name: str) -> tuple[str, list[FieldDoc]]:
     """(class docstring, fields) of a dataclass, read with ast: no import, no execution."""
-    tree = ast.parse(path.read_text())
+    source = path.read_text()
+    tree = ast.parse(source)
     constants = _module_constants(tree)
     cls = next(
         n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name
@@ -141,8 +155,8 @@ def dataclass_fields(path: Path, class_name: str) -> tuple[str, list[FieldDoc]]:
         fields.append(
             FieldDoc(
                 name=name,
-                type=ast.unparse(node.annotation),
-                default=_default_source(node.value),
+                type=_source(source, node.annotation),
+                default=_default_source(source, node.value),
                 doc=doc,
                 allowed=allowed.get(name, ""),
             )
@@ -155,7 +169,7 @@ def _field_table(prefix: str, fields: list[FieldDoc]) -> list[str]:
     for f in fields:
         doc = f.doc or "(no docstring)"
         if f.allowed:
-            doc += f" Allowed: {_cell(f.allowed)}."
+            doc += f" One of {f.allowed}."
         lines.append(
             f"| `{prefix}{f.name}` | {_cell(_code(f.type))} | {_cell(_code(f.default))} "
             f"| {_cell(doc)} |"
