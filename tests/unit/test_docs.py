@@ -117,3 +117,30 @@ def test_the_clip_table_in_the_concepts_guide_is_the_commands_output() -> None:
 
     table = format_clip_table([0.9, 0.4, 0.01], eps_low=0.2, eps_high=0.28)
     assert table in (ROOT / "docs" / "concepts.md").read_text()
+
+
+_IMAGE = re.compile(r"^!\[[^\]]*\]\(([^)]+\.png)\)")
+_STAMP = re.compile(r"entropy-rl \d+\.\d+\.\d+ at commit `[0-9a-f]{7,}`")
+
+
+def test_every_figure_names_its_command_and_version() -> None:
+    """A figure is followed by a caption with the command (in backticks) and the version."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    bad = []
+    for page in pages:
+        lines = page.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if not _IMAGE.match(line):
+                continue
+            rest = [ln for ln in lines[i + 1 : i + 12] if ln.strip() and not _IMAGE.match(ln)]
+            caption = " ".join(rest[:4])
+            if not (rest and rest[0].startswith("*") and "`entropy-rl " in caption):
+                bad.append(f"{page.name}:{i + 1}: no caption with the command")
+            elif not _STAMP.search(caption):
+                bad.append(
+                    f"{page.name}:{i + 1}: caption lacks 'entropy-rl X.Y.Z at commit `abc1234`'"
+                )
+            image = (page.parent / _IMAGE.match(line).group(1)).resolve()
+            if not image.is_file():
+                bad.append(f"{page.name}:{i + 1}: {image.name} does not exist")
+    assert not bad, "\n".join(bad)
