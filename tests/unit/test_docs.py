@@ -144,3 +144,13 @@ def test_every_figure_names_its_command_and_version() -> None:
             if not image.is_file():
                 bad.append(f"{page.name}:{i + 1}: {image.name} does not exist")
     assert not bad, "\n".join(bad)
+
+
+def test_the_readmes_relative_links_exist() -> None:
+    """MkDocs checks the site's links; the README is not part of the site, so check it here."""
+    text = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if not re.match(r"[a-z]+:", t)]
+    assert len(local) > 10
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, f"README links to files that do not exist: {missing}"
