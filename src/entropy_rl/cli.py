@@ -130,11 +130,18 @@ def _watch(args: argparse.Namespace) -> int:
     return 1 if (args.no_follow and n > 0) else 0
 
 
+def _version() -> str:
+    from entropy_rl import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="entropy-rl",
         description="RL fine-tuning of language models with the policy's entropy measured and controlled.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser(

@@ -4,7 +4,7 @@ from entropy_rl.ops.clip import clip_bounds, format_clip_table
 
 
 def test_seed_example_exact():
-    # REFERENCE.md section 8: floor of 0.4 under eps_low 0.2 is 0.8 * 0.4 = 0.32
+    # The seed's worked example: floor of 0.4 under eps_low 0.2 is 0.8 * 0.4 = 0.32
     assert clip_bounds(0.4, eps_low=0.2, eps_high=0.2).floor == pytest.approx(0.32, abs=1e-12)
     # 0.9 * 1.2 = 1.08 -> capped at 1.0: +0.1 absolute, +11.1% relative
     b = clip_bounds(0.9, eps_low=0.2, eps_high=0.2)

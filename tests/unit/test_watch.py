@@ -321,7 +321,7 @@ def test_watch_argument_errors(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- trackers
-# (integrations.trackers; wandb and mlflow are replaced by recording stubs of the calls we use)
+# (train.logging; wandb and mlflow are replaced by recording stubs of the calls we use)
 
 
 class _Recorder:
@@ -337,7 +337,7 @@ class _Recorder:
 
 
 def test_wandb_logger_sends_finite_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from entropy_rl.integrations.trackers import make_loggers
+    from entropy_rl.train.logging import make_loggers
 
     fake = _Recorder()
     monkeypatch.setitem(sys.modules, "wandb", fake)
@@ -360,7 +360,7 @@ def test_wandb_logger_sends_finite_metrics(tmp_path: Path, monkeypatch: pytest.M
 def test_mlflow_logger_params_and_key_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from entropy_rl.integrations.trackers import make_loggers, mlflow_key
+    from entropy_rl.train.logging import make_loggers, mlflow_key
 
     fake = _Recorder()
     monkeypatch.setitem(sys.modules, "mlflow", fake)
@@ -381,7 +381,7 @@ def test_mlflow_logger_params_and_key_names(
 
 
 def test_make_loggers_jsonl_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from entropy_rl.integrations.trackers import make_loggers
+    from entropy_rl.train.logging import make_loggers
 
     (logger,) = make_loggers(["jsonl"], tmp_path, {})
     logger.log(1, {"step": 1, "entropy/mean": 0.5})

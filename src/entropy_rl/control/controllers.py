@@ -93,8 +93,9 @@ class NoController(EntropyController):
 class FixedEntropyBonus(EntropyController):
     """Kind ``fixed``: a constant bonus coefficient c >= 0 (loss -= c * agg(H)).
 
-    Fragile: 1e-4..1e-3 does little, 1e-2 made entropy explode in Cui
-    et al. 2025. Kept as the baseline the adaptive and target controllers are compared with.
+    Fragile (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs"): 1e-4..1e-3
+    does little, 1e-2 made entropy explode. Kept as the baseline the adaptive and target
+    controllers are compared with.
     """
 
     def __init__(self, coef: float) -> None:
@@ -115,7 +116,7 @@ class AdaptiveEntropyCoef(EntropyController):
         applied coefficient  alpha_k = c_k * 1[e_k < H_target]
         c_{k+1} = clip(c_k + delta if e_k < H_target, c_k - delta if e_k > H_target, c_min, c_max)
     so the bonus is only on while entropy is under the target, and its strength ramps by
-    ``delta`` per step. Defaults are the paper's: target 0.2 nats,
+    ``delta`` per step. Defaults are the paper's (Skywork-OR1 report, sec. 4): target 0.2 nats,
     delta 1e-4, c in [0, 5e-3], c_0 = 0 (so the very first step adds no bonus).
     ``target`` may also be a :class:`TargetSchedule` (a target that moves over training,
     the open request TRL #5584). ``entropy_coef`` is 0 until the first update.
@@ -203,7 +204,7 @@ class PIEntropyController(EntropyController):
 
     Caveats for ``eps_high``: the clip is inert when updates are on-policy (ratio == 1: one
     epoch, one mini-batch), and the direction is not guaranteed. DAPO reports that raising
-    eps_high raises entropy, but this project measured the opposite on its 1M-parameter
+    eps_high raises entropy, but docs/experiments.md measured the opposite on a 1M-parameter
     model with large per-rollout updates. For such a plant pass negative ``kp`` and ``ki``.
     """
 

@@ -7,7 +7,7 @@ gets back detached Python floats under the names of ``docs/metrics.md``.
 Shapes: ``B`` sequences, ``T`` response positions. ``mask`` is ``[B, T]``, bool or 0/1, and
 marks the valid response tokens; every statistic is over those tokens only (padding never
 counts). Entropy is the full-vocabulary entropy of the *sampling* distribution
-``softmax(logits / temperature)`` in nats (REFERENCE.md section 1); it is computed in ``ops``,
+``softmax(logits / temperature)`` in nats (docs/concepts.md); it is computed in ``ops``,
 not here.
 """
 

@@ -6,8 +6,8 @@ imported explicitly: ``entropy_rl.integrations.trl`` (extra ``trl``) and
 ``entropy_rl.integrations.verl`` (extra ``verl``).
 """
 
-from entropy_rl.integrations.trackers import LOGGER_NAMES, MLflowLogger, WandbLogger, make_loggers
 from entropy_rl.integrations.watch import MetricStream, parse_stream, watch
+from entropy_rl.train.logging import LOGGER_NAMES, MLflowLogger, WandbLogger, make_loggers
 
 __all__ = [
     "LOGGER_NAMES",

@@ -85,7 +85,7 @@ class EntropyCallback(TrainerCallback):
     ``trainer.entropy_coef`` (at most ``entropy_coef_max``); ``rollback`` is not possible from a
     callback and is only recorded. A ``controller`` (from ``make_controller``) sets
     ``trainer.entropy_coef`` or ``trainer.epsilon_high`` after every logged step; its value is
-    applied from the next optimizer step on. Note FINDINGS.md: whether raising eps_high raises
+    applied from the next optimizer step on. docs/experiments.md: whether raising eps_high raises
     entropy depends on the regime; measure it.
 
     Args:

@@ -5,7 +5,7 @@ Outcome-reward estimators take one scalar reward per completion, laid out group-
 group_size``), and return one advantage per completion (``[B]``), broadcast over its tokens by the
 loss. GAE works on token-level rewards and values (``[B, T]``) and returns ``[B, T]``.
 
-References:
+References (docs/concepts.md, "Advantage estimators"):
 - GRPO (Shao et al. 2024): A = (R - mean_g R) / (std_g R + eps); Dr. GRPO (Liu et al. 2025) drops
   the division by the std (``scale_by_std=False``).
 - RLOO (Ahmadian et al. 2024): A_i = R_i - mean_{j != i} R_j.

@@ -5,7 +5,7 @@ r = p_new / p beyond [1 - eps_low, 1 + eps_high]. So the new probability has a f
 (1 - eps_low) * p and a ceiling min((1 + eps_high) * p, 1) (a probability cannot exceed 1).
 With eps = 0.2 a token at 0.9 may gain 0.1 (to 1.0) but a token at 0.01 only 0.002 (to 0.012):
 the relative bound is fair in ratio and unfair in absolute room. DAPO's clip-higher raises
-eps_high to give rare tokens room (shared/REFERENCE.md section 8).
+eps_high to give rare tokens room (Yu et al. 2025, "DAPO", sec. 3.1; docs/concepts.md).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def clip_bounds(p_old: float, *, eps_low: float, eps_high: float) -> ClipBounds:
     """Floor and ceiling for the new probability of a token at ``p_old`` under the clip.
 
     floor = (1 - eps_low) p_old, ceiling = min((1 + eps_high) p_old, 1).
-    Example (REFERENCE.md 8): p_old 0.4, eps_low 0.2 -> floor 0.32; p_old 0.9, eps_high 0.2 ->
+    Example (docs/concepts.md): p_old 0.4, eps_low 0.2 -> floor 0.32; p_old 0.9, eps_high 0.2 ->
     ceiling 1.0 (+0.1, +11%); p_old 0.01 -> 0.012 (+0.002, +20%).
     """
     if not 0.0 < p_old <= 1.0:

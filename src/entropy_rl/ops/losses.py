@@ -1,6 +1,6 @@
 """Policy-gradient losses, registered by name (`aggregate`, re-exported here, lives in ops.aggregate).
 
-Notation: a response token o_t sampled from pi_old,
+Notation (docs/concepts.md, "Policy losses"): a response token o_t sampled from pi_old,
 ``r_t = exp(log pi_theta(o_t) - log pi_old(o_t))``, advantage ``A_t``, response mask ``M``.
 Every loss returns a per-token matrix ``L`` [B, T] (minimised); `aggregate` reduces it.
 

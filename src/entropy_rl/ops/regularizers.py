@@ -1,4 +1,4 @@
-"""Entropy regularisers and the KL-to-reference penalty (REFERENCE.md section 5).
+"""Entropy regularisers and the KL-to-reference penalty (docs/concepts.md, "Controllers").
 
 * `entropy_bonus`: the term ``-coef * agg(H)`` to add to the loss.
 * `high_entropy_mask`: the 80/20 "forking tokens" selection (Wang et al. 2025).

@@ -21,7 +21,7 @@ Numerics (all three):
 - A row with no finite logit (all -inf: no distribution), or with NaN / +inf, raises
   ValueError. This is checked on the [N] outputs, one host sync per call.
 
-Backward formulas (REFERENCE.md section 1), per row with p = softmax(z / T), l = log p:
+Backward formulas (docs/concepts.md, "Token entropy"), per row with p = softmax(z / T), l = log p:
     d log p_y / dz = (onehot(y) - p) / T,      dH / dz = -p * (l + H) / T.
 """
 
@@ -169,7 +169,7 @@ def token_entropy(
 ) -> Tensor:
     """Full-vocabulary entropy of the sampling distribution, per position.
 
-    H_t = -sum_v p_v log p_v,  p = softmax(logits_t / temperature)  (nats; REFERENCE.md s.1;
+    H_t = -sum_v p_v log p_v,  p = softmax(logits_t / temperature)  (nats; docs/concepts.md;
     Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs", track this quantity).
     Computed in the stable form H = log s - sum_v (e_v / s) z'_v with z' = (z - max z) / T,
     e = exp(z'), s = sum_v e_v, in float32 (float64 stays float64).
@@ -420,7 +420,7 @@ def fused_logprobs_entropy(
         logp_t = z_{t, y_t} - logsumexp(z_t),   H_t = -sum_v p_{t, v} log p_{t, v},
         top1_t = max_v p_{t, v}  (detached, for monitoring).
     Rows are processed chunk_size at a time; a custom autograd Function recomputes each
-    chunk's logits in backward (REFERENCE.md s.1; verl's fused kernel does the same on GPU):
+    chunk's logits in backward (verl's fused kernel does the same on GPU):
         dz = g_logp (onehot(y) - p) - g_H p (log p + H),
         d hidden = dz W / T,  d W += dz^T hidden / T,  d bias += sum_rows dz / T.
     Peak extra memory is two (chunk_size, V) buffers plus dW; the cost is one extra matmul

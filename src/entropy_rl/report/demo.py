@@ -7,7 +7,7 @@
                drops below its starting value, the detector fires twice.
 Both follow the entropy-performance law R = -a * exp(H) + b (Cui et al. 2025) plus noise,
 and pass@k = 1 - (1 - p)^(k^d) with a "diversity" exponent d that the collapsing run loses.
-The numbers are made up to look like the runs in /work/shared/FINDINGS.md; they are not data.
+The numbers are made up to look like the runs in docs/experiments.md; they are not data.
 """
 
 from __future__ import annotations

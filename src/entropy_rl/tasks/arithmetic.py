@@ -1,7 +1,7 @@
 """`addition`: integer arithmetic with one right answer, ``"a+b="`` -> ``"a+b"`` then <eos>.
 
 Operands are uniform in [0, 10**digits). The default, 2-digit addition, is the regime where
-RL visibly works on the tiny model (FINDINGS.md section 1); 3-digit with carries could not be
+RL visibly works on the tiny model (docs/experiments.md); 3-digit with carries could not be
 fixed by RL. `ops` also allows ``-`` (answers may be negative, ``"3-7="`` -> ``"-4"``) and ``*``.
 
 Held-out split: `eval_size` (op, a, b) triples are drawn once with `seed`; `sample_train` and

@@ -1,4 +1,4 @@
-"""`digitsum`: a task with many valid answers (FINDINGS.md section 2).
+"""`digitsum`: a task with many valid answers (docs/experiments.md, "Digit sum").
 
 Prompt ``"N="``; a valid answer is any `width`-digit string (leading zeros allowed) whose
 digits sum to N, followed by <eos>. For width 3 the number of valid answers is the
@@ -14,9 +14,9 @@ Supervised pretraining (`sample_pretrain`) mixes uniformly drawn valid answers w
 invalid strings (`invalid_frac`, 0.4), so the start policy is spread over many answers and
 valid only part of the time: room for RL to sharpen and to collapse. It covers N in 1..27,
 the hard prompts included; RL never trains on those. Measured here: pretrained on 6..21 only
-(FINDINGS.md's range), the model is valid on 0.5% of hard-prompt samples and pass@32 is
+(the first recipe's range), the model is valid on 0.5% of hard-prompt samples and pass@32 is
 nonzero on one of the six, so pass@k there could not move; with 1..27 it starts at ~49% valid
-on hard prompts while the normal prompts keep FINDINGS' start point (~30% valid at T = 1).
+on hard prompts while the normal prompts keep that start point (~30% valid at T = 1).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The built-in tiny policy: a ~1M-parameter Qwen2 decoder.
 
-Default shape (FINDINGS.md): 4 layers, hidden 128, 4 attention heads with 2 KV heads (GQA),
+Default shape (docs/experiments.md): 4 layers, hidden 128, 4 attention heads with 2 KV heads (GQA),
 SwiGLU MLP 512, tied input/output embeddings, RoPE. With the 19-token character vocabulary:
 
     embeddings      19 * 128                                   =   2,432

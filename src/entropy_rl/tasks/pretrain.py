@@ -1,7 +1,7 @@
 """Supervised pretraining of the tiny model, start-point metrics, and the shipped checkpoints.
 
 The RL demos need a starting policy that is right often but not always *at the sampling
-temperature* (T = 1): there must be room for RL to sharpen it. FINDINGS.md section 1: a
+temperature* (T = 1): there must be room for RL to sharpen it. docs/experiments.md: a
 checkpoint whose lr was annealed to zero sits in a sharp minimum that RL at lr >= 1e-4
 destroys, so the schedule here is a one-cycle (linear warm-up, cosine decay) to a *non-zero*
 final lr, and runs are stopped early rather than trained to convergence.
@@ -45,7 +45,7 @@ CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
 # schedule_steps), so the start point sits at a still-high lr, mid-way up the accuracy curve:
 # - addition: 2-digit accuracy jumps from ~0.2 to ~0.95 greedy between steps 300 and 500 of
 #   this schedule; step 400 leaves room for RL (T = 1 accuracy 0.54, greedy 0.64).
-# - digitsum: FINDINGS.md section 2's recipe (60/40 valid/invalid, batch 256, lr 3e-3 over a
+# - digitsum: the recipe of docs/experiments.md (60/40 valid/invalid, batch 256, lr 3e-3 over a
 #   700-step one-cycle); stopping at 450 gives its start point (31% valid at T = 1,
 #   1.56 nats, 8.6 distinct correct per 32 samples).
 # Checked with a scratch PPO loop (4 epochs, clip 0.2, 128 held-out prompts, T = 1): addition
@@ -82,7 +82,7 @@ def one_cycle_lr(
         W = ceil(warmup_frac * steps)
         warm-up (s < W):  lr * (s + 1) / W
         decay   (s >= W): lr_end + (lr - lr_end) * (1 + cos(pi * (s - W) / (steps - W))) / 2
-        lr_end = final_lr_frac * lr  (> 0: no annealing to zero, FINDINGS.md section 1)
+        lr_end = final_lr_frac * lr  (> 0: no annealing to zero, docs/experiments.md)
 
     Example: steps 10, lr 1.0, warmup 0.2, final 0.1 -> s = 0: 0.5, s = 2: 1.0,
     s = 6: 0.1 + 0.9 * (1 + cos(pi/2)) / 2 = 0.55.

@@ -116,7 +116,7 @@ def digit_sum_valid(prompt: str, completion: str, *, width: int = 3, **fields: A
 
 
 def overlong_penalty(length: int, *, max_len: int, cache_len: int) -> float:
-    """DAPO soft overlong punishment (Yu et al. 2025, eq. 13; REFERENCE.md section 6).
+    """DAPO soft overlong punishment (Yu et al. 2025, "DAPO", eq. 13).
 
         R_len(L) = 0                                 if L <= max_len - cache_len
                  = ((max_len - cache_len) - L) / cache_len   if in between

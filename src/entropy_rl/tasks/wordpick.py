@@ -1,6 +1,6 @@
 """`wordpick`: many valid answers made of rare tokens in a large word-level vocabulary.
 
-Why (FINDINGS.md section 3): DAPO's clip-higher argument (Yu et al. 2025, "DAPO", sec. 3.1)
+Why (docs/experiments.md): DAPO's clip-higher argument (Yu et al. 2025, "DAPO", sec. 3.1)
 is about exploring tokens near p = 0.01, whose growth the upper clip caps (0.01 -> 0.012 at
 eps 0.2 vs 0.0128 at 0.28). With the 19-token character vocabulary no token is that rare, and
 clip-higher did not raise entropy there. This task puts the mechanism where DAPO argued it.

@@ -59,6 +59,8 @@ class ModelConfig:
     """Rows per chunk for the fused log-prob/entropy computation (512 at V=152k keeps ~1/10 of
     the full-logits peak memory at the same speed: benchmarks/token_stats.py)."""
     trust_remote_code: bool = False
+    """Passed to transformers: allow a checkpoint's own modelling code to run (only for models
+    you trust)."""
 
     def __post_init__(self) -> None:
         _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
@@ -80,9 +82,13 @@ class DataConfig:
     dataset: str | None = None
     """A ``datasets`` data set name or path (needs the ``datasets`` extra)."""
     dataset_split: str = "train"
+    """Split of ``dataset`` to train on."""
     dataset_config: str | None = None
+    """Configuration (subset) name of ``dataset``, e.g. ``main`` for gsm8k."""
     prompt_column: str = "prompt"
+    """Field of a record (JSONL or data set) that holds the prompt."""
     answer_column: str = "answer"
+    """Field that holds the reference answer; the reward receives it as ``answer``."""
     chat_template: bool = False
     """Wrap each prompt as a user message with the tokenizer's chat template (instruct models)."""
     reward: str | None = None
@@ -108,6 +114,8 @@ class RolloutConfig:
     temperature: float = 1.0
     """Sampling temperature; log-probs and entropy are those of softmax(logits / temperature)."""
     top_p: float = 1.0
+    """Nucleus sampling, in (0, 1]. Below 1 the sampler's log-probs are no longer pi_old's, so
+    the trainer runs its own pi_old forward."""
     max_new_tokens: int | None = None
     """Completion length cap (None: the task's default, else 256)."""
     dynamic_sampling: bool = False
@@ -153,6 +161,7 @@ class AlgoConfig:
     advantage: str = "grpo"
     """Advantage estimator (grpo, dr_grpo, rloo, reinforce_pp_baseline, w_reinforce)."""
     advantage_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Options of the estimator, e.g. {eps: 1e-6} for grpo."""
     loss: str = "ppo"
     """Policy loss from the registry (ppo, cispo, gspo, gpg, clip_cov, kl_cov, entropic)."""
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -172,11 +181,16 @@ class AlgoConfig:
     CPU 32-row passes ran x1.04-1.07 faster than 64-row ones at the same arithmetic, with half
     the activation memory (benchmarks/README.md section 8)."""
     lr: float = 1e-4
+    """AdamW learning rate after warm-up (constant afterwards). 1e-4 suits the built-in tiny
+    model; models of 0.5-7B parameters usually want about 1e-6."""
     warmup_steps: int = 10
     """Linear warm-up, in RL steps."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
     grad_clip: float = 1.0
+    """Clip the global gradient norm (over all parameters and ranks) to this; 0 disables."""
     entropy_coef: float = 0.0
     """Fixed entropy bonus coefficient (controllers may override it)."""
     entropy_adv_alpha: float = 0.0
@@ -189,6 +203,8 @@ class AlgoConfig:
     kl_coef: float = 0.0
     """KL to the reference (starting) model; 0 means no reference model is loaded."""
     kl_kind: str = "k3"
+    """KL estimator for ``kl_coef``: k1 = d, k2 = d^2/2, k3 = exp(-d) - 1 + d with
+    d = log pi - log pi_ref (verl's kl, mse, low_var_kl are aliases)."""
     kl_in: str = "loss"
     """``loss`` (GRPO style) or ``reward`` (PPO/RLHF style, per-sequence sum)."""
     tis_cap: float | None = 2.0
@@ -229,6 +245,8 @@ class ControlConfig:
     """Entropy controller: none, fixed, adaptive (Skywork-OR1), target (schedule tracked by PI),
     rate (the schedule's slope tracked by PI), entropic (EntroPIC; with algo.loss=entropic)."""
     controller_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Arguments of the controller, e.g. {schedule: {kind: cosine, start: 1.3, end: 0.5},
+    actuator: eps} for ``target``."""
     detector: bool = True
     """Run the collapse detector on every step's metrics."""
     detector_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -240,6 +258,7 @@ class EvalConfig:
     every: int = 10
     """Evaluate on the held-out set every N steps (and at the start and end); 0 disables."""
     n_prompts: int = 128
+    """Held-out prompts per evaluation (the first this-many of the held-out set)."""
     samples: int = 8
     """Samples per held-out prompt (for avg@k, pass@k and distinct answers)."""
     greedy: bool = True
@@ -258,13 +277,18 @@ SHARDING_MODES = ("auto", "none", "fsdp")
 @dataclass
 class RunConfig:
     name: str = "run"
+    """Run name: the default run directory is runs/<name>-<time>; trackers show it."""
     seed: int = 0
+    """Seeds torch, Python's random, the prompt order and the mini-batch shuffle (rank r of a
+    multi-process run samples with seed + r)."""
     steps: int = 100
+    """RL steps (one rollout and its update each)."""
     out_dir: str | None = None
     """Run directory (default runs/<name>-<time>)."""
     save_every: int = 25
     """Checkpoint every N steps (and at the end); 0: only at the end."""
     keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep; older ones are deleted."""
     log_samples: int = 4
     """Completions written to samples.jsonl per step."""
     threads: int | None = None
@@ -272,6 +296,7 @@ class RunConfig:
     1M-parameter update step ran 0.24 s on 1 thread and 8 s on 2 threads of a busy 2-core
     machine; tiny matrices gain nothing from intra-op threads), else torch's default."""
     progress: bool = True
+    """Show a progress bar (rank 0 only)."""
     loggers: list[str] | None = None
     """Metric sinks: any of jsonl, tensorboard, wandb, mlflow. None: jsonl, plus tensorboard
     when installed. metrics.jsonl is always written (reports and resume read it)."""

@@ -1,12 +1,40 @@
-"""Metric sinks: RUN_DIR/metrics.jsonl always, TensorBoard when installed and asked for."""
+"""Metric sinks, all in one place: ``log(step, metrics)`` and ``close()`` behind one protocol.
+
+``RUN_DIR/metrics.jsonl`` is always written (the report and resume read it). The others are
+chosen with the config key ``run.loggers`` and built by ``make_loggers(names, run_dir, config)``:
+``jsonl``, ``tensorboard`` (``RUN_DIR/tb``; extra ``entropy-rl[tensorboard]``), ``wandb``
+(``pip install wandb``) and ``mlflow`` (``pip install mlflow``). Each tracker's package is
+imported only when its logger is built; a missing one raises ImportError naming the install.
+
+Only finite numbers go to the trackers (a NaN bucket such as ``entropy/pos_3`` on a short batch
+is skipped, not sent as a broken point); ``metrics.jsonl`` keeps every value. Metric names are
+ours (the metrics page of the docs); MLflow allows only ``[A-Za-z0-9_-. /]`` in names, so there
+``@`` becomes ``_at_`` (``eval/pass@4`` -> ``eval/pass_at_4``) and any other character ``_``.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
+
+__all__ = [
+    "LOGGER_NAMES",
+    "JsonlLogger",
+    "Logger",
+    "MLflowLogger",
+    "TensorBoardLogger",
+    "WandbLogger",
+    "default_loggers",
+    "make_loggers",
+    "mlflow_key",
+]
+
+LOGGER_NAMES = ("jsonl", "tensorboard", "wandb", "mlflow")
 
 
 class Logger(Protocol):
@@ -70,13 +98,176 @@ class TensorBoardLogger:
         self.writer.close()
 
 
+def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics that are finite numbers, as floats (``step`` excluded)."""
+    out = {}
+    for k, v in metrics.items():
+        if k == "step" or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if math.isfinite(v):
+            out[k] = float(v)
+    return out
+
+
+def _run_name(config: Mapping[str, Any], run_dir: Path) -> str:
+    run = config.get("run")
+    name = run.get("name") if isinstance(run, Mapping) else config.get("name")
+    return str(name) if name else run_dir.name
+
+
+class WandbLogger:
+    """Weights & Biases: one wandb run per RL run, ``log(step, metrics)`` at ``step``.
+
+    Args:
+        run_dir: the RL run directory; wandb writes its files under it.
+        config: the resolved config, recorded as the wandb run's config.
+        project: wandb project (default: ``$WANDB_PROJECT``, else ``entropy-rl``).
+        name: run name (default: ``run.name`` of the config, else the directory name).
+        **init_kwargs: passed to ``wandb.init`` (entity, tags, mode="offline", ...).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        config: Mapping[str, Any] | None = None,
+        *,
+        project: str | None = None,
+        name: str | None = None,
+        **init_kwargs: Any,
+    ) -> None:
+        try:
+            import wandb
+        except ImportError as exc:
+            raise ImportError("the wandb logger needs wandb: pip install wandb") from exc
+        run_dir = Path(run_dir)
+        cfg = dict(config or {})
+        self.run = wandb.init(
+            project=project or os.environ.get("WANDB_PROJECT") or "entropy-rl",
+            name=name or _run_name(cfg, run_dir),
+            dir=str(run_dir),
+            config=cfg,
+            **init_kwargs,
+        )
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        self.run.log(_finite(metrics), step=int(step))
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+_MLFLOW_BAD = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def mlflow_key(key: str) -> str:
+    """Our metric name as MLflow accepts it: ``@`` -> ``_at_``, other disallowed chars -> ``_``."""
+    return _MLFLOW_BAD.sub("_", key.replace("@", "_at_"))
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out |= _flatten(v, key + ".")
+        else:
+            out[mlflow_key(key)] = str(v)[:500]  # MLflow's limit on a param value
+    return out
+
+
+class MLflowLogger:
+    """MLflow: one MLflow run per RL run; the config is logged as (flattened) params.
+
+    The tracking URI is ``$MLFLOW_TRACKING_URI`` when set, else ``tracking_uri``, else a file
+    store in ``RUN_DIR/mlruns``, so a run's tracking data stays beside its metrics.
+
+    Args:
+        run_dir: the RL run directory.
+        config: the resolved config (flattened to ``section.key`` params).
+        experiment: MLflow experiment name (default ``entropy-rl``).
+        name: run name (default: ``run.name`` of the config, else the directory name).
+        tracking_uri: where to track when ``$MLFLOW_TRACKING_URI`` is unset.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        config: Mapping[str, Any] | None = None,
+        *,
+        experiment: str = "entropy-rl",
+        name: str | None = None,
+        tracking_uri: str | None = None,
+    ) -> None:
+        try:
+            import mlflow
+        except ImportError as exc:
+            raise ImportError("the mlflow logger needs mlflow: pip install mlflow") from exc
+        run_dir = Path(run_dir)
+        cfg = dict(config or {})
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            mlflow.set_tracking_uri(tracking_uri or (run_dir / "mlruns").resolve().as_uri())
+        mlflow.set_experiment(experiment)
+        self.mlflow = mlflow
+        self.run = mlflow.start_run(run_name=name or _run_name(cfg, run_dir))
+        params = _flatten(cfg)
+        items = list(params.items())
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per call
+            mlflow.log_params(dict(items[i : i + 100]))
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        values = {mlflow_key(k): v for k, v in _finite(metrics).items()}
+        if values:
+            self.mlflow.log_metrics(values, step=int(step))
+
+    def close(self) -> None:
+        self.mlflow.end_run()
+
+
+def make_loggers(
+    names: list[str] | tuple[str, ...], run_dir: str | Path, config_dict: Mapping[str, Any]
+) -> list[Logger]:
+    """Build the loggers named in ``run.loggers``, in order.
+
+    Args:
+        names: each one of ``LOGGER_NAMES``, no repeats.
+        run_dir: the run directory (exists).
+        config_dict: the resolved config (wandb config / MLflow params, run name).
+
+    Raises:
+        ValueError: an unknown or repeated name.
+        ImportError: a tracker that is not installed, naming what to install.
+    """
+    unknown = [n for n in names if n not in LOGGER_NAMES]
+    if unknown:
+        raise ValueError(f"unknown logger(s) {unknown}; valid: {', '.join(LOGGER_NAMES)}")
+    repeated = sorted({n for n in names if list(names).count(n) > 1})
+    if repeated:
+        raise ValueError(f"logger(s) {repeated} named more than once in run.loggers")
+    run_dir = Path(run_dir)
+    loggers: list[Logger] = []
+    for name in names:
+        if name == "jsonl":
+            loggers.append(JsonlLogger(run_dir / "metrics.jsonl"))
+        elif name == "tensorboard":
+            try:
+                import tensorboard  # noqa: F401
+            except ImportError as exc:
+                raise ImportError(
+                    "the tensorboard logger needs tensorboard: pip install 'entropy-rl[tensorboard]'"
+                ) from exc
+            loggers.append(TensorBoardLogger(run_dir / "tb"))
+        elif name == "wandb":
+            loggers.append(WandbLogger(run_dir, config_dict))
+        else:
+            loggers.append(MLflowLogger(run_dir, config_dict))
+    return loggers
+
+
 def default_loggers(
     run_dir: Path, names: list[str] | None = None, config: dict[str, Any] | None = None
 ) -> list[Logger]:
     """``names`` from run.loggers (jsonl is always added); None: jsonl + tensorboard if installed."""
     if names is not None:
-        from entropy_rl.integrations.trackers import make_loggers
-
         return make_loggers(["jsonl", *[n for n in names if n != "jsonl"]], run_dir, config or {})
     loggers: list[Logger] = [JsonlLogger(run_dir / "metrics.jsonl")]
     try:

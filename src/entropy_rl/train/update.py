@@ -70,7 +70,7 @@ def warn_if_on_policy(epochs: int, mini_batches: int) -> None:
         warnings.warn(
             "algo.ppo_epochs=1 and algo.mini_batches=1: every update is on-policy, the ratio is "
             "exactly 1 and the clip never acts (eps_low/eps_high have no effect). Use several "
-            "epochs or mini-batches for clip-higher to matter (REFERENCE.md section 5).",
+            "epochs or mini-batches for clip-higher to matter (verl #791, TRL #3120).",
             UserWarning,
             stacklevel=2,
         )
