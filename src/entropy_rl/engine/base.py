@@ -18,9 +18,10 @@ class Generation:
     prompt_ids: list[list[int]]
     """Prompt token ids of each row (repeated for each sample)."""
     completion_ids: list[list[int]]
-    """Sampled token ids, without padding; ends with EOS unless truncated."""
+    """Sampled token ids, without padding; ends with a stop token (EOS or the chat template's
+    end-of-turn token) unless truncated, and that token is trained on like any other."""
     truncated: list[bool]
-    """True where the completion hit max_new_tokens without EOS."""
+    """True where the completion hit max_new_tokens without a stop token."""
     sampler_logprobs: list[list[float]] | None = None
     """Log-probs the sampler assigned to each completion token (engines that report them, e.g.
     vLLM; used for train/inference mismatch correction). None when not reported."""

@@ -13,7 +13,9 @@ class HFGenerateEngine:
     """Samples with ``model.generate`` on the policy model itself (no weight copy to sync).
 
     Prompts are left-padded into batches of at most ``batch_size`` sequences (prompts x n);
-    generation stops at ``eos_token_id`` or ``max_new_tokens``. Reports no sampler statistics.
+    generation stops at any of ``eos_token_id`` (one id or several: EOS and a chat template's
+    end-of-turn token, see train.encoding.stop_token_ids) or at ``max_new_tokens``. Reports no
+    sampler statistics.
     """
 
     exact_logprobs = False

@@ -136,7 +136,8 @@ class KVCacheEngine:
     """Samples with a hand-written KV-cached decoder over the policy's own weights.
 
     Prompts are left-padded into batches of at most ``batch_size`` sequences (prompts x n);
-    generation stops at ``eos_token_id`` or ``max_new_tokens``. Randomness: one
+    generation stops at any of ``eos_token_id`` (one id or several: EOS and a chat template's
+    end-of-turn token) or at ``max_new_tokens``. Randomness: one
     ``torch.rand`` pair per row and step from the global generator (reproducible under the
     trainer's seeding and checkpointed RNG state).
 

@@ -90,7 +90,11 @@ class DataConfig:
     answer_column: str = "answer"
     """Field that holds the reference answer; the reward receives it as ``answer``."""
     chat_template: bool = False
-    """Wrap each prompt as a user message with the tokenizer's chat template (instruct models)."""
+    """Wrap each prompt as a user message with the tokenizer's chat template (instruct models);
+    generation then also stops at the template's end-of-turn token (e.g. ``<|im_end|>``)."""
+    system_prompt: str | None = None
+    """System message before each user turn (needs ``chat_template``). A JSONL record's own
+    ``system`` field replaces it for that prompt. None: the template's default, if any."""
     reward: str | None = None
     """Reward function: a built-in name (exact_match, numeric_match, math_verify) or
     ``package.module:function`` with signature ``fn(prompt, completion, **fields) -> float``.
@@ -103,6 +107,8 @@ class DataConfig:
         _choice("data.reward_on_error", self.reward_on_error, ("raise", "zero"))
         if self.prompts is not None and self.dataset is not None:
             raise ConfigError("set data.prompts (a JSONL file) or data.dataset, not both")
+        if self.system_prompt is not None and not self.chat_template:
+            raise ConfigError("data.system_prompt needs data.chat_template=true")
 
 
 @dataclass

@@ -20,7 +20,7 @@ def evaluate(trainer: Any) -> dict[str, float]:
     if not examples:
         return {}
     trainer.engine.sync_weights(trainer.model)
-    prompts = [trainer.encoder.encode_prompt(e.prompt) for e in examples]
+    prompts = [trainer.encoder.encode(e) for e in examples]
     k = c.eval.samples
     gen = trainer.engine.generate(
         prompts, n=k, temperature=c.rollout.temperature, top_p=c.rollout.top_p,

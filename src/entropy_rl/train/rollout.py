@@ -11,7 +11,6 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -22,6 +21,7 @@ from entropy_rl.tasks.rewards import overlong_penalty
 from entropy_rl.train.batch import RolloutBatch, build_batch
 from entropy_rl.train.config import Config
 from entropy_rl.train.data import PromptSource, RewardFn
+from entropy_rl.train.encoding import Encoder
 
 
 class RewardError(RuntimeError):
@@ -45,25 +45,6 @@ class Samples:
 
     def group(self, g: int, size: int) -> slice:
         return slice(g * size, (g + 1) * size)
-
-
-class Encoder:
-    """Text <-> token ids with the model's tokenizer (optionally through its chat template)."""
-
-    def __init__(self, tokenizer: Any, *, chat_template: bool = False) -> None:
-        self.tokenizer = tokenizer
-        self.chat_template = chat_template
-
-    def encode_prompt(self, prompt: str) -> list[int]:
-        if self.chat_template:
-            ids = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-            )
-            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
-        return list(self.tokenizer(prompt)["input_ids"])
-
-    def decode(self, ids: list[list[int]]) -> list[str]:
-        return list(self.tokenizer.batch_decode(ids, skip_special_tokens=True))
 
 
 def score(
@@ -111,7 +92,7 @@ def sample_round(
     """Sample ``n_prompts`` prompts, G completions each, and score them."""
     ro = cfg.rollout
     examples = source.sample(n_prompts, rng)
-    prompt_ids = [encoder.encode_prompt(e.prompt) for e in examples]
+    prompt_ids = [encoder.encode(e) for e in examples]
     gen = engine.generate(
         prompt_ids,
         n=ro.group_size,

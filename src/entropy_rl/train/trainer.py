@@ -32,8 +32,7 @@ from entropy_rl.control.monitor import (
     logp_adv_covariance,
 )
 from entropy_rl.engine.base import RolloutEngine
-from entropy_rl.engine.hf import HFGenerateEngine
-from entropy_rl.engine.kv import KVCacheEngine, resolve_engine
+from entropy_rl.engine.build import build_engine, format_run_info, run_info, set_threads
 from entropy_rl.ops.advantages import available_advantages, compute_advantages
 from entropy_rl.ops.losses import policy_loss
 from entropy_rl.tasks.pretrain import builtin_checkpoint
@@ -49,9 +48,10 @@ from entropy_rl.train.data import (
     build_task,
 )
 from entropy_rl.train.distributed import all_gather_rows, all_reduce, init_from_env, reduce_metrics
+from entropy_rl.train.encoding import Encoder, stop_token_ids
 from entropy_rl.train.evaluate import evaluate, start_metrics
 from entropy_rl.train.logging import JsonlLogger, Logger, default_loggers
-from entropy_rl.train.rollout import Encoder, collect
+from entropy_rl.train.rollout import collect
 from entropy_rl.train.sharding import make_sharding
 from entropy_rl.train.update import (
     UpdateSettings,
@@ -159,35 +159,21 @@ class Trainer:
             model, tokenizer = load_model(c)
         if tokenizer is None:
             raise ValueError("pass the tokenizer together with a model")
-        if c.run.threads:
-            torch.set_num_threads(c.run.threads)
-        elif self.device.type == "cpu" and sum(p.numel() for p in model.parameters()) < 20_000_000:
-            torch.set_num_threads(1)
+        set_threads(c.run.threads, model, self.device)
         self.model = model.to(self.device)
         self.model.eval()  # no dropout during RL: the ratio must compare the same function
         self.tokenizer = tokenizer
-        self.pad_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.encoder = Encoder(
+            tokenizer, chat_template=c.data.chat_template, system_prompt=c.data.system_prompt
         )
-        self.encoder = Encoder(tokenizer, chat_template=c.data.chat_template)
-        if engine is None and c.rollout.engine == "vllm":
-            from entropy_rl.engine.vllm import VLLMEngine
-
-            engine = VLLMEngine(
-                c.model.path or str(builtin_checkpoint(c.data.task)), tokenizer=tokenizer,
-                seed=c.run.seed + self.dist.rank, **c.rollout.engine_kwargs,
-            )  # fmt: skip
-        if engine is None and resolve_engine(c.rollout.engine, self.model) == "kv":
-            try:  # the fast default: its sampler statistics replace the pi_old forward
-                engine = KVCacheEngine(
-                    self.model, pad_token_id=self.pad_id, eos_token_id=tokenizer.eos_token_id,
-                    batch_size=c.rollout.batch_size,
-                )  # fmt: skip
-            except ValueError as e:
-                raise ConfigError(f"rollout.engine=kv: {e}") from e
-        self.engine = engine or HFGenerateEngine(
-            self.model, pad_token_id=self.pad_id, eos_token_id=tokenizer.eos_token_id,
-            batch_size=c.rollout.batch_size,
+        self.stop_ids = stop_token_ids(tokenizer, self.model, chat_template=c.data.chat_template)
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.stop_ids[0]
+        self.engine = engine or build_engine(
+            c.rollout.engine, self.model, pad_token_id=self.pad_id, stop_token_ids=self.stop_ids,
+            batch_size=c.rollout.batch_size, tokenizer=tokenizer, seed=c.run.seed + self.dist.rank,
+            engine_kwargs=c.rollout.engine_kwargs, model_path=c.model.path
+            or (str(builtin_checkpoint(c.data.task)) if c.rollout.engine == "vllm" else None),
         )  # fmt: skip
         default_len = self.task.default_max_new_tokens if self.task is not None else 256
         self.max_new_tokens = c.rollout.max_new_tokens or default_len
@@ -243,12 +229,24 @@ class Trainer:
         self.loggers: list[Logger] = []
         if self.dist.is_main:
             (self.run_dir / "config.yaml").write_text(c.to_yaml())
+            self._announce()
             if loggers is None:
                 try:
                     loggers = default_loggers(self.run_dir, c.run.loggers, c.to_dict())
                 except ValueError as e:
                     raise ConfigError(f"run.loggers: {e}") from e
             self.loggers = loggers
+
+    def _announce(self) -> None:
+        """Engine, logits path, dtype and threads actually chosen: one line on stderr, and
+        run_info.json in the run directory."""
+        info = run_info(
+            self.engine, self.model, logits=self.settings().logits_mode, device=self.device,
+            stop_token_ids=self.stop_ids, tokenizer=self.tokenizer,
+            chat_template=self.cfg.data.chat_template, world_size=self.dist.world_size,
+        )  # fmt: skip
+        (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+        print(format_run_info(info), file=sys.stderr)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, float]:
