@@ -92,6 +92,17 @@ def _run_rows(
     return rows
 
 
+def _add_same_batch(rows: list[dict[str, Any]], rng: np.random.Generator, *, every: int) -> None:
+    """Every ``every``-th row gets the update's change on its own batch (train.forecast): the
+    next change plus noise, and a first-order part that explains most of it."""
+    h = [r["entropy/mean"] for r in rows]
+    for i in range(every - 1, len(rows) - 1, every):
+        same = h[i + 1] - h[i] + 0.002 * float(rng.standard_normal())
+        rows[i]["entropy/delta_same_batch"] = same
+        rows[i]["entropy/first_order_delta"] = 0.85 * same + 0.0005 * float(rng.standard_normal())
+        rows[i]["entropy/after_update"] = h[i] + same
+
+
 def _write_run(
     run_dir: Path, config: dict[str, Any], rows: list[dict[str, Any]], events: list[dict[str, Any]]
 ) -> None:
@@ -174,6 +185,8 @@ def make_demo_runs(directory: str | Path, *, steps: int = 120, seed: int = 0) ->
         upper_clip=0.03,
         target=None,
     )
+    for k, rows in enumerate((healthy, collapsing)):  # own generator: the rows above unchanged
+        _add_same_batch(rows, np.random.default_rng(seed + 1 + k), every=4)
     dirs = [directory / "healthy", directory / "collapsing"]
     # the trainer's config.yaml layout (train.config.Config.to_yaml), abridged
     run = {"seed": seed + 1, "steps": steps}
