@@ -32,9 +32,10 @@ def _write(run: Path, rows: list[dict]) -> Path:
 # r = 12 / 15 = 0.8, slope = s_xy / s_xx = 0.8
 X = [1.0, 2.0, 3.0, 4.0] * 3
 Y = [1.0, 3.0, 2.0, 4.0] * 3
-# a second predictor w = (4, 1, 1, 4) (x3): dw = (1.5, -1.5, -1.5, 1.5), s_wy = 3 * (-2.25 - 0.75
-# + 0.75 + 2.25) = 0: r = 0, slope = 0
-W = [4.0, 1.0, 1.0, 4.0] * 3
+# a second predictor w = (2, -1, -1, 2) (x3): mean 0.5, dw = (1.5, -1.5, -1.5, 1.5),
+# s_wy = 3 * (-2.25 - 0.75 + 0.75 + 2.25) = 0: r = 0, slope = 0; its sign matches y's (all > 0)
+# at half the steps
+W = [2.0, -1.0, -1.0, 2.0] * 3
 
 
 def _same_batch_run(root: Path, name: str = "fc") -> Path:
@@ -53,6 +54,7 @@ def test_scores_hand_worked(tmp_path: Path) -> None:
     assert (fo.n, cov.n) == (12, 12)
     assert fo.r == pytest.approx(0.8, rel=1e-12) and fo.slope == pytest.approx(0.8, rel=1e-12)
     assert cov.r == pytest.approx(0.0, abs=1e-15) and cov.slope == pytest.approx(0.0, abs=1e-15)
+    assert (fo.same_sign, cov.same_sign) == (1.0, 0.5)
     assert (fo.verdict, cov.verdict) == ("predictive", "not predictive")
     assert fo.target == cov.target == "entropy/delta_same_batch"
 
@@ -112,5 +114,17 @@ def test_html_table_states_each_verdict(tmp_path: Path) -> None:
     page = write_report([_same_batch_run(tmp_path)], tmp_path / "out").read_text()
     assert "<h2>Entropy forecast</h2>" in page
     assert "<td>first order</td><td>entropy/delta_same_batch</td><td class='num'>12</td>" in page
-    assert "<td class='num'>0.80</td><td class='num'>0.8</td><td>predictive</td>" in page
-    assert "<td>not predictive</td>" in page
+    first = "<td class='num'>0.80</td><td class='num'>0.8</td><td class='num'>100%</td>"
+    assert first + "<td>predictive</td>" in page
+    assert "<td class='num'>50%</td><td>not predictive</td>" in page
+
+
+def test_demo_runs_show_both_verdicts(tmp_path: Path) -> None:
+    from entropy_rl.report.demo import make_demo_runs
+
+    healthy, collapsing = (forecast_scores(load_run(d)) for d in make_demo_runs(tmp_path))
+    assert [(s.name, s.n, s.verdict) for s in healthy] == [
+        ("Cov(log π, A)", 29, "not predictive"),  # every 4th of 120 steps, the last unpaired
+        ("first order", 29, "predictive"),
+    ]
+    assert [s.verdict for s in collapsing] == ["predictive", "predictive"]

@@ -2,8 +2,9 @@
 
 The target is ``entropy/delta_same_batch`` (train.forecast): the change of the rollout batch's
 entropy that the step's update caused, measured on that batch. Each predictor logged on the same
-row is scored over the steps where both are finite, by Pearson's r and the least-squares slope of
-the change on the prediction:
+row is scored over the steps where both are finite, by Pearson's r, the least-squares slope of
+the change on the prediction, and how often the two share their sign (a weak test when the
+entropy falls at nearly every step: any always-negative number passes it):
 
 - ``entropy/predicted_delta``: -lr * optimizer steps * Cov(log pi, A) (Cui et al. 2025), known
   before the update from the sampled tokens' log-probs and advantages;
@@ -72,6 +73,7 @@ class ForecastScore:
     n: int  # steps paired
     r: float  # Pearson r (nan: fewer than 3 pairs or a constant series)
     slope: float  # least-squares slope of target on predictor (nan where r is)
+    same_sign: float  # fraction of the n steps where predictor and change share their sign
 
     @property
     def verdict(self) -> str:
@@ -118,7 +120,8 @@ def forecast_scores(run: RunData) -> list[ForecastScore]:
         if x.size < 3:
             continue
         r, slope = _fit(x, y)
-        out.append(ForecastScore(run.label, name, key, target, int(x.size), r, slope))
+        same_sign = float(np.mean(np.sign(x) == np.sign(y)))
+        out.append(ForecastScore(run.label, name, key, target, int(x.size), r, slope, same_sign))
     return out
 
 
@@ -162,6 +165,7 @@ def draw_forecast(fig: FigureBase, runs: Sequence[RunData]) -> list[str]:
                 f"r = {fmt(score.r)}  (n = {score.n}): {score.verdict}",
                 transform=ax.transAxes, color=color(run), va="top", fontsize=10,
                 fontweight="bold" if good else "normal",
+                bbox={"facecolor": "white", "alpha": 0.8, "lw": 0, "pad": 1},
             )  # fmt: skip
             row += 1
         label = next(lbl for nm, _, lbl in PREDICTORS if name.startswith(nm))

@@ -146,13 +146,14 @@ def _forecast_table(runs: Sequence[RunData]) -> list[str]:
         "forecast, and the figure draws no line for it.</p>",
         "<table>",
         "<tr><th>run</th><th>predictor</th><th>against</th><th>steps</th><th>Pearson r</th>"
-        "<th>slope</th><th>verdict</th></tr>",
+        "<th>slope</th><th>same sign</th><th>verdict</th></tr>",
     ]
     for run, s in scored:
         out.append(
             f"<tr><td>{_swatch(run)}{_esc(run.label)}</td><td>{_esc(s.name)}</td>"
             f"<td>{_esc(s.target)}</td><td class='num'>{s.n}</td><td class='num'>{fmt(s.r)}</td>"
-            f"<td class='num'>{s.slope:.3g}</td><td>{_esc(s.verdict)}</td></tr>"
+            f"<td class='num'>{s.slope:.3g}</td><td class='num'>{s.same_sign:.0%}</td>"
+            f"<td>{_esc(s.verdict)}</td></tr>"
         )
     out.append("</table>")
     return out
