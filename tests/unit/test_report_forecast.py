@@ -50,7 +50,7 @@ def _same_batch_run(root: Path, name: str = "fc") -> Path:
 
 def test_scores_hand_worked(tmp_path: Path) -> None:
     scores = {s.name: s for s in forecast_scores(load_run(_same_batch_run(tmp_path)))}
-    fo, cov = scores["first order"], scores["Cov(log π, A)"]
+    fo, cov = scores["first order, in hindsight"], scores["Cov(log π, A)"]
     assert (fo.n, cov.n) == (12, 12)
     assert fo.r == pytest.approx(0.8, rel=1e-12) and fo.slope == pytest.approx(0.8, rel=1e-12)
     assert cov.r == pytest.approx(0.0, abs=1e-15) and cov.slope == pytest.approx(0.0, abs=1e-15)
@@ -96,9 +96,9 @@ def test_panel_draws_a_line_only_for_a_predictive_predictor(tmp_path: Path) -> N
     assert notes == []
     cov_ax, fo_ax = fig.axes
     assert cov_ax.get_title() == "Cov(log π, A): not predictive"
-    assert fo_ax.get_title() == "first order"
+    assert fo_ax.get_title() == "first order, in hindsight: predictive"
     texts = [t.get_text() for t in fo_ax.texts] + [t.get_text() for t in cov_ax.texts]
-    assert texts == ["r = 0.80  (n = 12): predictive", "r = 0.00  (n = 12): not predictive"]
+    assert texts == ["r = 0.80  (n = 12)", "r = 0.00  (n = 12)"]
 
     def fit_lines(ax: object) -> int:  # lines other than the axhline / axvline at 0
         return sum(len(ln.get_xdata()) == 2 and ln.get_xdata()[0] != ln.get_xdata()[1]
@@ -113,7 +113,10 @@ def test_html_table_states_each_verdict(tmp_path: Path) -> None:
 
     page = write_report([_same_batch_run(tmp_path)], tmp_path / "out").read_text()
     assert "<h2>Entropy forecast</h2>" in page
-    assert "<td>first order</td><td>entropy/delta_same_batch</td><td class='num'>12</td>" in page
+    assert (
+        "<td>first order, in hindsight</td><td>entropy/delta_same_batch</td><td class='num'>12</td>"
+        in page
+    )
     first = "<td class='num'>0.80</td><td class='num'>0.8</td><td class='num'>100%</td>"
     assert first + "<td>predictive</td>" in page
     assert "<td class='num'>50%</td><td>not predictive</td>" in page
@@ -125,6 +128,6 @@ def test_demo_runs_show_both_verdicts(tmp_path: Path) -> None:
     healthy, collapsing = (forecast_scores(load_run(d)) for d in make_demo_runs(tmp_path))
     assert [(s.name, s.n, s.verdict) for s in healthy] == [
         ("Cov(log π, A)", 29, "not predictive"),  # every 4th of 120 steps, the last unpaired
-        ("first order", 29, "predictive"),
+        ("first order, in hindsight", 29, "predictive"),
     ]
     assert [s.verdict for s in collapsing] == ["predictive", "predictive"]

@@ -58,7 +58,11 @@ MIN_PAIRS = 10
 PREDICTORS: tuple[tuple[str, str, str], ...] = (
     # (name, predictor key, axis label)
     ("Cov(log π, A)", "entropy/predicted_delta", "−lr·steps·Cov(log π, A)  (Cui et al.)"),
-    ("first order", "entropy/first_order_delta", "−Cov_p(log p, Δlog p), exact over V"),
+    (
+        "first order, in hindsight",
+        "entropy/first_order_delta",
+        "−Cov_p(log p, Δlog p), exact over V",
+    ),
 )
 
 
@@ -67,7 +71,7 @@ class ForecastScore:
     """One predictor of one run against the entropy change it should explain."""
 
     run: str
-    name: str  # "Cov(log π, A)", "first order", or "Cov(log π, A), next step's prompts"
+    name: str  # "Cov(log π, A)", "first order, in hindsight", or the next-step pairing
     key: str  # the predictor's metric key
     target: str  # TARGET, or "entropy/actual_delta" for the next-step pairing
     n: int  # steps paired
@@ -147,6 +151,8 @@ def draw_forecast(fig: FigureBase, runs: Sequence[RunData]) -> list[str]:
     axes = np.atleast_1d(fig.subplots(1, len(names), squeeze=False)[0])
     drawn_line = False
     for ax, name in zip(axes, names, strict=True):
+        verdicts = {s.verdict for ss in scores.values() for s in ss if s.name == name}
+        uniform = len(verdicts) == 1  # then the title says it once, else each run's line does
         row = 0
         for run in runs:
             score = next((s for s in scores[run.label] if s.name == name), None)
@@ -160,19 +166,20 @@ def draw_forecast(fig: FigureBase, runs: Sequence[RunData]) -> list[str]:
                 xs = np.array([x.min(), x.max()])
                 ax.plot(xs, y.mean() + score.slope * (xs - x.mean()), color=color(run), lw=1.5)
                 drawn_line = True
+            text = f"r = {fmt(score.r)}  (n = {score.n})" + (
+                "" if uniform else f": {score.verdict}"
+            )
+            if len(runs) > 1:  # the seeds of a setting share a colour: name the run
+                text = f"{run.label}: {text}"
             ax.text(
-                0.03, 0.97 - 0.09 * row,
-                f"r = {fmt(score.r)}  (n = {score.n}): {score.verdict}",
-                transform=ax.transAxes, color=color(run), va="top", fontsize=10,
+                0.03, 0.97 - 0.08 * row, text, transform=ax.transAxes, color=color(run),
+                va="top", fontsize=10 if len(runs) == 1 else 8.5,
                 fontweight="bold" if good else "normal",
                 bbox={"facecolor": "white", "alpha": 0.8, "lw": 0, "pad": 1},
             )  # fmt: skip
             row += 1
         label = next(lbl for nm, _, lbl in PREDICTORS if name.startswith(nm))
-        weak = all(
-            s.verdict != "predictive" for ss in scores.values() for s in ss if s.name == name
-        )
-        ax.set_title(name + (": not predictive" if weak else ""))
+        ax.set_title(name + (f": {verdicts.pop()}" if uniform else ""))
         ax.set_xlabel(("previous step's " if "next step" in name else "") + label)
         ax.axhline(0, color="0.6", lw=0.8)
         ax.axvline(0, color="0.6", lw=0.8)

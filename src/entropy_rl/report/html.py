@@ -143,7 +143,9 @@ def _forecast_table(runs: Sequence[RunData]) -> list[str]:
         "batch's own entropy after the update minus before), or, for runs without it, against "
         "the next step's change on other prompts. A predictor is called predictive when "
         f"r &ge; {PREDICTIVE_R} over at least {MIN_PAIRS} steps; a weaker one is not a "
-        "forecast, and the figure draws no line for it.</p>",
+        "forecast, and the figure draws no line for it. The first-order term uses the updated "
+        "weights: it says how much of the change a covariance accounts for, the ceiling of a "
+        "Cov-shaped forecast, not a forecast itself.</p>",
         "<table>",
         "<tr><th>run</th><th>predictor</th><th>against</th><th>steps</th><th>Pearson r</th>"
         "<th>slope</th><th>same sign</th><th>verdict</th></tr>",
