@@ -80,6 +80,7 @@ def main(model_dir: str, out: str) -> None:
             "algo.lr=3e-3",
             "algo.warmup_steps=1",
             "eval.every=0",
+            "control.forecast_every=1",
             "data.task=addition",
         ],
     )

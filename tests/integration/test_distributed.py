@@ -33,5 +33,6 @@ def test_two_processes_match_one(tiny_model_dir: Path, tmp_path: Path):
     for a, b in zip(r1, r2, strict=True):
         for key in ("reward/mean", "acc/train", "entropy/mean", "entropy/p50", "clip/upper_frac",
                     "clip/lower_frac", "ratio/abs_dev", "kl/old_approx", "cov/logp_adv",
-                    "loss/policy", "length/mean", "groups/kept"):  # fmt: skip
+                    "loss/policy", "length/mean", "groups/kept", "entropy/delta_same_batch",
+                    "entropy/first_order_delta"):  # fmt: skip
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)

@@ -219,6 +219,10 @@ class EntropyDynamics:
     optimizer steps per rollout, but Adam, clipping and several epochs make the true scale
     unknown: only the sign of the prediction and its correlation with the actual change are
     meaningful; the magnitude is right only up to a constant factor.
+
+    ``actual_delta`` compares two different prompt batches; the change the update caused on its
+    own batch is ``entropy/delta_same_batch`` (train.forecast), which the report scores
+    ``predicted_delta`` of the same row against (report.forecast).
     """
 
     def __init__(self, *, window: int = 20) -> None:

@@ -30,11 +30,11 @@ from entropy_rl.report._style import (
     time_axis,
     to_png,
 )
+from entropy_rl.report.forecast import draw_forecast, needs_forecast
 from entropy_rl.report.load import RunData, as_finite
 from entropy_rl.report.summary import (
     MIN_FIT_POINTS,
     EntropyFit,
-    delta_pairs,
     fit_entropy_performance,
     fmt,
     rh_points,
@@ -204,69 +204,7 @@ def draw_clip(fig: FigureBase, runs: Runs) -> list[str]:
     return _missing_note(runs, [s[0] for s in _CLIP_SIDES], "clip fractions")
 
 
-# 4. predicted vs actual entropy change ------------------------------------------------------
-
-
-def _needs_delta(runs: Runs) -> str | None:
-    if any(delta_pairs(r)[0].size >= 3 for r in runs):
-        return None
-    return (
-        "no run logged entropy/predicted_delta at step k-1 and entropy/actual_delta at step k"
-        " for >= 3 steps"
-    )
-
-
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def draw_delta(fig: FigureBase, runs: Runs) -> list[str]:
-    from matplotlib.ticker import MaxNLocator
-
-    ax_sc, ax_t = fig.subplots(1, 2, width_ratios=[1, 1.6])
-    lo, hi = np.inf, -np.inf
-    corr: list[tuple[RunData, float, int]] = []
-    for run in runs:
-        steps, pred, act = delta_pairs(run)
-        if steps.size < 3:
-            continue
-        ax_sc.scatter(pred, act, s=16, color=color(run), alpha=0.6, lw=0)
-        corr.append((run, _pearson(pred, act), steps.size))
-        lo, hi = min(lo, pred.min(), act.min()), max(hi, pred.max(), act.max())
-        # Per-step deltas are noisy; their running sums show whether the prediction tracks
-        # the entropy trajectory (the sum of actual deltas is H(step) - H(first step)).
-        ax_t.plot(steps, np.cumsum(act), color=color(run), lw=2)
-        ax_t.plot(steps, np.cumsum(pred), color=color(run), lw=1.5, ls="--")
-    ax_sc.plot([lo, hi], [lo, hi], color="0.5", lw=1, ls=":", zorder=1)
-    ax_sc.axhline(0, color="0.6", lw=0.8)
-    ax_sc.axvline(0, color="0.6", lw=0.8)
-    for row, (run, r, n) in enumerate(corr):
-        ax_sc.text(
-            0.03,
-            0.97 - 0.08 * row,
-            f"r = {r:.2f}  (n = {n})",
-            transform=ax_sc.transAxes,
-            color=color(run),
-            va="top",
-            fontsize=10.5,
-            fontweight="bold",
-        )
-    ax_sc.xaxis.set_major_locator(MaxNLocator(4))
-    ax_sc.set_title("per step: actual vs predicted (Pearson r)")
-    ax_sc.set_xlabel("predicted Δ = −lr·Cov(log π, A), previous step")
-    ax_sc.set_ylabel("actual Δ entropy (nats)")
-    ax_t.axhline(0, color="0.6", lw=0.8)
-    ax_t.set_title("running sum over steps")
-    ax_t.set_ylabel("cumulative Δ entropy (nats)")
-    style_legend(ax_t, [("actual Σ Δ", {"lw": 2}), ("predicted Σ Δ", {"ls": "--"})])
-    time_axis(ax_t, runs, label=True)
-    return [
-        f"{r.label}: fewer than 3 (predicted, next actual) delta pairs"
-        for r in runs
-        if delta_pairs(r)[0].size < 3
-    ]
+# 4. the entropy forecast: report.forecast (draw_forecast, needs_forecast) -------------------
 
 
 # 5. entropy by position ---------------------------------------------------------------------
@@ -508,9 +446,9 @@ PANELS: tuple[Panel, ...] = (
     ),
     Panel(
         "entropy_delta",
-        "Entropy change: does −lr·Cov(log π, A) predict the next step's Δ?",
-        _needs_delta,
-        draw_delta,
+        "Entropy forecast: which predictor explains the Δ entropy an update causes?",
+        needs_forecast,
+        draw_forecast,
     ),
     Panel(
         "entropy_position",

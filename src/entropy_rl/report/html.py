@@ -1,7 +1,8 @@
 """``write_report``: run directories in, one self-contained HTML page (plus the PNGs) out.
 
 The page has a headline paragraph per run (numbers from ``summary.summarize``), the summary
-table, the collapse-events table, and every panel of ``figures.PANELS`` embedded as a base64
+table, the collapse-events table, the entropy-forecast table (each predictor's correlation with
+the entropy change and its verdict, ``forecast.forecast_scores``), and every panel of ``figures.PANELS`` embedded as a base64
 PNG; panels whose metrics no run logged are listed as skipped. No external assets, links or
 scripts: the file can be mailed or attached to an issue as it is.
 
@@ -19,6 +20,7 @@ import yaml
 
 from entropy_rl.report._style import SEVERITY_COLORS, color, require_matplotlib
 from entropy_rl.report.figures import RenderedFigure, render_figures
+from entropy_rl.report.forecast import MIN_PAIRS, PREDICTIVE_R, TARGET, forecast_scores
 from entropy_rl.report.load import RunData, load_runs
 from entropy_rl.report.summary import RunSummary, fmt, fmt_duration, headline, summarize
 
@@ -130,6 +132,35 @@ def _events_table(runs: Sequence[RunData]) -> list[str]:
     return out
 
 
+def _forecast_table(runs: Sequence[RunData]) -> list[str]:
+    """Each predictor's Pearson r with the entropy change it should explain (report.forecast)."""
+    out = ["<h2>Entropy forecast</h2>"]
+    scored = [(run, s) for run in runs for s in forecast_scores(run)]
+    if not scored:
+        return [*out, "<p>No run logged a predictor together with its entropy change.</p>"]
+    out += [
+        f"<p>Each predictor against the entropy change of the update ({_esc(TARGET)}: the "
+        "batch's own entropy after the update minus before), or, for runs without it, against "
+        "the next step's change on other prompts. A predictor is called predictive when "
+        f"r &ge; {PREDICTIVE_R} over at least {MIN_PAIRS} steps; a weaker one is not a "
+        "forecast, and the figure draws no line for it. The first-order term uses the updated "
+        "weights: it says how much of the change a covariance accounts for, the ceiling of a "
+        "Cov-shaped forecast, not a forecast itself.</p>",
+        "<table>",
+        "<tr><th>run</th><th>predictor</th><th>against</th><th>steps</th><th>Pearson r</th>"
+        "<th>slope</th><th>same sign</th><th>verdict</th></tr>",
+    ]
+    for run, s in scored:
+        out.append(
+            f"<tr><td>{_swatch(run)}{_esc(run.label)}</td><td>{_esc(s.name)}</td>"
+            f"<td>{_esc(s.target)}</td><td class='num'>{s.n}</td><td class='num'>{fmt(s.r)}</td>"
+            f"<td class='num'>{s.slope:.3g}</td><td class='num'>{s.same_sign:.0%}</td>"
+            f"<td>{_esc(s.verdict)}</td></tr>"
+        )
+    out.append("</table>")
+    return out
+
+
 def _figures_section(figures: Sequence[RenderedFigure]) -> list[str]:
     out = ["<h2>Figures</h2>"]
     for f in figures:
@@ -180,6 +211,7 @@ def render_html(
         *_runs_section(runs, summaries),
         *_summary_table(runs, summaries),
         *_events_table(runs),
+        *_forecast_table(runs),
         *_figures_section(figures),
         *_configs_section(runs),
         "</body></html>",

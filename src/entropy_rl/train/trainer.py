@@ -50,6 +50,7 @@ from entropy_rl.train.data import (
 from entropy_rl.train.distributed import all_gather_rows, all_reduce, init_from_env, reduce_metrics
 from entropy_rl.train.encoding import Encoder, stop_token_ids
 from entropy_rl.train.evaluate import evaluate, start_metrics
+from entropy_rl.train.forecast import capture_head_inputs, forecast_due, same_batch_entropy_change
 from entropy_rl.train.logging import JsonlLogger, Logger, default_loggers
 from entropy_rl.train.rollout import collect
 from entropy_rl.train.sharding import make_sharding
@@ -372,9 +373,13 @@ class Trainer:
         metrics["cov/logp_adv"] = logp_adv_covariance(
             g["logprobs"], adv[:, None].expand_as(mask), mask
         )
+        due = forecast_due(self.step, self.cfg.control.forecast_every, s)  # same-batch change
+        before = capture_head_inputs(self.model, batch, s) if due else None
         upd, bad = ppo_update(
             self.model, self.optimizer, batch, s, generator=self.shuffle, info=self.dist
         )
+        if before is not None:
+            upd |= same_batch_entropy_change(self.model, batch, s, before, info=self.dist)
         metrics |= upd | tis
         all_bad = bad > 0 and upd["update/optimizer_steps"] == 0
         self.bad_in_a_row = self.bad_in_a_row + 1 if all_bad else 0
