@@ -31,6 +31,7 @@ from entropy_rl.tasks.rewards import (
     overlong_penalty,
 )
 from entropy_rl.tasks.wordpick import WordPickTask
+from entropy_rl.tasks.wordproblems import WordProblemsTask
 
 _LAZY = {
     "build_char_tokenizer": "entropy_rl.tasks.tokenizer",
@@ -46,6 +47,7 @@ __all__ = [
     "Example",
     "Task",
     "WordPickTask",
+    "WordProblemsTask",
     "available_rewards",
     "available_tasks",
     "build_char_tokenizer",

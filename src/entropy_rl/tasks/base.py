@@ -30,6 +30,7 @@ __all__ = [
     "example_fields",
     "get_task",
     "register_task",
+    "task_class",
 ]
 
 EOS_TEXT = "<eos>"
@@ -75,6 +76,10 @@ class Task(abc.ABC):
 
     name: ClassVar[str] = ""
     default_max_new_tokens: int = 8
+    needs_model_path: ClassVar[bool] = False
+    """True for tasks meant for a pretrained model (model.path): no built-in checkpoint, and
+    evaluation counts distinct-2 over words; False: the built-in tiny character-level models
+    (distinct-2 over characters)."""
 
     @abc.abstractmethod
     def sample_train(self, n: int, rng: random.Random) -> list[Example]:
@@ -124,6 +129,12 @@ def register_task(cls: TaskT) -> TaskT:
 def available_tasks() -> list[str]:
     """Sorted names of the registered tasks."""
     return sorted(_REGISTRY)
+
+
+def task_class(name: str) -> type[Task] | None:
+    """The class registered as `name`, or None."""
+    cls = _REGISTRY.get(name)
+    return cls if isinstance(cls, type) else None
 
 
 def get_task(name: str, **kwargs: Any) -> Task:
