@@ -312,8 +312,10 @@ def test_dynamic_sampling_selection_carries_sampler_statistics():
         sampler_top1=rows(20.0),
         correct=[0.0] * 4,
         rewards=[0.0, 1.0, 0.0, 1.0],
+        reward_terms=[{"r": float(i)} for i in range(4)],
     )
     kept = _concat([_select_groups(s, [1], 2)])  # group 1 = rows 2, 3
+    assert kept.examples == ["b"] and kept.reward_terms == [{"r": 2.0}, {"r": 3.0}]
     assert kept.sampler_logprobs == [[2.0], [3.0]]
     assert kept.sampler_entropy == [[12.0], [13.0]]
     assert kept.sampler_top1 == [[22.0], [23.0]]

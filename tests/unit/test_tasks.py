@@ -266,7 +266,11 @@ def test_overlong_penalty_hand_values():
 
 def test_load_reward_paths_and_errors(tmp_path):
     assert set(available_rewards()) == {
+        "answer_tags",
+        "boxed",
         "exact_match",
+        "gsm8k",
+        "last_number",
         "numeric_match",
         "digit_sum_valid",
         "math_verify",

@@ -32,6 +32,7 @@ from entropy_rl.tasks.rewards import (
 )
 from entropy_rl.tasks.trap import TrapTask
 from entropy_rl.tasks.wordpick import WordPickTask
+from entropy_rl.tasks.wordproblems import WordProblemsTask
 
 _LAZY = {
     "build_char_tokenizer": "entropy_rl.tasks.tokenizer",
@@ -48,6 +49,7 @@ __all__ = [
     "Task",
     "TrapTask",
     "WordPickTask",
+    "WordProblemsTask",
     "available_rewards",
     "available_tasks",
     "build_char_tokenizer",

@@ -36,6 +36,7 @@ __all__ = [
     "example_fields",
     "get_task",
     "register_task",
+    "task_class",
 ]
 
 EOS_TEXT = "<eos>"
@@ -86,6 +87,10 @@ class Task(abc.ABC):
     summary_metrics: ClassVar[tuple[str, ...]] = ()
     """Metrics of the last evaluation that ``entropy-rl compare`` adds to its table by default."""
     default_max_new_tokens: int = 8
+    needs_model_path: ClassVar[bool] = False
+    """True for tasks meant for a pretrained model (model.path): no built-in checkpoint, and
+    evaluation counts distinct-2 over words; False: the built-in tiny character-level models
+    (distinct-2 over characters)."""
 
     @abc.abstractmethod
     def sample_train(self, n: int, rng: random.Random) -> list[Example]:
@@ -170,6 +175,12 @@ def checkpoint_name(name: str) -> str:
     `name` itself (also for a name that is not registered)."""
     cls = _REGISTRY.get(name)
     return getattr(cls, "checkpoint", "") or name
+
+
+def task_class(name: str) -> type[Task] | None:
+    """The class registered as `name`, or None."""
+    cls = _REGISTRY.get(name)
+    return cls if isinstance(cls, type) else None
 
 
 def get_task(name: str, **kwargs: Any) -> Task:

@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from entropy_rl.tasks.base import Example, Task, checkpoint_name, get_task
+from entropy_rl.errors import ConfigError
+from entropy_rl.tasks.base import Example, Task, checkpoint_name, get_task, task_class
 from entropy_rl.tasks.model import build_tiny_model, count_parameters
 
 __all__ = [
@@ -357,14 +358,25 @@ def builtin_checkpoint(task_name: str) -> Path:
     <name> is the task's `Task.checkpoint`, e.g. ``trap`` starts from ``digitsum``'s).
 
     Raises:
-        ValueError: no checkpoint is shipped for that task (lists the ones that are).
+        ConfigError: no checkpoint is shipped for that task (lists the ones that are; for a
+            task meant for pretrained models, says to set model.path).
     """
     path = CHECKPOINT_ROOT / checkpoint_name(task_name)
     if not (path / "config.json").is_file():
         shipped = sorted(p.name for p in CHECKPOINT_ROOT.glob("*") if (p / "config.json").is_file())
-        raise ValueError(
+        import entropy_rl.tasks  # noqa: F401  (registers the built-in tasks)
+
+        cls = task_class(task_name)
+        if cls is not None and cls.needs_model_path:
+            raise ConfigError(
+                f"no built-in checkpoint for task {task_name!r}: it is meant for a pretrained "
+                "model; set model.path to a local Hugging Face model directory (an instruct "
+                "model, with data.chat_template=true)"
+            )
+        raise ConfigError(
             f"no built-in checkpoint for task {task_name!r} at {path}; shipped: {shipped}. "
-            f"Create one with: python -m entropy_rl.tasks.pretrain {task_name} --out DIR"
+            f"Set model.path to a model directory, or create one with: "
+            f"python -m entropy_rl.tasks.pretrain {task_name} --out DIR"
         )
     return path
 

@@ -9,6 +9,7 @@ naming the key and the allowed keys or type.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -95,13 +96,23 @@ class DataConfig:
     system_prompt: str | None = None
     """System message before each user turn (needs ``chat_template``). A JSONL record's own
     ``system`` field replaces it for that prompt. None: the template's default, if any."""
-    reward: str | None = None
-    """Reward function: a built-in name (exact_match, numeric_match, math_verify) or
-    ``package.module:function`` with signature ``fn(prompt, completion, **fields) -> float``.
-    None: the task's own reward."""
+    reward: str | dict[str, Any] | list[str | dict[str, Any]] | None = None
+    """Reward function(s) with signature ``fn(prompt, completion, **fields) -> float``: a
+    built-in name (last_number, gsm8k, boxed, answer_tags, math_verify, exact_match,
+    numeric_match), ``module:function`` (looked up in the current directory first, then on
+    sys.path) or ``path/to/file.py:function``; a mapping ``{fn: ..., name: ..., kwargs: {...}}``;
+    or a list of these, summed with ``reward_weights`` (tasks.combine). Each one's mean is
+    logged as ``reward/<name>``. None: the task's own reward."""
+    reward_weights: list[float] | None = None
+    """Weight of each reward in ``reward`` (TRL's reward_weights); None: all 1.0."""
+    correct_reward: str | None = None
+    """Name of the reward that decides correctness: acc/train, acc/eval and pass@k count a
+    sample correct when it is > 0.5. None: the first reward in ``reward``."""
     reward_on_error: str = "raise"
-    """``raise``: a reward function that raises stops the run, reporting prompt and completion.
-    ``zero``: that sample gets reward 0 and ``reward/errors`` counts it."""
+    """``raise``: a reward function that raises (or returns NaN / inf) stops the run, reporting
+    prompt and completion. ``zero``: that sample gets reward 0 (every combined reward 0) and
+    ``reward/errors`` counts it. A reward that returns a non-number (a string, None, a tensor)
+    always stops the run: that is the function's bug, not one completion's."""
 
     def __post_init__(self) -> None:
         _choice("data.reward_on_error", self.reward_on_error, ("raise", "zero"))
@@ -109,6 +120,26 @@ class DataConfig:
             raise ConfigError("set data.prompts (a JSONL file) or data.dataset, not both")
         if self.system_prompt is not None and not self.chat_template:
             raise ConfigError("data.system_prompt needs data.chat_template=true")
+        if self.reward is None:
+            for key in ("reward_weights", "correct_reward"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(f"data.{key} needs data.reward (the rewards it refers to)")
+            return
+        from entropy_rl.tasks.combine import parse_reward_specs
+
+        names = [s.name for s in parse_reward_specs(self.reward)]
+        if self.reward_weights is not None:
+            if len(self.reward_weights) != len(names):
+                raise ConfigError(
+                    f"data.reward_weights has {len(self.reward_weights)} weights for "
+                    f"{len(names)} rewards {names}; give one weight per reward"
+                )
+            if not all(math.isfinite(w) for w in self.reward_weights):
+                raise ConfigError(f"data.reward_weights must be finite, got {self.reward_weights}")
+        if self.correct_reward is not None and self.correct_reward not in names:
+            raise ConfigError(
+                f"data.correct_reward={self.correct_reward!r} is not one of the rewards {names}"
+            )
 
 
 @dataclass

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from entropy_rl.tasks.base import Example, Task, example_fields, get_task
+from entropy_rl.tasks.base import Example, Task, get_task
 from entropy_rl.train.config import ConfigError, DataConfig
 
 RewardFn = Callable[[Example, str], float]
@@ -129,19 +129,16 @@ def build_prompt_source(cfg: DataConfig, task: Task | None, seed: int) -> Prompt
 
 
 def build_reward(cfg: DataConfig, task: Task | None) -> RewardFn:
-    """A reward over (example, completion text): the task's own, or a named / user function."""
+    """A reward over (example, completion text): the task's own, or data.reward's function(s)
+    weighted by data.reward_weights (a `CombinedReward`, whose terms rollout logs by name)."""
     if cfg.reward is None:
         if task is None:
             raise ConfigError("no reward: set data.reward or use a built-in data.task")
         return task.reward
-    from entropy_rl.tasks.rewards import load_reward
+    from entropy_rl.tasks.combine import combined_reward, parse_reward_specs
 
-    fn = load_reward(cfg.reward)
-
-    def reward(example: Example, completion: str) -> float:
-        return float(fn(example.prompt, completion, **example_fields(example)))
-
-    return reward
+    specs = parse_reward_specs(cfg.reward)
+    return combined_reward(specs, cfg.reward_weights, correct=cfg.correct_reward)
 
 
 def build_task(cfg: DataConfig) -> Task | None:

@@ -13,8 +13,9 @@ from entropy_rl.train.rollout import score
 
 def evaluate(trainer: Any) -> dict[str, float]:
     """Sample ``eval.samples`` completions at the training temperature (and one greedy) for the
-    first ``eval.n_prompts`` held-out prompts. A sample is correct when its reward is > 0.5
-    (verifiable rewards are 1 / 0). ``acc/eval`` is avg@k at the sampling temperature."""
+    first ``eval.n_prompts`` held-out prompts. A sample is correct when its correctness reward
+    is > 0.5 (verifiable rewards are 1 / 0; of combined rewards, data.correct_reward's).
+    ``acc/eval`` is avg@k at the sampling temperature."""
     c = trainer.cfg
     examples = trainer.source.eval_set()[: c.eval.n_prompts]
     if not examples:
@@ -29,7 +30,7 @@ def evaluate(trainer: Any) -> dict[str, float]:
     texts = trainer.encoder.decode(gen.completion_ids)
     errors = [0]
     on_error = c.data.reward_on_error
-    scores = score(trainer.reward_fn, examples, texts, k, on_error=on_error, errors=errors)
+    scores = score(trainer.reward_fn, examples, texts, k, on_error=on_error, errors=errors).correct
     extract = (
         trainer.task.extract_answer if trainer.task is not None else (lambda t: t.strip() or None)
     )
@@ -51,10 +52,11 @@ def evaluate(trainer: Any) -> dict[str, float]:
             r > 0.5
             for r in score(
                 trainer.reward_fn, examples, g_texts, 1, on_error=on_error, errors=errors
-            )
+            ).correct
         ]
     ks = sorted({1, *(x for x in (2, 4, 8, 16, 32, 64) if x <= k), k})
-    unit = list if trainer.task is not None else str.split  # built-in tasks are character-level
+    char_level = trainer.task is not None and not trainer.task.needs_model_path  # tiny models
+    unit = list if char_level else str.split
     out = eval_summary(correct, answers, comps, ks=ks, greedy_correct=greedy, tokenize=unit)
     if trainer.task is not None:  # the task's own metrics (exact ones from the current weights)
         out |= trainer.task.eval_metrics(

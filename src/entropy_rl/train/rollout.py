@@ -11,13 +11,16 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from entropy_rl.control.repetition import repetition_metrics
 from entropy_rl.engine.base import RolloutEngine
 from entropy_rl.ops.advantages import compute_advantages
 from entropy_rl.tasks.base import Example
-from entropy_rl.tasks.rewards import overlong_penalty
+from entropy_rl.tasks.combine import CombinedReward
+from entropy_rl.tasks.rewards import RewardTypeError, check_reward_value, overlong_penalty
 from entropy_rl.train.batch import RolloutBatch, build_batch
 from entropy_rl.train.config import Config
 from entropy_rl.train.data import PromptSource, RewardFn
@@ -40,11 +43,29 @@ class Samples:
     sampler_logprobs: list[list[float]]  # per row; [] when the engine does not report them
     sampler_entropy: list[list[float]]  # per row, like sampler_logprobs
     sampler_top1: list[list[float]]  # per row, like sampler_logprobs
-    correct: list[float]  # the reward function's value, before shaping
-    rewards: list[float]  # after overlong shaping (what the advantage sees)
+    correct: list[float]  # the correctness reward's value (Scores.correct)
+    rewards: list[float]  # total reward after overlong shaping (what the advantage sees)
+    reward_terms: list[dict[str, float]]  # per row, each named reward's value (Scores.terms)
 
     def group(self, g: int, size: int) -> slice:
         return slice(g * size, (g + 1) * size)
+
+
+@dataclass
+class Scores:
+    """The rewards of a list of completions, one entry per completion."""
+
+    total: list[float]
+    """The reward: a combined reward's weighted sum, else the reward function's value."""
+    correct: list[float]
+    """The correctness reward (data.correct_reward, default the first of a combined reward;
+    the reward itself otherwise): accuracy counts a sample correct when it is > 0.5."""
+    terms: list[dict[str, float]]
+    """Each reward function's value by name for a combined reward; {} rows otherwise."""
+
+
+def _name(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or fn)
 
 
 def score(
@@ -55,15 +76,27 @@ def score(
     *,
     on_error: str,
     errors: list[int],
-) -> list[float]:
-    """reward_fn on every (example, completion); ``on_error='zero'`` counts failures in errors[0]."""
-    out = []
+) -> Scores:
+    """reward_fn on every (example, completion), each value checked (`check_reward_value`).
+
+    ``on_error='zero'``: a reward that raises or is not finite scores 0 (every term of a
+    combined reward 0) and is counted in errors[0]; ``'raise'``: RewardError. A value that is
+    not a number (RewardTypeError) always propagates: it names the function and the value.
+    """
+    combined = reward_fn if isinstance(reward_fn, CombinedReward) else None
+    out = Scores([], [], [])
     for i, text in enumerate(texts):
         ex = examples[i // group_size]
+        terms: dict[str, float] = {}
         try:
-            r = float(reward_fn(ex, text))
-            if not math.isfinite(r):
-                raise ValueError(f"reward is not finite: {r}")
+            if combined is not None:
+                values = combined.values(ex, text)
+                total, correct = combined.total(values), values[combined.correct_index]
+                terms = dict(zip(combined.names, values, strict=True))
+            else:
+                total = correct = check_reward_value(reward_fn(ex, text), _name(reward_fn))
+        except RewardTypeError:
+            raise
         except Exception as e:
             if on_error == "raise":
                 raise RewardError(
@@ -72,8 +105,11 @@ def score(
                     "samples 0 and count them instead)"
                 ) from e
             errors[0] += 1
-            r = 0.0
-        out.append(r)
+            total = correct = 0.0
+            terms = dict.fromkeys(combined.names, 0.0) if combined is not None else {}
+        out.total.append(total)
+        out.correct.append(correct)
+        out.terms.append(terms)
     return out
 
 
@@ -101,10 +137,10 @@ def sample_round(
         max_new_tokens=max_new_tokens,
     )
     texts = encoder.decode(gen.completion_ids)
-    correct = score(
+    scores = score(
         reward_fn, examples, texts, ro.group_size, on_error=cfg.data.reward_on_error, errors=errors
     )
-    rewards = list(correct)
+    rewards = list(scores.total)
     if ro.overlong_shaping:
         cache = ro.overlong_cache or max(1, max_new_tokens // 5)
         for i, ids in enumerate(gen.completion_ids):
@@ -118,8 +154,9 @@ def sample_round(
         gen.sampler_logprobs or [[] for _ in texts],
         gen.sampler_entropy or [[] for _ in texts],
         gen.sampler_top1 or [[] for _ in texts],
-        correct,
+        scores.correct,
         rewards,
+        scores.terms,
     )
 
 
@@ -131,19 +168,10 @@ def _concat(parts: list[Samples]) -> Samples:
 
 def _select_groups(s: Samples, groups: list[int], size: int) -> Samples:
     rows = [i for g in groups for i in range(g * size, (g + 1) * size)]
-    pick = lambda xs: [xs[i] for i in rows]  # noqa: E731
-    return Samples(
-        [s.examples[g] for g in groups],
-        pick(s.prompt_ids),
-        pick(s.completion_ids),
-        pick(s.texts),
-        pick(s.truncated),
-        pick(s.sampler_logprobs),
-        pick(s.sampler_entropy),
-        pick(s.sampler_top1),
-        pick(s.correct),
-        pick(s.rewards),
-    )
+    picked = {
+        f: [getattr(s, f)[i] for i in rows] for f in Samples.__dataclass_fields__ if f != "examples"
+    }
+    return Samples(examples=[s.examples[g] for g in groups], **picked)
 
 
 def collect(
@@ -160,7 +188,9 @@ def collect(
     prompts_per_step: int | None = None,
 ) -> tuple[RolloutBatch | None, Samples, dict[str, float]]:
     """One step's batch: returns (batch or None if no group has signal, first-round samples,
-    metrics). Training accuracy is measured on the first round, before any filtering.
+    metrics). Training accuracy, reward/<name> and repetition (``gen/repetition``,
+    ``gen/longest_repeat``: control.repetition) are measured on the first round, before any
+    filtering.
     ``prompts_per_step`` overrides rollout.prompts_per_step (a rank's share under data parallelism)."""
     ro = cfg.rollout
     per_step = prompts_per_step or ro.prompts_per_step
@@ -211,6 +241,9 @@ def collect(
         "groups/kept": float(len(kept.examples)),
         "reward/errors": float(errors[0]),
     }
+    for name in first.reward_terms[0] if first.reward_terms else ():  # reward/<name>: r_i's mean
+        metrics[f"reward/{name}"] = sum(t[name] for t in first.reward_terms) / n_rows
+    metrics |= repetition_metrics(first.completion_ids)
     if not kept.examples:
         return None, first, metrics
     rewards = torch.tensor(kept.rewards)
