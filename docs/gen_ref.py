@@ -259,19 +259,21 @@ def config_reference() -> str:
         out += [*_signature_table(cls.__init__, skip=1), ""]
     defaults = controllers.ACTUATOR_DEFAULTS
     out += [
-        "Defaults of the `target` controller per actuator (`ACTUATOR_DEFAULTS`):",
+        "Defaults of the `target` controller per actuator (`ACTUATOR_DEFAULTS`; the `rate` "
+        "controller multiplies kp by 3 and ki by 40, and caps `eps` at its init):",
         "",
         "| actuator | " + " | ".join(next(iter(defaults.values()))) + " |",
         "|---|" + "---|" * len(next(iter(defaults.values()))),
     ]
     for name, vals in defaults.items():
         out.append(f"| `{name}` | " + " | ".join(f"{v:g}" for v in vals.values()) + " |")
-    sched_doc, sched = dataclass_fields(SRC / "control" / "controllers.py", "TargetSchedule")
+    sched_doc, sched = dataclass_fields(SRC / "control" / "schedules.py", "TargetSchedule")
     out += [
         "",
         "### `schedule`: `TargetSchedule`",
         "",
-        "The `schedule` of `target` (and the `target` of `adaptive`) is a number or a "
+        "The `schedule` of `target` and `rate` (and the `target` of `adaptive` and "
+        "`entropic`) is a number or a "
         "mapping such as `{kind: cosine, start: 1.3, end: 0.5}`. " + sched_doc,
         "",
         *_field_table("", sched),
