@@ -34,10 +34,10 @@ from entropy_rl.control.monitor import (
 from entropy_rl.engine.base import RolloutEngine
 from entropy_rl.engine.hf import HFGenerateEngine
 from entropy_rl.engine.kv import KVCacheEngine, resolve_engine
+from entropy_rl.models import load_model
 from entropy_rl.ops.advantages import available_advantages, compute_advantages
 from entropy_rl.ops.losses import policy_loss
 from entropy_rl.tasks.pretrain import builtin_checkpoint
-from entropy_rl.tasks.tokenizer import load_tokenizer
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.batch import RolloutBatch
 from entropy_rl.train.config import Config, ConfigError
@@ -51,6 +51,7 @@ from entropy_rl.train.data import (
 from entropy_rl.train.distributed import all_gather_rows, all_reduce, init_from_env, reduce_metrics
 from entropy_rl.train.evaluate import evaluate
 from entropy_rl.train.logging import JsonlLogger, Logger, default_loggers
+from entropy_rl.train.precision import LossScaler, compute_dtype, to_master_weights
 from entropy_rl.train.rollout import Encoder, collect
 from entropy_rl.train.sharding import make_sharding
 from entropy_rl.train.update import (
@@ -65,24 +66,10 @@ from entropy_rl.train.update import (
 
 _ROLLOUT_REDUCE = {"groups/kept": "sum", "reward/errors": "sum", "groups/sample_rounds": "max",
                    "_tokens": "sum"}  # fmt: skip
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class TrainingStopped(RuntimeError):
     """The run stopped itself (repeated non-finite steps, or a detector rule with action=stop)."""
-
-
-def load_model(cfg: Config) -> tuple[Any, Any]:
-    """The model and tokenizer named by model.path (default: the task's built-in checkpoint)."""
-    from transformers import AutoModelForCausalLM
-
-    path = cfg.model.path
-    if path is None:
-        path = str(builtin_checkpoint(cfg.data.task))
-    kw = {"trust_remote_code": cfg.model.trust_remote_code}
-    tok = load_tokenizer(path, **kw)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.model.dtype], **kw)
-    return model, tok
 
 
 def validate_algo(cfg: Config) -> None:
@@ -152,6 +139,10 @@ class Trainer:
             model, tokenizer = load_model(c)
         if tokenizer is None:
             raise ValueError("pass the tokenizer together with a model")
+        self.amp = compute_dtype(c.model.dtype)  # None: float32; else autocast (train.precision)
+        if cast := to_master_weights(model):
+            warnings.warn(f"{len(cast)} low-precision parameters cast to float32 master weights "
+                          f"(model.dtype={c.model.dtype} sets the compute dtype)", stacklevel=2)  # fmt: skip
         if c.run.threads:
             torch.set_num_threads(c.run.threads)
         elif self.device.type == "cpu" and sum(p.numel() for p in model.parameters()) < 20_000_000:
@@ -174,13 +165,13 @@ class Trainer:
             try:  # the fast default: its sampler statistics replace the pi_old forward
                 engine = KVCacheEngine(
                     self.model, pad_token_id=self.pad_id, eos_token_id=tokenizer.eos_token_id,
-                    batch_size=c.rollout.batch_size,
+                    batch_size=c.rollout.batch_size, compute_dtype=self.amp,
                 )  # fmt: skip
             except ValueError as e:
                 raise ConfigError(f"rollout.engine=kv: {e}") from e
         self.engine = engine or HFGenerateEngine(
             self.model, pad_token_id=self.pad_id, eos_token_id=tokenizer.eos_token_id,
-            batch_size=c.rollout.batch_size,
+            batch_size=c.rollout.batch_size, compute_dtype=self.amp,
         )  # fmt: skip
         default_len = self.task.default_max_new_tokens if self.task is not None else 256
         self.max_new_tokens = c.rollout.max_new_tokens or default_len
@@ -225,6 +216,7 @@ class Trainer:
         self.shuffle = torch.Generator().manual_seed(c.run.seed)
         self.loss_kwargs = dict(c.algo.loss_kwargs)
         self.entropy_coef = c.algo.entropy_coef
+        self.scaler = LossScaler() if self.amp == torch.float16 else None  # bf16 needs none
         self.step = 0
         self.bad_in_a_row = 0
         self.stop_reason: str | None = None
@@ -329,12 +321,13 @@ class Trainer:
             temperature=c.rollout.temperature, grad_clip=c.algo.grad_clip, entropy_coef=self.entropy_coef,
             kl_coef=c.algo.kl_coef, kl_kind=c.algo.kl_kind, kl_in_loss=c.algo.kl_in == "loss",
             logits_mode=mode, chunk_size=c.model.chunk_size, max_len=self.max_new_tokens,
-            sharded=self.sharding.enabled,
+            sharded=self.sharding.enabled, autocast=self.amp,
         )  # fmt: skip
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         s = self.settings()
-        exact = sampler_is_pi_old(self.engine, batch)  # then no pi_old forward, no TIS (ratio 1)
+        # then no pi_old forward, no TIS (ratio 1)
+        exact = sampler_is_pi_old(self.engine, batch, autocast=s.autocast)
         old = record_old_logprobs(
             self.model, self.ref_model, batch, s, from_sampler=exact, info=self.dist
         )
@@ -365,8 +358,9 @@ class Trainer:
             g["logprobs"], adv[:, None].expand_as(mask), mask
         )
         upd, bad = ppo_update(
-            self.model, self.optimizer, batch, s, generator=self.shuffle, info=self.dist
-        )
+            self.model, self.optimizer, batch, s, generator=self.shuffle, info=self.dist,
+            scaler=self.scaler,
+        )  # fmt: skip
         metrics |= upd | tis
         all_bad = bad > 0 and upd["update/optimizer_steps"] == 0
         self.bad_in_a_row = self.bad_in_a_row + 1 if all_bad else 0
@@ -466,6 +460,7 @@ class Trainer:
             "entropy_coef": self.entropy_coef,
             "bad_in_a_row": self.bad_in_a_row,
             "last_entropy": self.last_entropy,
+            "loss_scaler": None if self.scaler is None else self.scaler.state_dict(),
         }
         for name in ("controller", "detector", "source", "entropy_fit"):
             obj = getattr(self, name)
@@ -538,6 +533,8 @@ class Trainer:
         self.entropy_coef = float(st["entropy_coef"])
         self.bad_in_a_row = int(st["bad_in_a_row"])
         self.last_entropy = st.get("last_entropy")
+        if self.scaler is not None and st.get("loss_scaler"):
+            self.scaler.load_state_dict(st["loss_scaler"])
         for name in ("controller", "detector", "source", "entropy_fit"):
             obj = getattr(self, name)
             if name in st and obj is not None and hasattr(obj, "load_state_dict"):
