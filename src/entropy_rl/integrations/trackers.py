@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from entropy_rl.errors import MissingExtraError
 from entropy_rl.train.logging import JsonlLogger, Logger, TensorBoardLogger
 
 __all__ = ["LOGGER_NAMES", "MLflowLogger", "WandbLogger", "make_loggers", "mlflow_key"]
@@ -68,7 +69,9 @@ class WandbLogger:
         try:
             import wandb
         except ImportError as exc:
-            raise ImportError("the wandb logger needs wandb: pip install wandb") from exc
+            raise MissingExtraError(
+                "the wandb logger needs wandb: pip install 'entropy-rl[wandb]'"
+            ) from exc
         run_dir = Path(run_dir)
         cfg = dict(config or {})
         self.run = wandb.init(
@@ -131,7 +134,9 @@ class MLflowLogger:
         try:
             import mlflow
         except ImportError as exc:
-            raise ImportError("the mlflow logger needs mlflow: pip install mlflow") from exc
+            raise MissingExtraError(
+                "the mlflow logger needs mlflow: pip install 'entropy-rl[mlflow]'"
+            ) from exc
         run_dir = Path(run_dir)
         cfg = dict(config or {})
         if not os.environ.get("MLFLOW_TRACKING_URI"):
@@ -182,7 +187,7 @@ def make_loggers(
             try:
                 import tensorboard  # noqa: F401
             except ImportError as exc:
-                raise ImportError(
+                raise MissingExtraError(
                     "the tensorboard logger needs tensorboard: pip install 'entropy-rl[tensorboard]'"
                 ) from exc
             loggers.append(TensorBoardLogger(run_dir / "tb"))

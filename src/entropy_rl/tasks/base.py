@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from entropy_rl.errors import ConfigError
+
 __all__ = [
     "Example",
     "Task",
@@ -133,5 +135,5 @@ def get_task(name: str, **kwargs: Any) -> Task:
         ValueError: unknown name (the message lists the available ones).
     """
     if name not in _REGISTRY:
-        raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(available_tasks())}")
+        raise ConfigError(f"unknown task {name!r}; available tasks: {', '.join(available_tasks())}")
     return _REGISTRY[name](**kwargs)

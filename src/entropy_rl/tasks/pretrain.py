@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from entropy_rl.errors import ConfigError
 from entropy_rl.tasks.base import Example, Task, get_task
 from entropy_rl.tasks.model import build_tiny_model, count_parameters
 
@@ -273,14 +274,14 @@ def pretrain(
     per prompt, on the normal and (if any) the hard evaluation prompts separately.
     """
     if steps < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}"
         )
     schedule_steps = steps if schedule_steps is None else schedule_steps
     if schedule_steps < steps:
-        raise ValueError(f"schedule_steps ({schedule_steps}) must be >= steps ({steps})")
+        raise ConfigError(f"schedule_steps ({schedule_steps}) must be >= steps ({steps})")
     if not 0.0 < final_lr_frac <= 1.0:
-        raise ValueError(
+        raise ConfigError(
             f"final_lr_frac must be in (0, 1] (no annealing to 0), got {final_lr_frac}"
         )
     if num_threads is not None:
@@ -361,9 +362,9 @@ def builtin_checkpoint(task_name: str) -> Path:
     path = CHECKPOINT_ROOT / task_name
     if not (path / "config.json").is_file():
         shipped = sorted(p.name for p in CHECKPOINT_ROOT.glob("*") if (p / "config.json").is_file())
-        raise ValueError(
-            f"no built-in checkpoint for task {task_name!r} at {path}; shipped: {shipped}. "
-            f"Create one with: python -m entropy_rl.tasks.pretrain {task_name} --out DIR"
+        raise ConfigError(
+            f"no built-in checkpoint for task {task_name!r}; shipped: {shipped}. Set model.path, "
+            f"or create one with: entropy-rl pretrain {task_name} --out DIR"
         )
     return path
 
