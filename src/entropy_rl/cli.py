@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,24 @@ def _watch(args: argparse.Namespace) -> int:
     return 1 if (args.no_follow and n > 0) else 0
 
 
+def _number(
+    low: float, high: float, what: str, *, low_open: bool = False, high_open: bool = False
+) -> Callable[[str], float]:
+    """An argparse type: a float in [low, high] (an open end excluded), else a usage error."""
+
+    def parse(text: str) -> float:
+        try:
+            x = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        inside = (x > low if low_open else x >= low) and (x < high if high_open else x <= high)
+        if not inside:
+            raise argparse.ArgumentTypeError(f"{text} must be {what}")
+        return x
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="entropy-rl",
@@ -163,9 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_presets)
 
     c = sub.add_parser("explain-clip", help="what room the PPO clip leaves a token's probability")
-    c.add_argument("probs", type=float, nargs="+", help="old probabilities, e.g. 0.9 0.4 0.01")
-    c.add_argument("--eps-low", type=float, default=0.2)
-    c.add_argument("--eps-high", type=float, default=0.28)
+    c.add_argument("probs", type=_number(0, 1, "a probability in (0, 1]", low_open=True),
+                   nargs="+", help="old probabilities, e.g. 0.9 0.4 0.01")  # fmt: skip
+    c.add_argument("--eps-low", type=_number(0, 1, "in [0, 1)", high_open=True), default=0.2)
+    c.add_argument("--eps-high", type=_number(0, math.inf, ">= 0"), default=0.28)
     c.set_defaults(fn=_explain_clip)
 
     r = sub.add_parser(
@@ -263,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args))
     except UserError as e:  # the user's to fix: one line. Anything else is a bug: traceback.
-        print(f"entropy-rl {args.command}: error: {e}", file=sys.stderr)
+        msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"entropy-rl {args.command}: error: {msg}", file=sys.stderr)
         return 2
 
 
