@@ -56,7 +56,8 @@ class ModelConfig:
     (rollout, pi_old, update) under torch.autocast, halving activation memory and using the
     accelerator's low-precision matmuls. float16 adds dynamic loss scaling
     (``update/loss_scale``). With bfloat16 parameters and plain AdamW, RL-sized updates round
-    away (at lr 5e-6, <1% of SmolLM2's weights moved in 3 steps)."""
+    away (at lr 5e-6, <1% of SmolLM2's weights moved in 3 steps). On a CPU without bfloat16
+    matmul units keep float32: bfloat16 autocast made a SmolLM2-sized update ~8x slower here."""
     logits: str = "auto"
     """How the update gets log-probs and entropy: ``fused`` (hidden states x lm_head, chunked, never
     holds [tokens, V] logits), ``full`` (the model's own logits), or ``auto`` (fused when the
