@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from entropy_rl.errors import MissingExtraError
 from entropy_rl.ops.token_stats import fused_logprobs_entropy
 from entropy_rl.train.batch import RolloutBatch, _response_index, policy_token_stats
 from entropy_rl.train.config import SHARDING_MODES, ConfigError
@@ -138,7 +139,9 @@ class FSDPSharding(NoSharding):
         try:
             from accelerate.utils import FullyShardedDataParallelPlugin
         except ImportError as e:
-            raise ConfigError("run.sharding=fsdp needs accelerate: pip install accelerate") from e
+            raise MissingExtraError(
+                "run.sharding=fsdp needs accelerate: pip install 'entropy-rl[accelerate]'"
+            ) from e
         env = os.environ if env is None else env
         self.info = info
         self.plugin = FullyShardedDataParallelPlugin(fsdp_version=2)

@@ -139,7 +139,8 @@ class Trainer:
             model, tokenizer = load_model(c)
         if tokenizer is None:
             raise ValueError("pass the tokenizer together with a model")
-        self.amp = compute_dtype(c.model.dtype)  # None: float32; else autocast (train.precision)
+        # None: float32; else the autocast dtype over float32 master weights (train.precision)
+        self.compute_dtype = compute_dtype(c.model.dtype)
         if cast := to_master_weights(model):
             warnings.warn(f"{len(cast)} low-precision parameters cast to float32 master weights "
                           f"(model.dtype={c.model.dtype} sets the compute dtype)", stacklevel=2)  # fmt: skip
@@ -165,13 +166,13 @@ class Trainer:
             try:  # the fast default: its sampler statistics replace the pi_old forward
                 engine = KVCacheEngine(
                     self.model, pad_token_id=self.pad_id, eos_token_id=tokenizer.eos_token_id,
-                    batch_size=c.rollout.batch_size, compute_dtype=self.amp,
+                    batch_size=c.rollout.batch_size, compute_dtype=self.compute_dtype,
                 )  # fmt: skip
             except ValueError as e:
                 raise ConfigError(f"rollout.engine=kv: {e}") from e
         self.engine = engine or HFGenerateEngine(
             self.model, pad_token_id=self.pad_id, eos_token_id=tokenizer.eos_token_id,
-            batch_size=c.rollout.batch_size, compute_dtype=self.amp,
+            batch_size=c.rollout.batch_size, compute_dtype=self.compute_dtype,
         )  # fmt: skip
         default_len = self.task.default_max_new_tokens if self.task is not None else 256
         self.max_new_tokens = c.rollout.max_new_tokens or default_len
@@ -216,7 +217,8 @@ class Trainer:
         self.shuffle = torch.Generator().manual_seed(c.run.seed)
         self.loss_kwargs = dict(c.algo.loss_kwargs)
         self.entropy_coef = c.algo.entropy_coef
-        self.scaler = LossScaler() if self.amp == torch.float16 else None  # bf16 needs none
+        # float16 needs loss scaling, bfloat16 (float32's exponent range) does not
+        self.scaler = LossScaler() if self.compute_dtype == torch.float16 else None
         self.step = 0
         self.bad_in_a_row = 0
         self.stop_reason: str | None = None
@@ -321,7 +323,7 @@ class Trainer:
             temperature=c.rollout.temperature, grad_clip=c.algo.grad_clip, entropy_coef=self.entropy_coef,
             kl_coef=c.algo.kl_coef, kl_kind=c.algo.kl_kind, kl_in_loss=c.algo.kl_in == "loss",
             logits_mode=mode, chunk_size=c.model.chunk_size, max_len=self.max_new_tokens,
-            sharded=self.sharding.enabled, autocast=self.amp,
+            sharded=self.sharding.enabled, autocast=self.compute_dtype,
         )  # fmt: skip
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
