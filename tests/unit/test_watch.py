@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from entropy_rl.errors import MissingExtraError, UserError
 from entropy_rl.integrations._names import detect_naming, map_metrics
 from entropy_rl.integrations.watch import MetricStream, detect_format, parse_stream, watch
 
@@ -141,7 +142,7 @@ def test_parse_our_metrics_with_torn_last_line(tmp_path: Path) -> None:
 def test_parse_corrupt_middle_line_names_the_line(tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"
     path.write_text('{"step": 1, "entropy/mean": 0.5}\n{"step": 2,\n{"step": 3}\n')
-    with pytest.raises(ValueError, match=r"m.jsonl:2: not a JSON object"):
+    with pytest.raises(UserError, match=r"m.jsonl:2: not a JSON object"):
         parse_stream(path)
 
 
@@ -182,10 +183,10 @@ def test_parse_verl_file_logger_flat_and_console_lines(tmp_path: Path) -> None:
 
 
 def test_parse_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no metric stream found"):
+    with pytest.raises(UserError, match="no metric stream found"):
         parse_stream(tmp_path)
     (tmp_path / "x.jsonl").write_text('{"step": 1, "foo": 2}\n')
-    with pytest.raises(ValueError, match="metric names not recognised"):
+    with pytest.raises(UserError, match="metric names not recognised"):
         parse_stream(tmp_path)
 
 
@@ -194,7 +195,7 @@ def test_tensorboard_missing_names_the_install(
 ) -> None:
     (tmp_path / "events.out.tfevents.1.host").write_bytes(b"")
     monkeypatch.setitem(sys.modules, "tensorboard", None)
-    with pytest.raises(ImportError, match="pip install tensorboard"):
+    with pytest.raises(MissingExtraError, match=r"pip install 'entropy-rl\[tensorboard\]'"):
         parse_stream(tmp_path)
 
 
@@ -391,10 +392,10 @@ def test_make_loggers_jsonl_and_errors(tmp_path: Path, monkeypatch: pytest.Monke
         make_loggers(["neptune"], tmp_path, {})
     with pytest.raises(ValueError, match="named more than once"):
         make_loggers(["jsonl", "jsonl"], tmp_path, {})
-    for name, hint in (("wandb", "pip install wandb"), ("mlflow", "pip install mlflow")):
+    for name in ("wandb", "mlflow"):
         monkeypatch.setitem(sys.modules, name, None)
-        with pytest.raises(ImportError, match=hint):
+        with pytest.raises(MissingExtraError, match=rf"pip install 'entropy-rl\[{name}\]'"):
             make_loggers([name], tmp_path, {})
     monkeypatch.setitem(sys.modules, "tensorboard", None)
-    with pytest.raises(ImportError, match=r"entropy-rl\[tensorboard\]"):
+    with pytest.raises(MissingExtraError, match=r"entropy-rl\[tensorboard\]"):
         make_loggers(["tensorboard"], tmp_path, {})

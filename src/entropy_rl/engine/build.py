@@ -30,11 +30,13 @@ def build_engine(
     tokenizer: Any = None,
     seed: int = 0,
     engine_kwargs: dict[str, Any] | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> RolloutEngine:
     """The engine ``rollout.engine=name`` selects for ``model`` (``resolve_engine``: auto -> kv
     for supported float32 models, else hf), generating until any of ``stop_token_ids`` (EOS and
     the chat template's end-of-turn token) or the length cap. ``vllm`` loads ``model_path`` with
-    ``tokenizer`` and ``engine_kwargs``; ``seed`` seeds its sampler.
+    ``tokenizer`` and ``engine_kwargs``; ``seed`` seeds its sampler. ``compute_dtype`` (mixed
+    precision, train.precision): kv and hf generate in that dtype over float32 master weights.
 
     Raises:
         ConfigError: ``kv`` on a model it does not support (naming what), or ``vllm`` without a
@@ -51,13 +53,15 @@ def build_engine(
     if kind == "kv":
         try:  # the fast default: its sampler statistics replace the pi_old forward
             return KVCacheEngine(
-                model, pad_token_id=pad_token_id, eos_token_id=stops, batch_size=batch_size
-            )
+                model, pad_token_id=pad_token_id, eos_token_id=stops, batch_size=batch_size,
+                compute_dtype=compute_dtype,
+            )  # fmt: skip
         except ValueError as e:
             raise ConfigError(f"rollout.engine=kv: {e}") from e
     return HFGenerateEngine(
-        model, pad_token_id=pad_token_id, eos_token_id=stops, batch_size=batch_size
-    )
+        model, pad_token_id=pad_token_id, eos_token_id=stops, batch_size=batch_size,
+        compute_dtype=compute_dtype,
+    )  # fmt: skip
 
 
 def set_threads(threads: int | None, model: Any, device: Any) -> int:
@@ -86,9 +90,11 @@ def engine_name(engine: Any) -> str:
 def run_info(
     engine: Any, model: Any, *, logits: str, device: Any, stop_token_ids: list[int],
     tokenizer: Any = None, chat_template: bool = False, world_size: int = 1,
+    compute_dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """What a run actually runs on: engine name, logits path of the update (``fused`` or
-    ``full``), parameter dtype(s), torch's intra-op thread count, device, stop tokens."""
+    ``full``), parameter dtype(s), the compute dtype of the forwards (autocast under mixed
+    precision, else the parameters'), torch's intra-op thread count, device, stop tokens."""
     dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
     tokens = None
     if tokenizer is not None:
@@ -97,6 +103,7 @@ def run_info(
         "engine": engine_name(engine),
         "logits": logits,
         "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
+        "compute_dtype": str(compute_dtype).removeprefix("torch.") if compute_dtype else None,
         "threads": torch.get_num_threads(),
         "device": str(device),
         "world_size": world_size,
@@ -111,8 +118,9 @@ def run_info(
 def format_run_info(info: dict[str, Any]) -> str:
     """One line of ``run_info`` for stderr."""
     stops = info.get("stop_tokens") or info["stop_token_ids"]
+    compute = f" compute={info['compute_dtype']}" if info.get("compute_dtype") else ""
     return (
-        f"entropy-rl: engine={info['engine']} logits={info['logits']} dtype={info['dtype']} "
-        f"threads={info['threads']} device={info['device']} "
+        f"entropy-rl: engine={info['engine']} logits={info['logits']} dtype={info['dtype']}"
+        f"{compute} threads={info['threads']} device={info['device']} "
         f"params={info['parameters'] / 1e6:.1f}M stop={','.join(map(str, stops))}"
     )

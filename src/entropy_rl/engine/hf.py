@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -16,20 +17,30 @@ class HFGenerateEngine:
     generation stops at any of ``eos_token_id`` (one id or several: EOS and a chat template's
     end-of-turn token, see train.encoding.stop_token_ids) or at ``max_new_tokens``. Reports no
     sampler statistics.
+    ``compute_dtype`` (mixed precision, train.precision): ``generate`` runs under
+    ``torch.autocast(compute_dtype)``, the forwards of the update do the same.
     """
 
     exact_logprobs = False
 
     def __init__(
-        self, model: Any, *, pad_token_id: int, eos_token_id: int | list[int], batch_size: int = 256
-    ) -> None:
+        self, model: Any, *, pad_token_id: int, eos_token_id: int | list[int], batch_size: int = 256,
+        compute_dtype: torch.dtype | None = None,
+    ) -> None:  # fmt: skip
         self.model = model
+        self.compute_dtype = compute_dtype
         self.pad_token_id = pad_token_id
         self.eos_ids = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
         self.batch_size = batch_size
 
     def sync_weights(self, model: Any) -> None:
         self.model = model
+
+    def _autocast(self, device: torch.device) -> Any:
+        dt = self.compute_dtype
+        if dt is None or dt == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=dt)
 
     @torch.no_grad()
     def generate(
@@ -64,15 +75,16 @@ class HFGenerateEngine:
                 if greedy
                 else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
             )
-            seqs = self.model.generate(
-                input_ids=ids.to(device),
-                attention_mask=att.to(device),
-                max_new_tokens=max_new_tokens,
-                num_return_sequences=n,
-                pad_token_id=self.pad_token_id,
-                eos_token_id=sorted(self.eos_ids),
-                **sampling,
-            )
+            with self._autocast(device):
+                seqs = self.model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=att.to(device),
+                    max_new_tokens=max_new_tokens,
+                    num_return_sequences=n,
+                    pad_token_id=self.pad_token_id,
+                    eos_token_id=sorted(self.eos_ids),
+                    **sampling,
+                )
             new = seqs[:, width:].tolist()  # (len(chunk) * n, <= max_new_tokens)
             for row, toks in enumerate(new):
                 comp: list[int] = []

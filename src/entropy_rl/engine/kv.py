@@ -16,6 +16,12 @@ probability of the full softmax(z / T): with fp32 weights these are the trainer'
 statistics (``exact_logprobs``), so the trainer can skip its no-grad forward.
 benchmarks/README.md sections 4-6 measure the effect (generation x1.5 at V = 19, x2.6 at 32k).
 
+Mixed precision (``compute_dtype``, e.g. bfloat16 with float32 master weights): each
+``generate`` samples from one bfloat16 copy of the weights (cache and activations in bfloat16,
+the attention softmax and RMSNorm in float32, as transformers computes them), like a bfloat16
+inference engine. Its statistics are then close to the update's pi_old, not equal
+(``exact_logprobs`` is False): the trainer runs its pi_old forward and measures the mismatch.
+
 Supported: Qwen2/Qwen3/Llama/Mistral decoders (``supports_kv_engine``) with SiLU MLPs, static
 RoPE (default, linear, llama3), full attention (no sliding window), plain tensors (no FSDP
 shards or quantized weights). Anything else: rollout.engine=hf works for any model.
@@ -23,6 +29,7 @@ shards or quantized weights). Anything else: rollout.engine=hf works for any mod
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,8 +83,9 @@ def supports_kv_engine(model: Any) -> bool:
 
 def resolve_engine(name: str, model: Any) -> str:
     """The engine ``rollout.engine=name`` selects for ``model``: ``auto`` -> ``kv`` where
-    ``supports_kv_engine(model)`` and every weight is float32 (its sampler statistics then are
-    pi_old's), else ``hf``; ``hf``, ``kv`` and ``vllm`` unchanged."""
+    ``supports_kv_engine(model)`` and every weight is float32 (the trainer's master weights;
+    with float32 compute its sampler statistics are pi_old's), else ``hf``; ``hf``, ``kv`` and
+    ``vllm`` unchanged."""
     if name != "auto":
         return name
     fp32 = all(p.dtype == torch.float32 for p in model.parameters())
@@ -146,8 +154,9 @@ class KVCacheEngine:
     """
 
     def __init__(
-        self, model: Any, *, pad_token_id: int, eos_token_id: int | list[int], batch_size: int = 256
-    ) -> None:
+        self, model: Any, *, pad_token_id: int, eos_token_id: int | list[int], batch_size: int = 256,
+        compute_dtype: torch.dtype | None = None,
+    ) -> None:  # fmt: skip
         why = _unsupported(model)
         if why:
             raise ValueError(
@@ -158,19 +167,44 @@ class KVCacheEngine:
         self.pad_token_id = pad_token_id
         self.eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
         self.batch_size = batch_size
+        self.compute_dtype = compute_dtype
+        """dtype of the sampling computation; None: the parameters' own."""
 
     @property
     def exact_logprobs(self) -> bool:
         """True when the reported sampler statistics are the trainer's pi_old ones: the same
-        weights in float32, full softmax(z / T). They are reported only for top_p = 1."""
-        return all(p.dtype == torch.float32 for p in self.model.parameters())
+        weights in float32, float32 compute, full softmax(z / T). They are reported only for
+        top_p = 1."""
+        fp32 = self.compute_dtype in (None, torch.float32)
+        return fp32 and all(p.dtype == torch.float32 for p in self.model.parameters())
 
     def sync_weights(self, model: Any) -> None:
         self.model = model
 
     def _fuse(self) -> _Weights:
         """The policy's current weights, q/k/v and gate/up concatenated (re-read every call:
-        the policy changes after each update; ~1M parameters take well under a millisecond)."""
+        the policy changes after each update; ~1M parameters take well under a millisecond),
+        in ``compute_dtype`` when it is set."""
+        w = self._fuse_raw()
+        dt = self.compute_dtype
+        if dt is None or w.embed.dtype == dt:
+            return w
+
+        def cast(x: Any) -> Any:  # Tensor or None
+            return None if x is None else x.to(dt)
+
+        layers = [dataclasses.replace(ly, **{k: cast(v) for k, v in vars(ly).items()})
+                  for ly in w.layers]  # fmt: skip
+        head_w = w.head_w.to(dt)
+        tied = w.embed.data_ptr() == w.head_w.data_ptr() and w.embed.shape == w.head_w.shape
+        embed = head_w if tied else w.embed.to(dt)  # tied embeddings: one copy
+        return _Weights(
+            layers=layers, embed=embed, norm=w.norm.to(dt), head_w=head_w,
+            head_b=cast(w.head_b), eps=w.eps, heads=w.heads, kv_heads=w.kv_heads, d=w.d,
+            inv_freq=w.inv_freq, rope_scale=w.rope_scale,
+        )  # fmt: skip
+
+    def _fuse_raw(self) -> _Weights:
         m, cfg = self.model, self.model.config
         layers = []
         for layer in m.model.layers:
@@ -236,7 +270,8 @@ class KVCacheEngine:
             keys, values = k_cache[i, :, :, :s], v_cache[i, :, :, :s]  # (B, hk, S, d)
             # GQA: the g query heads sharing a KV head become g*T query rows of that head
             att = torch.matmul(q.reshape(b, hk, g * t, d), keys.transpose(-1, -2)) * d**-0.5
-            att = (att.view(b, hk, g, t, s) + bias[:, :, None]).softmax(-1)  # (B, hk, g, T, S)
+            att = att.view(b, hk, g, t, s) + bias[:, :, None]  # (B, hk, g, T, S)
+            att = att.softmax(-1, dtype=torch.float32).to(dtype)  # float32 softmax, as HF
             o = torch.matmul(att.view(b, hk, g * t, s), values)  # (B, hk, g*T, d)
             o = o.view(b, h, t, d).transpose(1, 2).reshape(b, t, h * d)
             x = x + F.linear(o, ly.w_o, ly.b_o)

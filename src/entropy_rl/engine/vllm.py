@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from entropy_rl.engine.base import Generation
+from entropy_rl.errors import ConfigError, MissingExtraError
 
 __all__ = ["VLLMEngine", "outputs_to_generation"]
 
@@ -66,7 +67,7 @@ def _import_vllm() -> Any:
     try:
         import vllm
     except ImportError as exc:
-        raise ImportError(f"VLLMEngine needs vLLM: {INSTALL_HINT}") from exc
+        raise MissingExtraError(f"VLLMEngine needs vLLM: {INSTALL_HINT}") from exc
     return vllm
 
 
@@ -263,18 +264,18 @@ class VLLMEngine:
         **llm_kwargs: Any,
     ) -> None:
         if not 0 < gpu_memory_utilization <= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"gpu_memory_utilization must be in (0, 1] (a fraction of the GPU's memory), "
                 f"got {gpu_memory_utilization}"
             )
         if max_model_len is not None and max_model_len <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"max_model_len must be a positive integer or None, got {max_model_len}"
             )
         asked_mode = "logprobs_mode" in llm_kwargs
         mode = llm_kwargs.pop("logprobs_mode", "processed_logprobs")
         if mode not in _LOGPROBS_MODES:
-            raise ValueError(f"logprobs_mode must be one of {_LOGPROBS_MODES}, got {mode!r}")
+            raise ConfigError(f"logprobs_mode must be one of {_LOGPROBS_MODES}, got {mode!r}")
         vllm = _import_vllm()
         self.version = str(getattr(vllm, "__version__", "unknown"))
         kwargs: dict[str, Any] = {
@@ -294,7 +295,7 @@ class VLLMEngine:
         if has_mode:
             kwargs["logprobs_mode"] = mode
         elif asked_mode:
-            raise ValueError(f"logprobs_mode needs vLLM >= 0.10; vLLM {self.version} is installed")
+            raise ConfigError(f"logprobs_mode needs vLLM >= 0.10; vLLM {self.version} is installed")
         # The engine core must live in this process for sync_weights to reach its model.
         os.environ.setdefault(_INPROC_ENV, "0")
         self.llm = vllm.LLM(**kwargs, **llm_kwargs)

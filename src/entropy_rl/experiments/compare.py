@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from entropy_rl.errors import ConfigError, UserError
 from entropy_rl.experiments.stats import bootstrap_interval, permutation_pvalue
 
 ALPHA = 0.05
@@ -53,7 +54,7 @@ class Setting:
 def parse_setting(spec: Sequence[str]) -> Setting:
     """``["unclipped", "ppo", "algo.loss_kwargs.eps_high=100"]`` -> Setting."""
     if len(spec) < 2:
-        raise ValueError(f"--variant needs LABEL PRESET [key=value ...], got {list(spec)}")
+        raise ConfigError(f"--variant needs LABEL PRESET [key=value ...], got {list(spec)}")
     return Setting(spec[0], spec[1], list(spec[2:]))
 
 
@@ -228,7 +229,7 @@ def compare(
     """Run every (setting, seed) not already finished, then summarise; returns (table, results).
     `extra`: metrics of the last evaluation added to the table, each with a verdict."""
     if len({s.label for s in settings}) != len(settings):
-        raise ValueError("two settings share a label; give each --variant a distinct LABEL")
+        raise ConfigError("two settings share a label; give each --variant a distinct LABEL")
     common = list(common) + ([f"run.steps={steps}"] if steps else [])
     todo = []
     for s in settings:
@@ -274,5 +275,6 @@ def compare(
     (out_dir / "compare.md").write_text(md + "\n")
     (out_dir / "compare.json").write_text(json.dumps(results, indent=1))
     if failed:
-        raise RuntimeError(f"{len(failed)} runs failed: {[str(f) for f in failed]}")
+        logs = ", ".join(str(f.parent / (f.name + ".log")) for f in failed)
+        raise UserError(f"{len(failed)} runs failed; their logs say why: {logs}")
     return md, results

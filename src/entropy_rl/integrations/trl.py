@@ -31,6 +31,7 @@ import torch
 from entropy_rl.control.controllers import EntropyController
 from entropy_rl.control.detector import CollapseDetector, DetectorConfig, Event
 from entropy_rl.control.monitor import entropy_stats, logp_adv_covariance
+from entropy_rl.errors import MissingExtraError
 from entropy_rl.integrations._names import is_our_name, map_metrics
 from entropy_rl.integrations.watch import format_event
 from entropy_rl.ops.kl import kl_estimate
@@ -40,7 +41,7 @@ try:
     from transformers import TrainerCallback
     from trl import GRPOTrainer
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
+    raise MissingExtraError(
         "entropy_rl.integrations.trl needs TRL: pip install 'entropy-rl[trl]'"
     ) from exc
 

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from entropy_rl.control.controllers import EntropyController
+from entropy_rl.errors import MissingExtraError
 from entropy_rl.integrations._names import is_our_name, map_metrics
 from entropy_rl.ops.losses import policy_loss
 
@@ -144,7 +145,7 @@ def register_with_verl(
         try:
             from verl.trainer.ppo.core_algos import register_policy_loss
         except ImportError as exc:
-            raise ImportError(
+            raise MissingExtraError(
                 "register_with_verl needs verl 0.9: pip install 'entropy-rl[verl]'"
             ) from exc
         register = register_policy_loss

@@ -39,6 +39,7 @@ from typing import Any, TextIO
 import yaml
 
 from entropy_rl.control.detector import CollapseDetector, DetectorConfig, Event
+from entropy_rl.errors import ConfigError, MissingExtraError, UserError
 from entropy_rl.integrations._names import detect_naming, map_metrics
 
 __all__ = ["FORMATS", "MetricStream", "detect_format", "format_event", "parse_stream", "watch"]
@@ -152,7 +153,7 @@ class _JsonlReader:
         try:
             return _parse_line(raw.decode("utf-8", errors="replace"))
         except ValueError as exc:
-            raise ValueError(f"{self.path}:{self.lineno}: not a JSON object ({exc})") from exc
+            raise UserError(f"{self.path}:{self.lineno}: not a JSON object ({exc})") from exc
 
 
 class _TrlStateReader:
@@ -195,9 +196,9 @@ class _TensorBoardReader:
                 EventAccumulator,
             )
         except ImportError as exc:
-            raise ImportError(
-                "reading TensorBoard event files needs tensorboard: pip install tensorboard"
-                " (or pip install 'entropy-rl[tensorboard]')"
+            raise MissingExtraError(
+                "reading TensorBoard event files needs tensorboard: "
+                "pip install 'entropy-rl[tensorboard]'"
             ) from exc
         self.acc = EventAccumulator(str(directory), size_guidance={"scalars": 0})
 
@@ -251,7 +252,7 @@ class MetricStream:
         found = detect_format(self.path)
         if found is None:
             if final:
-                raise ValueError(
+                raise UserError(
                     f"{self.path}: no metric stream found; expected our metrics.jsonl, a TRL"
                     " output dir (trainer_state.json), a TensorBoard event dir, or a JSONL file"
                 )
@@ -289,7 +290,7 @@ class MetricStream:
             self.naming = detect_naming(keys)
             if self.naming is None:
                 if final and keys:
-                    raise ValueError(
+                    raise UserError(
                         f"{self.source}: metric names not recognised (e.g. {sorted(keys)[:8]});"
                         " expected ours (entropy/mean), TRL's (entropy, reward, ...) or verl's"
                         " (actor/entropy, ...)"
@@ -444,17 +445,17 @@ def watch(
         ImportError: a TensorBoard directory without tensorboard installed.
     """
     if not (isinstance(poll_s, (int, float)) and math.isfinite(poll_s) and poll_s > 0):
-        raise ValueError(f"poll_s must be a number of seconds > 0, got {poll_s!r}")
+        raise ConfigError(f"poll_s must be a number of seconds > 0, got {poll_s!r}")
     if total_steps is not None and (
         isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1
     ):
-        raise ValueError(f"total_steps must be an int >= 1 or None, got {total_steps!r}")
+        raise ConfigError(f"total_steps must be an int >= 1 or None, got {total_steps!r}")
     DetectorConfig.from_dict(dict(detector_kwargs or {}))  # fail before waiting on the stream
     rdir = None if report_dir is None else Path(report_dir)
     if rdir is not None:
         src = Path(path).resolve()
         if rdir.resolve() in (src, src.parent if src.is_file() else src):
-            raise ValueError(f"report_dir {rdir} is the run being read; choose another directory")
+            raise ConfigError(f"report_dir {rdir} is the run being read; choose another directory")
     stream = MetricStream(path)
     session = _Session(
         stream,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
+from entropy_rl.errors import MissingExtraError
 from entropy_rl.report.load import Event, RunData
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError as err:
-        raise ImportError(f"the entropy-rl report needs matplotlib: {INSTALL_HINT}") from err
+        raise MissingExtraError(f"the entropy-rl report needs matplotlib: {INSTALL_HINT}") from err
 
 
 def style() -> AbstractContextManager[Any]:

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from entropy_rl.errors import UserError
+
 __all__ = ["Event", "RunData", "TruncatedRunWarning", "load_run", "load_runs"]
 
 METRICS_FILE = "metrics.jsonl"
@@ -131,7 +133,7 @@ def _read_jsonl(path: Path, notes: list[str]) -> list[dict[str, Any]]:
                 warnings.warn(msg, TruncatedRunWarning, stacklevel=3)
                 notes.append(msg)
                 break
-            raise ValueError(
+            raise UserError(
                 f"{path}, line {lineno}: not a JSON object ({err}); only the last line of a "
                 "run that is still being written may be incomplete"
             ) from err
@@ -222,16 +224,16 @@ def load_run(run_dir: str | Path) -> RunData:
     run_dir = Path(run_dir)
     metrics_path = run_dir / METRICS_FILE
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist (or is not a directory)")
+        raise UserError(f"run directory {run_dir} does not exist (or is not a directory)")
     if not metrics_path.is_file():
-        raise FileNotFoundError(
+        raise UserError(
             f"{metrics_path} not found: a run directory must contain {METRICS_FILE} "
             "(one JSON object per step, written by the trainer)"
         )
     notes: list[str] = []
     records = _read_metrics(metrics_path, notes)
     if not records:
-        raise ValueError(f"{metrics_path} holds no complete step yet; nothing to report")
+        raise UserError(f"{metrics_path} holds no complete step yet; nothing to report")
     events_path = run_dir / EVENTS_FILE
     events = _read_events(events_path, notes) if events_path.is_file() else []
     config_path = run_dir / CONFIG_FILE
@@ -264,7 +266,7 @@ def load_runs(run_dirs: list[Path]) -> list[RunData]:
     from their configs and become "dapo seed 0 (hi/seed0)" and "dapo seed 0 (lo/seed0)".
     """
     if not run_dirs:
-        raise ValueError("no run directories given; pass at least one RUN_DIR")
+        raise UserError("no run directories given; pass at least one RUN_DIR")
     runs = [load_run(d) for d in run_dirs]
     for label in {r.label for r in runs}:
         same = [r for r in runs if r.label == label]

@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from entropy_rl.errors import ConfigError
+
 __all__ = [
     "Example",
     "Task",
@@ -190,5 +192,5 @@ def get_task(name: str, **kwargs: Any) -> Task:
         ValueError: unknown name (the message lists the available ones).
     """
     if name not in _REGISTRY:
-        raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(available_tasks())}")
+        raise ConfigError(f"unknown task {name!r}; available tasks: {', '.join(available_tasks())}")
     return _REGISTRY[name](**kwargs)

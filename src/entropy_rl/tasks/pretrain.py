@@ -274,14 +274,14 @@ def pretrain(
     per prompt, on the normal and (if any) the hard evaluation prompts separately.
     """
     if steps < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}"
         )
     schedule_steps = steps if schedule_steps is None else schedule_steps
     if schedule_steps < steps:
-        raise ValueError(f"schedule_steps ({schedule_steps}) must be >= steps ({steps})")
+        raise ConfigError(f"schedule_steps ({schedule_steps}) must be >= steps ({steps})")
     if not 0.0 < final_lr_frac <= 1.0:
-        raise ValueError(
+        raise ConfigError(
             f"final_lr_frac must be in (0, 1] (no annealing to 0), got {final_lr_frac}"
         )
     if num_threads is not None:
@@ -376,7 +376,7 @@ def builtin_checkpoint(task_name: str) -> Path:
         raise ConfigError(
             f"no built-in checkpoint for task {task_name!r} at {path}; shipped: {shipped}. "
             f"Set model.path to a model directory, or create one with: "
-            f"python -m entropy_rl.tasks.pretrain {task_name} --out DIR"
+            f"entropy-rl pretrain {task_name} --out DIR"
         )
     return path
 

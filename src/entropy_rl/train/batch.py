@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from entropy_rl.ops.token_stats import fused_logprobs_entropy, token_entropy, token_logprobs
+from entropy_rl.train.precision import autocast as amp_autocast
 
 
 @dataclass
@@ -141,6 +142,7 @@ def policy_token_stats(
     chunk_size: int = 1024,
     with_top1: bool = False,
     skip_pad_mask: bool = False,
+    autocast: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Log-prob of each completion token and the full-vocabulary entropy of the sampling
     distribution softmax(logits / temperature) at each completion position.
@@ -158,6 +160,12 @@ def policy_token_stats(
     the (B, 1, L, L) padding mask and takes its causal-only attention path (update pass ~x1.05
     on the vs_trl char setting: benchmarks/README.md section 8). Rows that are not right-padded
     keep the mask.
+
+    ``autocast`` (mixed precision, train.precision): the model's forward runs under
+    ``torch.autocast(autocast)``. In ``fused`` mode the head and the softmax statistics then run
+    outside it, in float32 on the (float32 master) head weight: the log-probs that the ratio
+    compares keep float32's precision. In ``full`` mode the model's own (low-precision) logits
+    are upcast. pi_old and the update take the same path, so the ratio compares like with like.
     """
     device = next(model.parameters()).device
     ids = batch.input_ids.to(device)
@@ -166,7 +174,9 @@ def policy_token_stats(
     index = _response_index(batch).to(device)  # (B, T)
     targets = batch.targets.clamp(min=0).to(device)  # (B, T); pad targets -> 0, masked later
     if mode == "fused":
-        hidden = model.base_model(input_ids=ids, attention_mask=att).last_hidden_state  # (B, L, D)
+        with amp_autocast(device, autocast):
+            out_h = model.base_model(input_ids=ids, attention_mask=att)
+        hidden = out_h.last_hidden_state  # (B, L, D)
         h = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, T, D)
         head = model.get_output_embeddings()
         out = fused_logprobs_entropy(
@@ -181,7 +191,8 @@ def policy_token_stats(
         logp, ent = out[0], out[1]
         top1 = out[-1] if with_top1 else None
     elif mode == "full":
-        logits = model(input_ids=ids, attention_mask=att).logits  # (B, L, V)
+        with amp_autocast(device, autocast):
+            logits = model(input_ids=ids, attention_mask=att).logits  # (B, L, V)
         z = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))  # (B, T, V)
         logp = token_logprobs(z, targets, temperature=temperature)
         # chunked: one chunk of probabilities alive, recomputed in backward (the plain-autograd

@@ -51,7 +51,14 @@ class ModelConfig:
     """Anything ``AutoModelForCausalLM.from_pretrained`` loads (local dir or hub id). None: the
     built-in tiny checkpoint of ``data.task``."""
     dtype: str = "float32"
-    """Parameter dtype: float32, bfloat16 or float16."""
+    """Compute dtype: float32, bfloat16 or float16 (mixed precision, train.precision). The
+    parameters, gradients and AdamW moments stay float32 whatever this says (master weights:
+    16 bytes per parameter, +4 for a reference model); bfloat16 / float16 run every forward
+    (rollout, pi_old, update) under torch.autocast, halving activation memory and using the
+    accelerator's low-precision matmuls. float16 adds dynamic loss scaling
+    (``update/loss_scale``). With bfloat16 parameters and plain AdamW, RL-sized updates round
+    away (at lr 5e-6, <1% of SmolLM2's weights moved in 3 steps). On a CPU without bfloat16
+    matmul units keep float32: bfloat16 autocast made a SmolLM2-sized update ~8x slower here."""
     logits: str = "auto"
     """How the update gets log-probs and entropy: ``fused`` (hidden states x lm_head, chunked, never
     holds [tokens, V] logits), ``full`` (the model's own logits), or ``auto`` (fused when the

@@ -4,7 +4,8 @@
 chosen with the config key ``run.loggers`` and built by ``make_loggers(names, run_dir, config)``:
 ``jsonl``, ``tensorboard`` (``RUN_DIR/tb``; extra ``entropy-rl[tensorboard]``), ``wandb``
 (``pip install wandb``) and ``mlflow`` (``pip install mlflow``). Each tracker's package is
-imported only when its logger is built; a missing one raises ImportError naming the install.
+imported only when its logger is built; a missing one raises MissingExtraError (an ImportError)
+naming the install.
 
 Only finite numbers go to the trackers (a NaN bucket such as ``entropy/pos_3`` on a short batch
 is skipped, not sent as a broken point); ``metrics.jsonl`` keeps every value. Metric names are
@@ -21,6 +22,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
+
+from entropy_rl.errors import MissingExtraError
 
 __all__ = [
     "LOGGER_NAMES",
@@ -138,7 +141,9 @@ class WandbLogger:
         try:
             import wandb
         except ImportError as exc:
-            raise ImportError("the wandb logger needs wandb: pip install wandb") from exc
+            raise MissingExtraError(
+                "the wandb logger needs wandb: pip install 'entropy-rl[wandb]'"
+            ) from exc
         run_dir = Path(run_dir)
         cfg = dict(config or {})
         self.run = wandb.init(
@@ -201,7 +206,9 @@ class MLflowLogger:
         try:
             import mlflow
         except ImportError as exc:
-            raise ImportError("the mlflow logger needs mlflow: pip install mlflow") from exc
+            raise MissingExtraError(
+                "the mlflow logger needs mlflow: pip install 'entropy-rl[mlflow]'"
+            ) from exc
         run_dir = Path(run_dir)
         cfg = dict(config or {})
         if not os.environ.get("MLFLOW_TRACKING_URI"):
@@ -252,7 +259,7 @@ def make_loggers(
             try:
                 import tensorboard  # noqa: F401
             except ImportError as exc:
-                raise ImportError(
+                raise MissingExtraError(
                     "the tensorboard logger needs tensorboard: pip install 'entropy-rl[tensorboard]'"
                 ) from exc
             loggers.append(TensorBoardLogger(run_dir / "tb"))

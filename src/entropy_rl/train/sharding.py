@@ -42,10 +42,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from entropy_rl.errors import MissingExtraError
 from entropy_rl.ops.token_stats import fused_logprobs_entropy
 from entropy_rl.train.batch import RolloutBatch, _response_index, policy_token_stats
 from entropy_rl.train.config import SHARDING_MODES, ConfigError
 from entropy_rl.train.distributed import DistInfo
+from entropy_rl.train.precision import autocast as amp_autocast
 
 
 def resolve_sharding(mode: str, *, world_size: int, env: Mapping[str, str] | None = None) -> str:
@@ -137,7 +139,9 @@ class FSDPSharding(NoSharding):
         try:
             from accelerate.utils import FullyShardedDataParallelPlugin
         except ImportError as e:
-            raise ConfigError("run.sharding=fsdp needs accelerate: pip install accelerate") from e
+            raise MissingExtraError(
+                "run.sharding=fsdp needs accelerate: pip install 'entropy-rl[accelerate]'"
+            ) from e
         env = os.environ if env is None else env
         self.info = info
         self.plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
@@ -268,6 +272,7 @@ def sharded_token_stats(
     mode: str = "fused",
     chunk_size: int = 1024,
     with_top1: bool = False,
+    autocast: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """``policy_token_stats`` for an FSDP-sharded model: same outputs (logp, entropy, top1),
     each (B, T) float32.
@@ -276,11 +281,13 @@ def sharded_token_stats(
     head's forward inside the model's own forward, so FSDP has gathered ``lm_head.weight`` (and
     will reduce-scatter its gradient); the head returns (B, T, 2 or 3) stacked statistics in
     place of (B, L, V) logits. ``full``: the model's own logits, as in policy_token_stats.
+    ``autocast``: the model's forward under ``torch.autocast``, the fused head in float32 (as in
+    policy_token_stats).
     """
     if mode != "fused":
         return policy_token_stats(
             model, batch, temperature=temperature, mode=mode, chunk_size=chunk_size,
-            with_top1=with_top1,
+            with_top1=with_top1, autocast=autocast,
         )  # fmt: skip
     device = next(model.parameters()).device
     index = _response_index(batch).to(device)  # (B, T)
@@ -289,19 +296,21 @@ def sharded_token_stats(
 
     def head_forward(hidden: Tensor) -> Tensor:  # (B, L, D) final hidden states
         h = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, T, D)
-        out = fused_logprobs_entropy(
-            h, head.weight, targets, bias=getattr(head, "bias", None), temperature=temperature,
-            chunk_size=chunk_size, return_top1=with_top1,
-        )  # fmt: skip
+        with torch.autocast(device.type, enabled=False):  # the head in float32 (mixed precision)
+            out = fused_logprobs_entropy(
+                h, head.weight, targets, bias=getattr(head, "bias", None),
+                temperature=temperature, chunk_size=chunk_size, return_top1=with_top1,
+            )  # fmt: skip
         return torch.stack([o.float() for o in out], dim=-1)  # (B, T, 2 or 3)
 
     head.forward = head_forward  # instance attribute: FSDP's hooks still wrap the call
     try:
-        stats = model(
-            input_ids=batch.input_ids.to(device),
-            attention_mask=batch.attention_mask.to(device),
-            use_cache=False,
-        ).logits
+        with amp_autocast(device, autocast):
+            stats = model(
+                input_ids=batch.input_ids.to(device),
+                attention_mask=batch.attention_mask.to(device),
+                use_cache=False,
+            ).logits
     finally:
         del head.forward
     return stats[..., 0], stats[..., 1], (stats[..., 2] if with_top1 else None)

@@ -33,10 +33,10 @@ from entropy_rl.control.monitor import (
 )
 from entropy_rl.engine.base import RolloutEngine
 from entropy_rl.engine.build import build_engine, format_run_info, run_info, set_threads
+from entropy_rl.models import load_model
 from entropy_rl.ops.advantages import available_advantages, compute_advantages
 from entropy_rl.ops.losses import policy_loss
 from entropy_rl.tasks.pretrain import builtin_checkpoint
-from entropy_rl.tasks.tokenizer import load_tokenizer
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.batch import RolloutBatch
 from entropy_rl.train.config import Config, ConfigError
@@ -52,6 +52,7 @@ from entropy_rl.train.encoding import Encoder, stop_token_ids
 from entropy_rl.train.evaluate import evaluate, start_metrics
 from entropy_rl.train.forecast import capture_head_inputs, forecast_due, same_batch_entropy_change
 from entropy_rl.train.logging import JsonlLogger, Logger, default_loggers
+from entropy_rl.train.precision import LossScaler, compute_dtype, to_master_weights
 from entropy_rl.train.rollout import collect
 from entropy_rl.train.sharding import make_sharding
 from entropy_rl.train.update import (
@@ -66,24 +67,10 @@ from entropy_rl.train.update import (
 
 _ROLLOUT_REDUCE = {"groups/kept": "sum", "reward/errors": "sum", "groups/sample_rounds": "max",
                    "_tokens": "sum"}  # fmt: skip
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class TrainingStopped(RuntimeError):
     """The run stopped itself (repeated non-finite steps, or a detector rule with action=stop)."""
-
-
-def load_model(cfg: Config) -> tuple[Any, Any]:
-    """The model and tokenizer named by model.path (default: the task's built-in checkpoint)."""
-    from transformers import AutoModelForCausalLM
-
-    path = cfg.model.path
-    if path is None:
-        path = str(builtin_checkpoint(cfg.data.task))
-    kw = {"trust_remote_code": cfg.model.trust_remote_code}
-    tok = load_tokenizer(path, **kw)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.model.dtype], **kw)
-    return model, tok
 
 
 def validate_algo(cfg: Config) -> None:
@@ -160,6 +147,11 @@ class Trainer:
             model, tokenizer = load_model(c)
         if tokenizer is None:
             raise ValueError("pass the tokenizer together with a model")
+        # None: float32; else the autocast dtype over float32 master weights (train.precision)
+        self.compute_dtype = compute_dtype(c.model.dtype)
+        if cast := to_master_weights(model):
+            warnings.warn(f"{len(cast)} low-precision parameters cast to float32 master weights "
+                          f"(model.dtype={c.model.dtype} sets the compute dtype)", stacklevel=2)  # fmt: skip
         set_threads(c.run.threads, model, self.device)
         self.model = model.to(self.device)
         self.model.eval()  # no dropout during RL: the ratio must compare the same function
@@ -173,7 +165,8 @@ class Trainer:
         self.engine = engine or build_engine(
             c.rollout.engine, self.model, pad_token_id=self.pad_id, stop_token_ids=self.stop_ids,
             batch_size=c.rollout.batch_size, tokenizer=tokenizer, seed=c.run.seed + self.dist.rank,
-            engine_kwargs=c.rollout.engine_kwargs, model_path=c.model.path
+            engine_kwargs=c.rollout.engine_kwargs, compute_dtype=self.compute_dtype,
+            model_path=c.model.path
             or (str(builtin_checkpoint(c.data.task)) if c.rollout.engine == "vllm" else None),
         )  # fmt: skip
         default_len = self.task.default_max_new_tokens if self.task is not None else 256
@@ -219,6 +212,8 @@ class Trainer:
         self.shuffle = torch.Generator().manual_seed(c.run.seed)
         self.loss_kwargs = dict(c.algo.loss_kwargs)
         self.entropy_coef = c.algo.entropy_coef
+        # float16 needs loss scaling, bfloat16 (float32's exponent range) does not
+        self.scaler = LossScaler() if self.compute_dtype == torch.float16 else None
         self.step = 0
         self.bad_in_a_row = 0
         self.stop_reason: str | None = None
@@ -245,6 +240,7 @@ class Trainer:
             self.engine, self.model, logits=self.settings().logits_mode, device=self.device,
             stop_token_ids=self.stop_ids, tokenizer=self.tokenizer,
             chat_template=self.cfg.data.chat_template, world_size=self.dist.world_size,
+            compute_dtype=self.compute_dtype,
         )  # fmt: skip
         (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
         print(format_run_info(info), file=sys.stderr)
@@ -338,12 +334,13 @@ class Trainer:
             temperature=c.rollout.temperature, grad_clip=c.algo.grad_clip, entropy_coef=self.entropy_coef,
             kl_coef=c.algo.kl_coef, kl_kind=c.algo.kl_kind, kl_in_loss=c.algo.kl_in == "loss",
             logits_mode=mode, chunk_size=c.model.chunk_size, max_len=self.max_new_tokens,
-            sharded=self.sharding.enabled,
+            sharded=self.sharding.enabled, autocast=self.compute_dtype,
         )  # fmt: skip
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         s = self.settings()
-        exact = sampler_is_pi_old(self.engine, batch)  # then no pi_old forward, no TIS (ratio 1)
+        # then no pi_old forward, no TIS (ratio 1)
+        exact = sampler_is_pi_old(self.engine, batch, autocast=s.autocast)
         old = record_old_logprobs(
             self.model, self.ref_model, batch, s, from_sampler=exact, info=self.dist
         )
@@ -376,8 +373,9 @@ class Trainer:
         due = forecast_due(self.step, self.cfg.control.forecast_every, s)  # same-batch change
         before = capture_head_inputs(self.model, batch, s) if due else None
         upd, bad = ppo_update(
-            self.model, self.optimizer, batch, s, generator=self.shuffle, info=self.dist
-        )
+            self.model, self.optimizer, batch, s, generator=self.shuffle, info=self.dist,
+            scaler=self.scaler,
+        )  # fmt: skip
         if before is not None:
             upd |= same_batch_entropy_change(self.model, batch, s, before, info=self.dist)
         metrics |= upd | tis
@@ -480,6 +478,7 @@ class Trainer:
             "entropy_coef": self.entropy_coef,
             "bad_in_a_row": self.bad_in_a_row,
             "last_entropy": self.last_entropy,
+            "loss_scaler": None if self.scaler is None else self.scaler.state_dict(),
         }
         for name in ("controller", "detector", "source", "entropy_fit"):
             obj = getattr(self, name)
@@ -552,6 +551,8 @@ class Trainer:
         self.entropy_coef = float(st["entropy_coef"])
         self.bad_in_a_row = int(st["bad_in_a_row"])
         self.last_entropy = st.get("last_entropy")
+        if self.scaler is not None and st.get("loss_scaler"):
+            self.scaler.load_state_dict(st["loss_scaler"])
         for name in ("controller", "detector", "source", "entropy_fit"):
             obj = getattr(self, name)
             if name in st and obj is not None and hasattr(obj, "load_state_dict"):

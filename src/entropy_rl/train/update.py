@@ -30,6 +30,7 @@ from entropy_rl.train.distributed import (
     sum_gradients,
     to_local,
 )
+from entropy_rl.train.precision import LossScaler
 from entropy_rl.train.sharding import sharded_token_stats
 
 
@@ -54,6 +55,9 @@ class UpdateSettings:
     sharded: bool = False
     """FSDP-sharded model (train.sharding): FSDP sums the gradients, ranks run the same number
     of passes, and token statistics run inside the model's forward."""
+    autocast: torch.dtype | None = None
+    """Compute dtype of every forward (pi_old, pi_ref, update) under ``torch.autocast``
+    (model.dtype; train.precision); None: plain float32."""
 
 
 def _stats_fn(s: UpdateSettings) -> Any:
@@ -61,8 +65,8 @@ def _stats_fn(s: UpdateSettings) -> Any:
     right-padded rows (``policy_token_stats(skip_pad_mask=True)``: the same values at
     completion tokens, less work)."""
     if s.sharded:
-        return sharded_token_stats
-    return functools.partial(policy_token_stats, skip_pad_mask=True)
+        return functools.partial(sharded_token_stats, autocast=s.autocast)
+    return functools.partial(policy_token_stats, skip_pad_mask=True, autocast=s.autocast)
 
 
 def warn_if_on_policy(epochs: int, mini_batches: int) -> None:
@@ -76,13 +80,20 @@ def warn_if_on_policy(epochs: int, mini_batches: int) -> None:
         )
 
 
-def sampler_is_pi_old(engine: Any, batch: RolloutBatch) -> bool:
+def sampler_is_pi_old(
+    engine: Any, batch: RolloutBatch, *, autocast: torch.dtype | None = None
+) -> bool:
     """True when the rollout engine's per-token statistics in ``batch`` are pi_old's exactly:
-    the engine says so (``exact_logprobs``: the trainer's own fp32 weights, full
-    softmax(logits / T)) and reported log-prob, entropy and top-1 for every row. The pi_old
-    forward is then redundant, and so is truncated importance sampling (the ratio is 1)."""
+    the engine says so (``exact_logprobs``: the trainer's own fp32 weights, fp32 compute, full
+    softmax(logits / T)), the update computes pi_old in float32 too (``autocast`` None or
+    float32: under mixed precision the engine's and the update's low-precision kernels round
+    differently, so the statistics are close, not pi_old's), and the engine reported log-prob,
+    entropy and top-1 for every row. The pi_old forward is then redundant, and so is truncated
+    importance sampling (the ratio is 1)."""
     have = (batch.sampler_logprobs, batch.sampler_entropy, batch.sampler_top1)
-    return bool(getattr(engine, "exact_logprobs", False)) and all(x is not None for x in have)
+    fp32 = autocast is None or autocast == torch.float32
+    exact = bool(getattr(engine, "exact_logprobs", False))
+    return fp32 and exact and all(x is not None for x in have)
 
 
 @torch.no_grad()
@@ -197,6 +208,7 @@ def ppo_update(
     *,
     generator: torch.Generator,
     info: DistInfo = DistInfo(),  # noqa: B008  (frozen dataclass: a safe default)
+    scaler: LossScaler | None = None,
 ) -> tuple[dict[str, float], int]:
     """Run ``epochs x mini_batches`` optimizer steps on ``batch``; return (metrics, bad_steps).
 
@@ -204,11 +216,16 @@ def ppo_update(
     does not depend on the number of processes (see train.distributed). Metrics describe the
     whole update (every micro-batch of every pass). A mini-batch whose loss or gradient is not
     finite on any rank is skipped (no optimizer step) and counted in ``bad_steps``.
+
+    ``scaler`` (float16 compute, train.precision.LossScaler): each micro-batch's loss is scaled
+    before backward and the gradients unscaled before clipping; a mini-batch with a finite loss
+    whose scaled gradients overflow is skipped, halves the scale and counts in
+    ``update/overflow_steps`` (not in ``bad_steps``).
     """
     assert batch.old_logprobs is not None
     acc = _Accumulator()
     grad_norms: list[float] = []
-    steps = bad = 0
+    steps = bad = overflows = 0
     sizes = all_gather_sizes(len(batch), info)
     offset, n_local = sum(sizes[: info.rank]), len(batch)
     for _ in range(s.epochs):
@@ -234,16 +251,23 @@ def ppo_update(
                         break
                     loss.backward()  # sharded: every rank runs every backward; step skipped below
                     continue
-                loss.backward()
+                (loss if scaler is None else loss * scaler.scale).backward()
                 acc.add(m)
             if not s.sharded:  # FSDP has summed them (train.sharding)
                 sum_gradients(model, info)
             finite = bool(all_reduce(torch.tensor(float(finite)), info, "min") > 0)
             if finite and _grads_finite(model, info):
+                if scaler is not None:
+                    scaler.unscale_(model.parameters())
+                    scaler.update(overflow=False)
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip or math.inf)
                 grad_norms.append(float(to_local(norm)))
                 optimizer.step()
                 steps += 1
+            elif finite and scaler is not None:  # the scaled gradients overflowed float16
+                scaler.update(overflow=True)
+                overflows += 1
+                optimizer.zero_grad(set_to_none=True)
             else:
                 bad += 1
                 optimizer.zero_grad(set_to_none=True)
@@ -252,11 +276,14 @@ def ppo_update(
                     RuntimeWarning,
                     stacklevel=2,
                 )
-    metrics = acc.result(info, steps + bad)
+    metrics = acc.result(info, steps + bad + overflows)
     if grad_norms:
         metrics["grad/norm"] = sum(grad_norms) / len(grad_norms)
     metrics["update/bad_steps"] = float(bad)
     metrics["update/optimizer_steps"] = float(steps)
+    if scaler is not None:
+        metrics["update/overflow_steps"] = float(overflows)
+        metrics["update/loss_scale"] = scaler.scale
     return metrics, bad
 
 
