@@ -285,3 +285,53 @@ def test_sigkill_at_random_points_then_resume_equals_an_unbroken_run(
     _same_numbers(_rows(tmp_path / "unbroken" / "metrics.jsonl"), _rows(out / "metrics.jsonl"),
                   ignore=())  # fmt: skip
     _same_weights(_weights(tmp_path / "unbroken", steps), _weights(out, steps))
+
+
+@pytest.fixture
+def mount(tmp_path: Path):
+    """mount(args, where): a real mount for the test's duration (root only, else skip)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    done: list[Path] = []
+
+    def _mount(args: list[str], where: Path) -> Path:
+        where.mkdir(parents=True, exist_ok=True)
+        if subprocess.run(["mount", *args, str(where)], capture_output=True).returncode:
+            pytest.skip(f"cannot mount {args}")
+        done.append(where)
+        return where
+
+    yield _mount
+    for where in reversed(done):
+        subprocess.run(["umount", str(where)], check=False)
+
+
+def _last_line(err: str) -> str:
+    return [x for x in err.strip().splitlines() if x.strip()][-1]
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_and_a_read_only_directory_end_in_one_line(
+    tiny_model_dir: Path, tmp_path: Path, mount
+):
+    small = mount(
+        ["-t", "tmpfs", "-o", "size=900k", "tmpfs"], tmp_path / "small"
+    )  # ~2.5 checkpoints
+    out = small / "run"
+    proc = _cli(_overrides(tiny_model_dir, out, 8, **{"run.save_every": 1}))
+    _, err = proc.communicate(timeout=300)
+    line = _last_line(err)
+    assert proc.returncode == 2 and line.startswith("entropy-rl train: error: no space left"), err
+    assert "(ENOSPC)" in line and "is the last intact checkpoint" in line
+    intact, damaged = ckpt.find_intact(out)
+    assert intact is not None and intact.name in line and damaged == []
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+
+    done = tmp_path / "done"
+    _trainer(tiny_model_dir, done, 2).fit()
+    ro = mount(["--bind", "-o", "ro", str(done)], tmp_path / "ro")
+    proc = _cli(["--resume", str(ro), "--steps", "3"])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "Read-only file system; a run directory must be" in _last_line(
+        err
+    )

@@ -162,7 +162,10 @@ def test_disk_errors_become_one_line_user_errors(tmp_path: Path):
     full = disk_error(OSError(errno.ENOSPC, "No space left", str(tmp_path / "m")), tmp_path)
     assert isinstance(full, UserError) and "(ENOSPC) writing" in str(full)
     ro = disk_error(OSError(errno.EROFS, "Read-only file system"), tmp_path)
-    assert str(ro) == f"cannot write {tmp_path}: Read-only file system; choose a writable --out"
+    assert str(ro) == (
+        f"cannot write {tmp_path}: Read-only file system; a run directory must be writable: "
+        "choose another --out (or copy the run elsewhere to resume it)"
+    )
     assert disk_error(OSError(errno.EACCES, "denied"), tmp_path) is None  # e.g. a reward's file
     assert disk_error(OSError(errno.ENOENT, "missing"), tmp_path) is None
 
@@ -172,5 +175,7 @@ def test_an_unwritable_out_fails_in_one_line(tmp_path: Path, monkeypatch: pytest
         raise OSError(errno.EROFS, "Read-only file system", str(self))
 
     monkeypatch.setattr(Path, "mkdir", read_only)
-    with pytest.raises(UserError, match=r"cannot write .*/out: Read-only file system; choose"):
+    with pytest.raises(
+        UserError, match=r"cannot write .*/out: Read-only file system; a run directory"
+    ):
         RunDir(tmp_path / "out", resume=False).check(Config())

@@ -84,7 +84,8 @@ def disk_error(e: OSError, where: Path, *, setup: bool = False) -> UserError | N
         )
     if e.errno == errno.EROFS or (setup and e.errno in (errno.EACCES, errno.EPERM)):
         return UserError(
-            f"cannot write {what}: {os.strerror(e.errno or 0)}; choose a writable --out"
+            f"cannot write {what}: {os.strerror(e.errno or 0)}; a run directory must be "
+            "writable: choose another --out (or copy the run elsewhere to resume it)"
         )
     return None
 
