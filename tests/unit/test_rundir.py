@@ -58,6 +58,8 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path: Path):
     assert note is not None and f"took over the lock of process {proc.pid}" in note
     assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
     lock.release()
+    assert (tmp_path / "run.lock").read_text() == ""  # a clean release: nothing to take over
+    assert RunLock(tmp_path).acquire() is None
 
 
 def _cfg(*overrides: str) -> dict:

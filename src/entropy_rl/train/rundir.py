@@ -24,6 +24,7 @@ never runs code from the directory (configs are read with yaml's safe loader).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -132,9 +133,10 @@ class RunLock:
             return {}
         return info if isinstance(info, dict) else {}
 
-    def acquire(self) -> str | None:
+    def acquire(self, *, record: bool = True) -> str | None:
         """Take the lock; returns a note when it took over a dead process's lock. Raises
-        UserError naming the holder when a live process holds it."""
+        UserError naming the holder when a live process holds it. ``record``: write this
+        process's pid, host and start time into the lock file."""
         if self.fd is not None:
             return None
         try:
@@ -156,16 +158,18 @@ class RunLock:
                 f"{self.path.parent} is in use by {who}{since}; wait for it to end or stop it, "
                 "or choose another --out"
             ) from None
-        old = self.holder()
+        self.fd = fd
+        if not record:
+            return None
+        old = self.holder()  # left by a holder that died: a clean release empties the file
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(me).encode() + b"\n", 0)
         except OSError as e:
-            os.close(fd)
+            self.release()
             _setup_failed(e, self.path.parent)
-        self.fd = fd
         if old.get("pid") not in (None, os.getpid()):
             return (
                 f"took over the lock of process {old['pid']} on {old.get('host', '?')}, "
@@ -173,16 +177,20 @@ class RunLock:
             )
         return None
 
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor drops the flock
-            self.fd = None
+    def release(self, *, clear: bool = True) -> None:
+        if self.fd is None:
+            return
+        if clear:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, 0)
+        os.close(self.fd)  # closing the descriptor drops the flock
+        self.fd = None
 
     def probe(self) -> None:
         """Raise like :meth:`acquire` if a live process holds the lock; hold nothing after."""
         if self.fd is None and self.path.parent.is_dir():
-            self.acquire()
-            self.release()
+            self.acquire(record=False)
+            self.release(clear=False)
 
     def __del__(self) -> None:
         self.release()
