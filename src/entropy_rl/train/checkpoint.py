@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -207,10 +208,12 @@ def _load_legacy(path: Path) -> dict[str, Any]:
         with safe(allowed):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError (or others) for a forbidden global
+        named = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"it names {named.group(1)}" if named else str(e).splitlines()[0][:160]
         raise UserError(
-            f"refusing to load {path}: it is a pickle that names code outside the allow-list "
-            f"of a checkpoint ({str(e).splitlines()[-1][:200]}); entropy-rl never runs code "
-            "from a run directory: start a fresh run, or resume a checkpoint you wrote yourself"
+            f"refusing to load {path}: a pickle outside the allow-list of a checkpoint "
+            f"({what}); entropy-rl never runs code from a run directory: start a fresh run, or "
+            "resume a checkpoint you wrote yourself"
         ) from e
     if not isinstance(state, dict):
         raise DamagedCheckpoint(f"{path} does not hold a mapping")
