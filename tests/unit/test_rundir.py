@@ -181,3 +181,19 @@ def test_an_unwritable_out_fails_in_one_line(tmp_path: Path, monkeypatch: pytest
         UserError, match=r"cannot write .*/out: Read-only file system; a run directory"
     ):
         RunDir(tmp_path / "out", resume=False).check(Config())
+
+
+def test_quiet_mode_silences_third_party_progress_bars(monkeypatch: pytest.MonkeyPatch):
+    hub = pytest.importorskip("huggingface_hub.utils")
+    hf_logging = pytest.importorskip("transformers.utils.logging")
+    from entropy_rl.train.logging import quiet_progress_bars
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    hub.enable_progress_bars()
+    hf_logging.enable_progress_bar()
+    try:
+        quiet_progress_bars()
+        assert hub.are_progress_bars_disabled() and not hf_logging.is_progress_bar_enabled()
+    finally:
+        hub.enable_progress_bars()
+        hf_logging.enable_progress_bar()
