@@ -29,8 +29,10 @@ def _train(args: argparse.Namespace) -> int:
         flags["run"] = run
     config_file = args.config
     if args.resume:
-        saved = Path(args.resume) / "config.yaml"
-        if not saved.is_file():
+        from entropy_rl.train.rundir import current_config
+
+        saved = current_config(Path(args.resume))  # config.yaml or the newest config.step_N.yaml
+        if saved is None:
             raise ConfigError(
                 f"--resume {args.resume}: no config.yaml there; is it a run directory?"
             )
@@ -41,7 +43,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     from entropy_rl.train.trainer import Trainer
 
-    trainer = Trainer(cfg, resume=bool(args.resume))
+    trainer = Trainer(cfg, resume=bool(args.resume), allow_config_change=args.allow_config_change)
     main = trainer.dist.is_main  # under torchrun / accelerate launch only rank 0 speaks
     if main:
         print(f"run directory: {trainer.run_dir}", file=sys.stderr)
@@ -185,7 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint"
     )
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: accept config changes that alter the run's trajectory "
+        "(kept as config.step_N.yaml, logged in events.jsonl)",
+    )
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. algo.lr=1e-4")
     t.set_defaults(fn=_train)
 

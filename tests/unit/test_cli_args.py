@@ -16,7 +16,7 @@ class _FakeTrainer:
 
     seen: ClassVar[list[Any]] = []
 
-    def __init__(self, cfg: Any, resume: bool = False) -> None:
+    def __init__(self, cfg: Any, resume: bool = False, allow_config_change: bool = False) -> None:
         _FakeTrainer.seen.append(cfg)
         self.run_dir = Path(cfg.run.out_dir)
         self.dist = SimpleNamespace(is_main=True)

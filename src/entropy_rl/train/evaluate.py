@@ -1,21 +1,55 @@
 """Held-out evaluation during training: greedy accuracy, avg@k / pass@k, distinct answers,
-and the task's own metrics (`Task.eval_metrics`, `Task.start_metrics`)."""
+and the task's own metrics (`Task.eval_metrics`, `Task.start_metrics`).
+
+Evaluation samples from its own random stream, seeded from (run.seed, step), and puts the
+global python / numpy / torch (and CUDA) generators back as it found them: the training
+trajectory does not depend on ``eval.every``, and a run stopped and extended equals an
+unbroken one even when its first part ended with an evaluation.
+"""
 
 from __future__ import annotations
 
+import random
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+import torch
+
 from entropy_rl.control.evaluation import eval_summary
+from entropy_rl.train.checkpoint import rng_state, set_rng_state
 from entropy_rl.train.rollout import score
+
+
+@contextmanager
+def own_stream(seed: int, step: int) -> Iterator[int]:
+    """Seed python, numpy and torch from (seed, step) for the block; restore them after.
+    Yields the derived seed (string seeding of random.Random hashes it with SHA-512)."""
+    saved = rng_state()
+    derived = random.Random(f"entropy_rl.eval/{seed}/{step}").getrandbits(63)
+    random.seed(derived)
+    np.random.seed(derived % 2**32)
+    torch.manual_seed(derived)  # also seeds every CUDA device
+    try:
+        yield derived
+    finally:
+        set_rng_state(saved)
 
 
 def evaluate(trainer: Any) -> dict[str, float]:
     """Sample ``eval.samples`` completions at the training temperature (and one greedy) for the
     first ``eval.n_prompts`` held-out prompts. A sample is correct when its correctness reward
     is > 0.5 (verifiable rewards are 1 / 0; of combined rewards, data.correct_reward's).
-    ``acc/eval`` is avg@k at the sampling temperature."""
+    ``acc/eval`` is avg@k at the sampling temperature. Runs on its own random stream
+    (:func:`own_stream`)."""
+    with own_stream(trainer.cfg.run.seed, trainer.step):
+        return _evaluate(trainer)
+
+
+def _evaluate(trainer: Any) -> dict[str, float]:
     c = trainer.cfg
     examples = trainer.source.eval_set()[: c.eval.n_prompts]
     if not examples:

@@ -54,7 +54,9 @@ class JsonlLogger:
         self._f = open(path, "a")  # noqa: SIM115
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        self._f.write(json.dumps(metrics) + "\n")
+        self._f.write(
+            json.dumps(metrics) + "\n"
+        )  # an OSError (disk full) ends Trainer.fit in one line
         self._f.flush()
         os.fsync(self._f.fileno())
 
@@ -83,6 +85,19 @@ class JsonlLogger:
         tmp.write_text("".join(line + "\n" for line in keep))
         os.replace(tmp, path)
         return len(moved)
+
+
+def quiet_progress_bars() -> None:
+    """Quiet mode (run.progress=false): silence transformers' and huggingface_hub's progress
+    bars too (model loading, downloads) for the rest of the process."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
 
 
 class TensorBoardLogger:

@@ -51,9 +51,10 @@ from entropy_rl.train.distributed import all_gather_rows, all_reduce, init_from_
 from entropy_rl.train.encoding import Encoder, stop_token_ids
 from entropy_rl.train.evaluate import evaluate, start_metrics
 from entropy_rl.train.forecast import capture_head_inputs, forecast_due, same_batch_entropy_change
-from entropy_rl.train.logging import JsonlLogger, Logger, default_loggers
+from entropy_rl.train.logging import Logger, default_loggers, quiet_progress_bars
 from entropy_rl.train.precision import LossScaler, compute_dtype, to_master_weights
 from entropy_rl.train.rollout import collect
+from entropy_rl.train.rundir import RunDir, disk_error, restore_rng
 from entropy_rl.train.sharding import make_sharding
 from entropy_rl.train.update import (
     UpdateSettings,
@@ -121,6 +122,7 @@ class Trainer:
         loggers: list[Logger] | None = None,
         controller: Any = None,
         resume: bool = False,
+        allow_config_change: bool = False,
     ) -> None:
         self.cfg = c = config
         validate_algo(c)
@@ -135,11 +137,11 @@ class Trainer:
         self.prompts_per_rank = c.rollout.prompts_per_step // self.dist.world_size
         self._seed(c.run.seed + self.dist.rank)  # ranks sample differently; rank 0 as 1 process
         self.run_dir = Path(c.run.out_dir or f"runs/{c.run.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if not resume and self.dist.is_main and (self.run_dir / "metrics.jsonl").exists():
-            raise FileExistsError(
-                f"{self.run_dir} already holds a run; use --resume {self.run_dir} to continue it "
-                "or choose another --out"
-            )
+        self.rundir = RunDir(self.run_dir, resume=resume, allow_config_change=allow_config_change)
+        if self.dist.is_main:  # fail fast: busy, already a run, unwritable, config change
+            self.rundir.check(c)
+        if not c.run.progress:
+            quiet_progress_bars()
         self.task = build_task(c.data)
         self.source = prompt_source or build_prompt_source(c.data, self.task, c.run.seed)
         self.reward_fn = reward_fn or build_reward(c.data, self.task)
@@ -218,20 +220,23 @@ class Trainer:
         self.bad_in_a_row = 0
         self.stop_reason: str | None = None
         warn_if_on_policy(c.algo.ppo_epochs, c.algo.mini_batches)
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self._resume()
         self.loggers: list[Logger] = []
-        if self.dist.is_main:
-            (self.run_dir / "config.yaml").write_text(c.to_yaml())
-            self._announce()
-            if loggers is None:
-                try:
-                    loggers = default_loggers(self.run_dir, c.run.loggers, c.to_dict())
-                except ValueError as e:
-                    raise ConfigError(f"run.loggers: {e}") from e
-            self.loggers = loggers
+        latest = self.rundir.open(c, self.dist)  # main: lock, tidy, newest intact checkpoint
+        try:
+            if latest is not None:
+                self._resume(latest)
+            if self.dist.is_main:
+                self.rundir.record(c, self.step)  # lost steps' logs, config segment
+                self._announce()
+                if loggers is None:
+                    try:
+                        loggers = default_loggers(self.run_dir, c.run.loggers, c.to_dict())
+                    except ValueError as e:
+                        raise ConfigError(f"run.loggers: {e}") from e
+                self.loggers = loggers
+        except BaseException:
+            self.rundir.release()
+            raise
 
     def _announce(self) -> None:
         """Engine, logits path, dtype and threads actually chosen: one line on stderr, and
@@ -251,6 +256,8 @@ class Trainer:
         c = self.cfg
         last: dict[str, float] = {}
         bar = _progress(c.run.steps, self.step, enabled=c.run.progress and self.dist.is_main)
+        if self.dist.is_main:
+            self.rundir.lock.acquire()  # held since __init__, unless a fit() before released it
         try:
             first = self.step == 0  # step 0: where the policy starts (and the task's start metrics)
             if first and (row := start_metrics(self) | (self.evaluate() if c.eval.every else {})):
@@ -281,10 +288,15 @@ class Trainer:
             print(f"\ninterrupted at step {self.step}: saving a checkpoint", file=sys.stderr)
             self.save()
             raise
+        except OSError as e:  # disk full or read-only while writing logs: one line, not a trace
+            if (err := disk_error(e, self.run_dir)) is None:
+                raise
+            raise err from e
         finally:
             bar.close()
             for lg in self.loggers:
                 lg.close()
+            self.rundir.release()
         if self.stop_reason:
             print(f"stopped at step {self.step}: {self.stop_reason}", file=sys.stderr)
         return last
@@ -508,43 +520,20 @@ class Trainer:
         return path
 
     def _load_weights(self, path: Path) -> None:
-        from safetensors.torch import load_file
-
-        files = sorted(path.glob("*.safetensors"))
-        weights: dict[str, torch.Tensor] = {}
-        for f in files:
-            weights |= load_file(str(f))
-        missing, unexpected = self.sharding.load_model_state(self.model, weights)
+        missing, unexpected = self.sharding.load_model_state(self.model, ckpt.load_weights(path))
         tied = {k for k in missing if "lm_head" in k}  # tied embeddings are saved once
         if set(missing) - tied or unexpected:
             raise RuntimeError(
                 f"checkpoint {path} does not fit the model: missing {missing}, unexpected {unexpected}"
             )
 
-    def _resume(self) -> None:
-        latest = ckpt.latest_checkpoint(self.run_dir)
-        if latest is None:
-            raise FileNotFoundError(
-                f"no complete checkpoint in {self.run_dir}/checkpoints to resume from"
-            )
+    def _resume(self, latest: Path) -> None:
         self._load_weights(latest)
         st = ckpt.load_state(latest)
         self.step = int(st["step"])
         self.sharding.load_optimizer_state(self.model, self.optimizer, st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
-        per_rank = st.get("rank_rng", [st])  # a 1-process checkpoint holds its RNG at the top
-        if len(per_rank) == self.dist.world_size:
-            mine = per_rank[self.dist.rank]
-            ckpt.set_rng_state(mine["rng"])
-            self.rng.setstate(mine["trainer_rng"])
-        elif self.dist.is_main:  # each rank keeps the fresh seed it got in __init__
-            warnings.warn(
-                f"{latest} was written by {len(per_rank)} process(es), resuming on "
-                f"{self.dist.world_size}: weights, optimizer, schedule and controller state are "
-                "restored, the sampling RNG is not (the run goes on, but will not match an "
-                f"unbroken {len(per_rank)}-process run)",
-                stacklevel=2,
-            )
+        restore_rng(st, self.rng, self.dist, latest)  # this rank's global + sampling RNG
         self.shuffle.set_state(st["shuffle_rng"])
         self.dynamics.load_state_dict(st["dynamics"])
         self.loss_kwargs = dict(st["loss_kwargs"])
@@ -557,10 +546,6 @@ class Trainer:
             obj = getattr(self, name)
             if name in st and obj is not None and hasattr(obj, "load_state_dict"):
                 obj.load_state_dict(st[name])
-        if self.dist.is_main:  # the files' only writer; another rank's os.replace would swap
-            # the file under rank 0's open logger and its next lines would go to the old inode
-            for name in ("metrics.jsonl", "events.jsonl", "samples.jsonl"):
-                JsonlLogger.truncate_after(self.run_dir / name, self.step)
 
     def _seed(self, seed: int) -> None:
         random.seed(seed)

@@ -1,0 +1,475 @@
+"""The run directory: one process at a time, a start that never blocks a retry, resume from the
+newest intact checkpoint, and every config segment kept.
+
+Layout of ``RUN_DIR`` (docs/run-directory.md has the whole story):
+
+- ``run.lock``: ``flock``-ed by the process that trains it, with its pid, host and start time
+  inside. The kernel drops the lock when the process dies, so a killed run's lock is taken over
+  by the next one; a live one refuses the newcomer, naming its pid.
+- ``config.yaml``: the config of the first segment; ``config.step_N.yaml``: the config of the
+  segment that resumed at step N (one per resume). Resume compares the new config with the
+  segment that produced its checkpoint: a change that alters the trajectory (see
+  :func:`classify_changes`) needs ``allow_config_change`` and is logged in ``events.jsonl``.
+- ``metrics.jsonl``, ``events.jsonl`` (exists from the start), ``samples.jsonl``: a resume moves
+  the lines of the steps after its checkpoint to ``<name>.orphaned`` (appended, never deleted).
+- ``checkpoints/``: train.checkpoint.
+
+Claiming: a fresh run may take a directory that holds no complete checkpoint and no completed
+step (a run that failed at start-up, or an empty directory); one that does is refused, pointing
+at ``--resume``. Resume of a run without an intact checkpoint starts it again from step 0.
+
+What this module does not do: it never deletes a log line or an intact checkpoint, and it
+never runs code from the directory (configs are read with yaml's safe loader).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from entropy_rl.errors import UserError
+from entropy_rl.train import checkpoint as ckpt
+from entropy_rl.train.config import Config, yaml_load
+from entropy_rl.train.logging import JsonlLogger
+
+LOCK_FILE = "run.lock"
+CONFIG_FILE = "config.yaml"
+LOG_FILES = ("metrics.jsonl", "events.jsonl", "samples.jsonl")
+_SEGMENT = re.compile(r"^config\.step_(\d+)\.yaml$")
+
+ALWAYS_FREE = ("preset", "run.name", "run.out_dir", "run.progress", "run.loggers",
+               "run.log_samples")  # fmt: skip
+"""Keys that only change what is shown or written, never a step's numbers."""
+FREE_UNLESS_DETECTOR_ACTS = (
+    "run.steps", "run.save_every", "run.keep_checkpoints", "eval.every", "eval.n_prompts",
+    "eval.samples", "eval.greedy", "control.detector", "control.detector_kwargs",
+)  # fmt: skip
+"""Free while the collapse detector only reports (every ``*_action`` none, the default): then
+evaluation (own random stream), checkpoint spacing and the detector touch no step's numbers.
+A detector with an action reads evaluations, run.steps (entropy_floor) and, for rollback, the
+checkpoints. ``run.steps`` also alters the trajectory under the ``adaptive`` and ``target``
+controllers, whose schedules may span it."""
+SCHEDULED_CONTROLLERS = ("adaptive", "target")
+
+
+class RunDirWarning(UserWarning):
+    """Something in the run directory was repaired or skipped (a damaged checkpoint)."""
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def disk_error(e: OSError, where: Path, *, setup: bool = False) -> UserError | None:
+    """The one-line UserError for an OSError the machine caused (disk full, read-only file
+    system; with ``setup``, also permission denied), None for any other."""
+    what = e.filename or where
+    if e.errno in ckpt.DISK_FULL:
+        return ckpt.DiskFullError(
+            f"no space left on device (ENOSPC) writing {what}: free space, then continue with "
+            f"entropy-rl train --resume {where} (it goes on from the last checkpoint)"
+        )
+    if e.errno == errno.EROFS or (setup and e.errno in (errno.EACCES, errno.EPERM)):
+        return UserError(
+            f"cannot write {what}: {os.strerror(e.errno or 0)}; a run directory must be "
+            "writable: choose another --out (or copy the run elsewhere to resume it)"
+        )
+    return None
+
+
+def _setup_failed(e: OSError, where: Path) -> NoReturn:
+    err = disk_error(e, where, setup=True)
+    if err is None:
+        raise e
+    raise err from e
+
+
+def restore_rng(state: dict[str, Any], rng: random.Random, dist: Any, where: Path) -> None:
+    """Set this rank's global RNGs and its sampling ``rng`` from a checkpoint's state; with
+    another number of processes than wrote it, keep the fresh seeds (and warn)."""
+    per_rank = state.get("rank_rng", [state])  # a 1-process checkpoint holds its RNG at the top
+    if len(per_rank) == dist.world_size:
+        mine = per_rank[dist.rank]
+        ckpt.set_rng_state(mine["rng"])
+        rng.setstate(mine["trainer_rng"])
+    elif dist.is_main:
+        warnings.warn(
+            f"{where} was written by {len(per_rank)} process(es), resuming on "
+            f"{dist.world_size}: weights, optimizer, schedule and controller state are "
+            "restored, the sampling RNG is not (the run goes on, but will not match an "
+            f"unbroken {len(per_rank)}-process run)",
+            stacklevel=3,
+        )
+
+
+# ----------------------------------------------------------------------------- the lock
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``RUN_DIR/run.lock`` (no-op where fcntl does not exist)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_FILE
+        self.fd: int | None = None
+
+    def holder(self) -> dict[str, Any]:
+        try:
+            info = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    def acquire(self, *, record: bool = True) -> str | None:
+        """Take the lock; returns a note when it took over a dead process's lock. Raises
+        UserError naming the holder when a live process holds it. ``record``: write this
+        process's pid, host and start time into the lock file."""
+        if self.fd is not None:
+            return None
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return None
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            _setup_failed(e, self.path.parent)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            h = self.holder()
+            who = f"process {h.get('pid', '?')} on {h.get('host', '?')}"
+            since = f" (since {h['started']})" if "started" in h else ""
+            raise UserError(
+                f"{self.path.parent} is in use by {who}{since}; wait for it to end or stop it, "
+                "or choose another --out"
+            ) from None
+        self.fd = fd
+        if not record:
+            return None
+        old = self.holder()  # left by a holder that died: a clean release empties the file
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode() + b"\n", 0)
+        except OSError as e:
+            self.release()
+            _setup_failed(e, self.path.parent)
+        if old.get("pid") not in (None, os.getpid()):
+            return (
+                f"took over the lock of process {old['pid']} on {old.get('host', '?')}, "
+                "which ended without releasing it"
+            )
+        return None
+
+    def release(self, *, clear: bool = True) -> None:
+        if self.fd is None:
+            return
+        if clear:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, 0)
+        os.close(self.fd)  # closing the descriptor drops the flock
+        self.fd = None
+
+    def probe(self) -> None:
+        """Raise like :meth:`acquire` if a live process holds the lock; hold nothing after."""
+        if self.fd is None and self.path.parent.is_dir():
+            self.acquire(record=False)
+            self.release(clear=False)
+
+    def __del__(self) -> None:
+        self.release()
+
+
+# ----------------------------------------------------------------------------- config segments
+
+
+@dataclass(frozen=True)
+class Change:
+    key: str
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        return f"{self.key} {json.dumps(self.old)} -> {json.dumps(self.new)}"
+
+
+def _flat(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "preset":
+            out |= {f"{k}.{kk}": vv for kk, vv in v.items()}
+        else:
+            out[k] = v
+    return out
+
+
+def _detector_acts(d: dict[str, Any]) -> bool:
+    control = d.get("control") or {}
+    kwargs = control.get("detector_kwargs") or {}
+    acts = any(str(v) != "none" for k, v in kwargs.items() if k.endswith("_action"))
+    return bool(control.get("detector", True)) and acts
+
+
+def classify_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[Change], list[Change]]:
+    """(free, altering): the keys whose value differs between two config dicts (as in
+    config.yaml), split by whether the change can alter a training step's numbers (weights,
+    samples, RNG draws). Rounding-only knobs (run.threads, algo.micro_batch_size,
+    model.chunk_size, run.device) count as altering: an unbroken run would not equal it."""
+    a, b = _flat(old), _flat(new)
+    changes = [
+        Change(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+    ]
+    acts = _detector_acts(old) or _detector_acts(new)
+    scheduled = any((d.get("control") or {}).get("controller") in SCHEDULED_CONTROLLERS
+                    for d in (old, new))  # fmt: skip
+    free: list[Change] = []
+    altering: list[Change] = []
+    for ch in changes:
+        ok = ch.key in ALWAYS_FREE or (ch.key in FREE_UNLESS_DETECTOR_ACTS and not acts)
+        if ch.key == "run.steps" and scheduled:
+            ok = False
+        (free if ok else altering).append(ch)
+    return free, altering
+
+
+def segments(run_dir: Path) -> dict[int, Path]:
+    """Config segments by the step they start after: {0: config.yaml, N: config.step_N.yaml}."""
+    out = {0: run_dir / CONFIG_FILE} if (run_dir / CONFIG_FILE).is_file() else {}
+    for p in run_dir.glob("config.step_*.yaml"):
+        m = _SEGMENT.match(p.name)
+        if m:
+            out[int(m.group(1))] = p
+    return out
+
+
+def current_config(run_dir: Path) -> Path | None:
+    """The newest config segment of ``run_dir`` (what ``--resume`` starts from)."""
+    seg = segments(run_dir)
+    return seg[max(seg)] if seg else None
+
+
+def _config_dict(cfg: Config) -> dict[str, Any]:
+    d = yaml_load(cfg.to_yaml())
+    return d if isinstance(d, dict) else {}
+
+
+# ----------------------------------------------------------------------------- the directory
+
+
+def _count_steps(path: Path) -> int:
+    """Lines of ``path`` (a metrics.jsonl) with step >= 1."""
+    if not path.is_file():
+        return 0
+    n = 0
+    for line in path.read_text().splitlines():
+        try:
+            n += int(json.loads(line).get("step", 0) >= 1)
+        except (ValueError, AttributeError, TypeError):
+            continue
+    return n
+
+
+def _orphan(path: Path) -> None:
+    dest = path.with_name(path.name + ".orphaned")
+    if dest.exists():
+        dest = path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}.orphaned")
+    os.replace(path, dest)
+
+
+class RunDir:
+    """The run directory of one trainer process (only the main rank touches it).
+
+    ``check()`` early (fails fast: busy, claimed, unwritable), ``open()`` when the trainer is
+    built (takes the lock, tidies, picks the checkpoint, checks the config), ``record()`` after
+    the state is loaded (truncates the lost steps' logs, writes the config segment), and
+    ``release()`` when training ends.
+    """
+
+    def __init__(self, path: Path, *, resume: bool, allow_config_change: bool = False) -> None:
+        self.path = path
+        self.resume = resume
+        self.allow_config_change = allow_config_change
+        self.lock = RunLock(path)
+        self.checkpoint: Path | None = None
+        self._damaged: list[tuple[Path, str]] = []
+        self._changes: tuple[list[Change], list[Change]] = ([], [])
+
+    # -- before any work
+    def check(self, cfg: Config) -> None:
+        """Fail fast: an unwritable path, a live process on the directory, a fresh run on a
+        directory that holds one, a config change that needs the flag (against the newest
+        complete checkpoint; :meth:`open` checks again against the newest intact one)."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            _setup_failed(e, self.path)
+        self.lock.probe()
+        if self.resume:
+            done = ckpt.step_dirs(self.path)
+            self._check_config(cfg, ckpt.step_of(done[0]) if done else 0)
+        else:
+            self._check_claim()
+
+    def _check_claim(self) -> None:
+        done = ckpt.step_dirs(self.path)
+        steps = _count_steps(self.path / "metrics.jsonl")
+        if done or steps:
+            what = f"checkpoint {done[0].name}" if done else f"{steps} logged step(s)"
+            raise UserError(
+                f"{self.path} already holds a run ({what}); continue it with "
+                f"--resume {self.path}, or choose another --out"
+            )
+
+    def _check_config(self, cfg: Config, step: int) -> None:
+        self._changes = ([], [])
+        seg = {n: p for n, p in segments(self.path).items() if n <= step}
+        if step == 0 or not seg:  # nothing trained survives: any config may start it again
+            return
+        base = seg[max(seg)]
+        try:
+            old = yaml.safe_load(base.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{base} is not valid YAML ({e}); fix or delete it") from e
+        free, altering = classify_changes(old, _config_dict(cfg))
+        if altering and not self.allow_config_change:
+            raise UserError(
+                f"--resume {self.path}: {', '.join(map(str, altering))} would change the run's "
+                f"trajectory from step {step} on; pass --allow-config-change to accept (kept in "
+                f"config.step_{step}.yaml and events.jsonl), or drop the change"
+            )
+        self._changes = (free, altering)
+
+    # -- when the trainer is built
+    def open(self, cfg: Config, dist: Any) -> Path | None:
+        """Main rank: take the lock, tidy the checkpoints, pick the checkpoint to resume from
+        (None: start at step 0) and check the config; every rank gets the checkpoint's path.
+        The caller must :meth:`release` if anything after this fails."""
+        path = self._open(cfg) if dist.is_main else None
+        if dist.enabled:
+            import torch.distributed
+
+            box = [str(path) if path is not None else None]
+            torch.distributed.broadcast_object_list(box, src=0)
+            path = Path(box[0]) if box[0] is not None else None
+        return path
+
+    def _open(self, cfg: Config) -> Path | None:
+        note = self.lock.acquire()
+        try:
+            if note:
+                _say(f"{self.path}: {note}")
+            self._tidy()
+            if not self.resume:
+                self._check_claim()
+                return None
+            self.checkpoint, self._damaged = ckpt.find_intact(self.path)
+            step = ckpt.step_of(self.checkpoint) if self.checkpoint else 0
+            for bad, why in self._damaged:
+                fallback = self.checkpoint.name if self.checkpoint else "step 0 (none is intact)"
+                warnings.warn(
+                    f"checkpoint {bad} is damaged ({why}); resuming from {fallback} instead "
+                    f"(the damaged one moves to checkpoints/damaged-{bad.name})",
+                    RunDirWarning, stacklevel=3,
+                )  # fmt: skip
+            self._check_config(cfg, step)
+            return self.checkpoint
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _tidy(self) -> None:
+        """Finish or remove what a kill during a checkpoint write left behind."""
+        root = self.path / "checkpoints"
+        removed: list[str] = []
+        for old in sorted(root.glob(".old-step_*")):  # killed between the two renames of a re-save
+            final = root / old.name[len(".old-") :]
+            if not final.exists() and ckpt.verify(old) is None:
+                os.replace(old, final)
+            else:
+                shutil.rmtree(old, ignore_errors=True)
+                removed.append(old.name)
+        for tmp in sorted(root.glob(".tmp-step_*")):
+            final = root / tmp.name[len(".tmp-") :].rsplit("-", 1)[0]
+            if not final.exists() and ckpt.verify(tmp) is None:  # complete, rename pending
+                os.replace(tmp, final)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed.append(tmp.name)
+        if removed:
+            _say(f"removed {len(removed)} unfinished checkpoint write(s): {', '.join(removed)}")
+
+    # -- after the trainer state is loaded
+    def record(self, cfg: Config, step: int) -> None:
+        """Truncate the logs of lost steps, write this segment's config, create events.jsonl."""
+        for bad, _ in self._damaged:
+            dest = bad.with_name(f"damaged-{bad.name}")
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(bad, dest)
+        if step == 0:
+            self._start_afresh(cfg)
+        else:
+            self._continue(cfg, step)
+        (self.path / "events.jsonl").touch()
+
+    def _start_afresh(self, cfg: Config) -> None:
+        lost = _count_steps(self.path / "metrics.jsonl")
+        had_run = (self.path / CONFIG_FILE).exists()
+        for name in LOG_FILES:
+            JsonlLogger.truncate_after(self.path / name, -1)
+        for n, p in segments(self.path).items():
+            if n > 0:
+                _orphan(p)
+        ckpt.atomic_write_text(self.path / CONFIG_FILE, cfg.to_yaml())
+        if self.resume:
+            where = f"{self.path}/checkpoints"
+            _say(f"no intact checkpoint in {where}: starting the run again from step 0"
+                 + (f" ({lost} logged step(s) moved to metrics.jsonl.orphaned)" if lost else ""))  # fmt: skip
+        elif had_run:
+            _say(f"{self.path} held a run that never completed a step: starting it afresh "
+                 "(its logs moved to *.orphaned)")  # fmt: skip
+
+    def _continue(self, cfg: Config, step: int) -> None:
+        lost = JsonlLogger.truncate_after(self.path / "metrics.jsonl", step)
+        for name in LOG_FILES[1:]:
+            JsonlLogger.truncate_after(self.path / name, step)
+        for n, p in segments(self.path).items():
+            if n > step:
+                _orphan(p)
+        ckpt.atomic_write_text(self.path / f"config.step_{step}.yaml", cfg.to_yaml())
+        free, altering = self._changes
+        said = f"resuming {self.path} at step {step}"
+        if lost:
+            said += f"; {lost} line(s) of later steps moved to metrics.jsonl.orphaned"
+        changes = [*free, *altering]
+        said += (
+            f"; config changes: {', '.join(map(str, changes))}" if changes else "; config unchanged"
+        )
+        _say(said)
+        if altering:
+            event = {
+                "step": step, "rule": "config_change", "severity": "warning", "values": {},
+                "message": f"resumed with {', '.join(map(str, altering))} "
+                           "(--allow-config-change): the trajectory changes from here",
+                "action": None, "changes": {c.key: [c.old, c.new] for c in altering},
+            }  # fmt: skip
+            with open(self.path / "events.jsonl", "a") as f:
+                f.write(json.dumps(event) + "\n")
+
+    def release(self) -> None:
+        self.lock.release()

@@ -1,0 +1,199 @@
+"""The run directory: the lock, claiming, config segments, tidying after a kill, disk errors."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("safetensors")
+pytest.importorskip("fcntl")
+
+from entropy_rl.errors import UserError
+from entropy_rl.train import checkpoint as ckpt
+from entropy_rl.train.config import Config, build_config
+from entropy_rl.train.rundir import (
+    RunDir,
+    RunLock,
+    classify_changes,
+    current_config,
+    disk_error,
+)
+
+
+def test_a_second_holder_is_refused_with_the_first_ones_pid(tmp_path: Path):
+    first = RunLock(tmp_path)
+    assert first.acquire() is None
+    second = RunLock(tmp_path)  # another open file description: flock conflicts even in-process
+    with pytest.raises(UserError, match=rf"in use by process {os.getpid()} on .*choose another"):
+        second.acquire()
+    first.release()
+    assert second.acquire() is None
+    second.release()
+
+
+def test_the_lock_of_a_killed_process_is_taken_over(tmp_path: Path):
+    code = (
+        "import sys, time\nfrom pathlib import Path\nfrom entropy_rl.train.rundir import RunLock\n"
+        "lock = RunLock(Path(sys.argv[1]))\nlock.acquire()\nprint('locked', flush=True)\ntime.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                            text=True, env=env)  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
+        with pytest.raises(UserError, match=f"in use by process {proc.pid} "):
+            RunLock(tmp_path).acquire()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    lock = RunLock(tmp_path)
+    note = lock.acquire()
+    assert note is not None and f"took over the lock of process {proc.pid}" in note
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+    lock.release()
+    assert (tmp_path / "run.lock").read_text() == ""  # a clean release: nothing to take over
+    assert RunLock(tmp_path).acquire() is None
+
+
+def _cfg(*overrides: str) -> dict:
+    return json.loads(json.dumps(build_config(overrides=list(overrides)).to_dict()))
+
+
+def _keys(changes) -> list[str]:
+    return [c.key for c in changes]
+
+
+def test_changes_are_split_by_whether_they_alter_the_trajectory():
+    base = _cfg()
+    free, alter = classify_changes(
+        base, _cfg("run.steps=300", "eval.every=5", "run.progress=false")
+    )
+    assert (_keys(free), alter) == (["eval.every", "run.progress", "run.steps"], [])
+    free, alter = classify_changes(base, _cfg("rollout.group_size=4", "run.threads=2"))
+    assert (free, _keys(alter)) == ([], ["rollout.group_size", "run.threads"])
+    # a detector that acts reads evaluations and run.steps: then they alter the trajectory
+    acting = _cfg("control.detector_kwargs={entropy_drop_action: stop}")
+    free, alter = classify_changes(acting, {**acting, "eval": _cfg("eval.every=5")["eval"]})
+    assert (free, _keys(alter)) == ([], ["eval.every"])
+    # a scheduled controller spans run.steps
+    target = _cfg("control.controller=target", "control.controller_kwargs={schedule: 0.5}")
+    steps = _cfg("control.controller=target", "control.controller_kwargs={schedule: 0.5}",
+                 "run.steps=300")  # fmt: skip
+    assert _keys(classify_changes(target, steps)[1]) == ["run.steps"]
+
+
+def _write_metrics(run: Path, steps: list[int]) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in steps))
+
+
+def test_a_directory_is_claimable_until_a_step_completes(tmp_path: Path):
+    cfg = Config()
+    run = tmp_path / "run"
+    _write_metrics(run, [0])  # a run that failed at start-up: only the step-0 evaluation
+    (run / "config.yaml").write_text("run: {}\n")
+    d = RunDir(run, resume=False)
+    d.check(cfg)
+    assert d._open(cfg) is None
+    d.record(cfg, 0)
+    d.release()
+    assert (run / "metrics.jsonl").read_text() == ""
+    assert (run / "metrics.jsonl.orphaned").read_text() == '{"step": 0}\n'
+    assert (run / "events.jsonl").is_file()
+    _write_metrics(run, [0, 1])
+    with pytest.raises(UserError, match=r"already holds a run \(1 logged step\(s\)\); continue"):
+        RunDir(run, resume=False).check(cfg)
+
+
+def test_config_segments_and_the_base_of_a_resume(tmp_path: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    first = build_config(overrides=["run.steps=3"])
+    (run / "config.yaml").write_text(first.to_yaml())
+    d = RunDir(run, resume=True)
+    d._check_config(build_config(overrides=["run.steps=6"]), 3)  # free
+    with pytest.raises(UserError, match=r"rollout.group_size 8 -> 4 would change .* step 3 on"):
+        d._check_config(build_config(overrides=["rollout.group_size=4"]), 3)
+    d._check_config(build_config(overrides=["rollout.group_size=4"]), 0)  # nothing to keep
+    d.allow_config_change = True
+    second = build_config(overrides=["rollout.group_size=4"])
+    d._check_config(second, 3)
+    d.record(second, 3)
+    assert current_config(run) == run / "config.step_3.yaml"
+    assert "group_size: 8" in (run / "config.yaml").read_text()  # the first segment's, kept
+    event = json.loads((run / "events.jsonl").read_text())
+    assert event["rule"] == "config_change" and event["changes"] == {"rollout.group_size": [8, 4]}
+    # resumed again from step 2 (the step-3 checkpoint lost): segment 3 no longer applies
+    d2 = RunDir(run, resume=True)
+    d2._check_config(first, 2)
+    d2.record(first, 2)
+    assert sorted(p.name for p in run.glob("config*")) == [
+        "config.step_2.yaml", "config.step_3.yaml.orphaned", "config.yaml",
+    ]  # fmt: skip
+
+
+def _complete_dir(root: Path, name: str) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"weights")
+    ckpt.write_manifest(d)
+    (d / ckpt.COMPLETE).write_text("1")
+    return d
+
+
+def test_resume_removes_half_written_checkpoints_and_finishes_complete_ones(tmp_path: Path):
+    root = tmp_path / "checkpoints"
+    half = root / ".tmp-step_000004-x1"
+    half.mkdir(parents=True)
+    (half / "model.safetensors").write_bytes(b"half")
+    _complete_dir(root, ".tmp-step_000003-y2")  # killed between COMPLETE and the rename
+    d = RunDir(tmp_path, resume=True)
+    assert d._open(Config()) == root / "step_000003"
+    d.release()
+    assert sorted(p.name for p in root.iterdir()) == ["step_000003"]
+
+
+def test_disk_errors_become_one_line_user_errors(tmp_path: Path):
+    full = disk_error(OSError(errno.ENOSPC, "No space left", str(tmp_path / "m")), tmp_path)
+    assert isinstance(full, UserError) and "(ENOSPC) writing" in str(full)
+    ro = disk_error(OSError(errno.EROFS, "Read-only file system"), tmp_path)
+    assert str(ro) == (
+        f"cannot write {tmp_path}: Read-only file system; a run directory must be writable: "
+        "choose another --out (or copy the run elsewhere to resume it)"
+    )
+    assert disk_error(OSError(errno.EACCES, "denied"), tmp_path) is None  # e.g. a reward's file
+    assert disk_error(OSError(errno.ENOENT, "missing"), tmp_path) is None
+
+
+def test_an_unwritable_out_fails_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(
+        UserError, match=r"cannot write .*/out: Read-only file system; a run directory"
+    ):
+        RunDir(tmp_path / "out", resume=False).check(Config())
+
+
+def test_quiet_mode_silences_third_party_progress_bars(monkeypatch: pytest.MonkeyPatch):
+    hub = pytest.importorskip("huggingface_hub.utils")
+    hf_logging = pytest.importorskip("transformers.utils.logging")
+    from entropy_rl.train.logging import quiet_progress_bars
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    hub.enable_progress_bars()
+    hf_logging.enable_progress_bar()
+    try:
+        quiet_progress_bars()
+        assert hub.are_progress_bars_disabled() and not hf_logging.is_progress_bar_enabled()
+    finally:
+        hub.enable_progress_bars()
+        hf_logging.enable_progress_bar()
