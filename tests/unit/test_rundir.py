@@ -18,6 +18,7 @@ pytest.importorskip("fcntl")
 from entropy_rl.errors import UserError
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.config import Config, build_config
+from entropy_rl.train.distributed import DistInfo
 from entropy_rl.train.rundir import (
     RunDir,
     RunLock,
@@ -173,6 +174,18 @@ def test_disk_errors_become_one_line_user_errors(tmp_path: Path):
 
 
 def test_an_unwritable_out_fails_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    class ReadOnly:  # what statvfs reports for a folder on a read-only mount
+        f_flag = os.ST_RDONLY
+
+    monkeypatch.setattr(os, "statvfs", lambda path: ReadOnly())
+    with pytest.raises(
+        UserError, match=r"cannot write .*/out: Read-only file system; a run directory"
+    ):
+        RunDir(tmp_path / "out", resume=False).check(Config())
+    assert not (tmp_path / "out").exists()  # the check creates nothing
+
+
+def test_a_failed_mkdir_at_open_fails_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     def read_only(self, *args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", str(self))
 
@@ -180,7 +193,7 @@ def test_an_unwritable_out_fails_in_one_line(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(
         UserError, match=r"cannot write .*/out: Read-only file system; a run directory"
     ):
-        RunDir(tmp_path / "out", resume=False).check(Config())
+        RunDir(tmp_path / "out", resume=False).open(Config(), DistInfo())
 
 
 def test_quiet_mode_silences_third_party_progress_bars(monkeypatch: pytest.MonkeyPatch):

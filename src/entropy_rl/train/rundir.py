@@ -98,6 +98,16 @@ def _setup_failed(e: OSError, where: Path) -> NoReturn:
     raise err from e
 
 
+def _check_writable(path: Path) -> None:
+    """Raise the one-line error of :func:`disk_error` unless ``path``, or the nearest existing
+    folder above it, is writable (a read-only mount or missing permission)."""
+    target = next(p for p in (path, *path.parents) if p.exists())
+    if os.statvfs(target).f_flag & os.ST_RDONLY:
+        _setup_failed(OSError(errno.EROFS, os.strerror(errno.EROFS)), path)
+    if not os.access(target, os.W_OK | os.X_OK):
+        _setup_failed(OSError(errno.EACCES, os.strerror(errno.EACCES)), path)
+
+
 def restore_rng(state: dict[str, Any], rng: random.Random, dist: Any, where: Path) -> None:
     """Set this rank's global RNGs and its sampling ``rng`` from a checkpoint's state; with
     another number of processes than wrote it, keep the fresh seeds (and warn)."""
@@ -315,10 +325,7 @@ class RunDir:
         """Fail fast: an unwritable path, a live process on the directory, a fresh run on a
         directory that holds one, a config change that needs the flag (against the newest
         complete checkpoint; :meth:`open` checks again against the newest intact one)."""
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            _setup_failed(e, self.path)
+        _check_writable(self.path)  # created only by open(): a failed start leaves nothing
         self.lock.probe()
         if self.resume:
             done = ckpt.step_dirs(self.path)
@@ -370,6 +377,10 @@ class RunDir:
         return path
 
     def _open(self, cfg: Config) -> Path | None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            _setup_failed(e, self.path)
         note = self.lock.acquire()
         try:
             if note:
