@@ -455,12 +455,14 @@ def speed(setting: Setting, args: Any) -> None:
         v: {"step_s": [], "gen_s": [], "other_s": [], "tokens": [], "tok_per_s": []}
         for v in args.variants
     }
+    rewards: dict[str, list[list[float]]] = {v: [] for v in args.variants}
     for rep in range(args.repeats):
         order = args.variants if rep % 2 == 0 else args.variants[::-1]  # A B, B A, ...
         results = run_variants(
             setting, order, steps=args.warmup + args.steps, seed=rep, args=args, interleave=True
         )
         for v, res in results.items():
+            rewards[v].append(res.rewards)
             for k, xs in res.kept(args.warmup).items():
                 kept[v][k] += xs
             tps = statistics.median(res.kept(args.warmup)["tok_per_s"])
@@ -476,6 +478,10 @@ def speed(setting: Setting, args: Any) -> None:
         q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
         print(f"{v:10s} {m['step_s']:8.3f} {m['gen_s']:8.3f} {m['other_s']:8.3f} "
               f"{m['tokens']:9.0f} {m['tok_per_s']:8.1f} {q[0]:7.1f}-{q[2]:<7.1f}")  # fmt: skip
+    print("mean reward per RL step (all steps, warm-up included; one row per round):")
+    for v in args.variants:
+        for curve in rewards[v]:
+            print(f"  {v:10s} " + " ".join(f"{r:.3f}" for r in curve))
     for base in ("trl", "trl-nogc", "trl-nogc-mb32"):
         if base not in med:
             continue
