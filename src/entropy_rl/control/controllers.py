@@ -49,6 +49,15 @@ def _measured(metrics: Mapping[str, float], key: str) -> float:
     return finite(key, metrics[key])
 
 
+def _state_floats(state: Mapping[str, Any], keys: tuple[str, ...], what: str) -> list[float]:
+    """``float(state[k])`` for each key; a ValueError naming ``what`` when one is missing or
+    not a number (a state dict of another controller, or a damaged one)."""
+    try:
+        return [float(state[k]) for k in keys]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not {what} state dict: {exc!r}") from exc
+
+
 # --------------------------------------------------------------------------- controllers
 
 
@@ -160,11 +169,7 @@ class AdaptiveEntropyCoef(EntropyController):
         return {"c": self.c, "applied": self.applied}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        try:
-            c, applied = float(state["c"]), float(state["applied"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not an AdaptiveEntropyCoef state dict: {exc!r}") from exc
-        self.c, self.applied = c, applied
+        self.c, self.applied = _state_floats(state, ("c", "applied"), "an AdaptiveEntropyCoef")
 
 
 ACTUATOR_DEFAULTS: dict[str, dict[str, float]] = {
@@ -287,11 +292,9 @@ class PIEntropyController(EntropyController):
         return {"integral": self.integral, "output": self.output}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        try:
-            integral, output = float(state["integral"]), float(state["output"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not a PIEntropyController state dict: {exc!r}") from exc
-        self.integral, self.output = integral, output
+        self.integral, self.output = _state_floats(
+            state, ("integral", "output"), "a PIEntropyController"
+        )
 
 
 # The rate controller's default gains are the level controller's (ACTUATOR_DEFAULTS) times
@@ -467,11 +470,9 @@ class EntroPICController(EntropyController):
         return {"integral": self.integral, "alpha": self.alpha}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        try:
-            integral, alpha = float(state["integral"]), float(state["alpha"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not an EntroPICController state dict: {exc!r}") from exc
-        self.integral, self.alpha = integral, alpha
+        self.integral, self.alpha = _state_floats(
+            state, ("integral", "alpha"), "an EntroPICController"
+        )
 
 
 # --------------------------------------------------------------------------- factory
