@@ -110,10 +110,7 @@ def numeric_match(
     target = parse_number(str(raw))
     if target is None:
         raise ValueError(f"numeric_match: answer {raw!r} is not a number")
-    value = parse_number(completion)
-    if value is None:
-        return 0.0
-    return 1.0 if math.isclose(value, target, rel_tol=rel_tol, abs_tol=abs_tol) else 0.0
+    return _same_number(parse_number(completion), target, rel_tol, abs_tol)
 
 
 def digit_sum_valid(prompt: str, completion: str, *, width: int = 3, **fields: Any) -> float:
@@ -211,6 +208,7 @@ def _reference_number(raw: Any, fn_name: str) -> float:
 
 
 def _same_number(value: float | None, target: float, rel_tol: float, abs_tol: float) -> float:
+    """1.0 if ``value`` is ``target`` up to math.isclose, 0.0 when it differs or is None."""
     if value is None:
         return 0.0
     return 1.0 if math.isclose(value, target, rel_tol=rel_tol, abs_tol=abs_tol) else 0.0
