@@ -107,9 +107,8 @@ class TensorBoardLogger:
         self.writer = SummaryWriter(str(log_dir))
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        for k, v in metrics.items():
-            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                self.writer.add_scalar(k, v, step)
+        for k, v in _finite(metrics).items():
+            self.writer.add_scalar(k, v, step)
         self.writer.flush()
 
     def close(self) -> None:
