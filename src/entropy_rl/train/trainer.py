@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from entropy_rl.control.controllers import loss_overrides, make_controller
+from entropy_rl.control.controllers import EntropyController, loss_overrides, make_controller
 from entropy_rl.control.detector import CollapseDetector, DetectorConfig
 from entropy_rl.control.evaluation import EntropyPerformanceFit
 from entropy_rl.control.monitor import (
@@ -74,6 +74,16 @@ class TrainingStopped(RuntimeError):
     """The run stopped itself (repeated non-finite steps, or a detector rule with action=stop)."""
 
 
+def build_controller(cfg: Config) -> EntropyController:
+    """The entropy controller of ``control.controller`` / ``control.controller_kwargs``; its
+    ValueError as a ConfigError."""
+    ctl = cfg.control
+    try:
+        return make_controller(ctl.controller, total_steps=cfg.run.steps, **ctl.controller_kwargs)
+    except ValueError as e:
+        raise ConfigError(f"control: {e}") from e
+
+
 def validate_algo(cfg: Config) -> None:
     """Fail before any work if the loss, its hyperparameters or the advantage estimator are wrong:
     one call of each on a 1x1 batch raises the registry's own ValueError, as a ConfigError."""
@@ -82,11 +92,7 @@ def validate_algo(cfg: Config) -> None:
             f"algo.advantage={cfg.algo.advantage!r} is unknown; choose one of {available_advantages()}"
         )
     ctl = cfg.control  # a controller may set loss hyperparameters: the loss must accept them
-    try:
-        made = make_controller(ctl.controller, total_steps=cfg.run.steps, **ctl.controller_kwargs)
-    except ValueError as e:
-        raise ConfigError(f"control: {e}") from e
-    sets = loss_overrides(made)  # e.g. EntroPIC's pos_weight / neg_weight
+    sets = loss_overrides(build_controller(cfg))  # e.g. EntroPIC's pos_weight / neg_weight
     one = torch.zeros(2, 1)
     try:
         compute_advantages(
@@ -192,14 +198,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warm)
         )
-        if controller is None:
-            try:
-                controller = make_controller(
-                    c.control.controller, total_steps=c.run.steps, **c.control.controller_kwargs
-                )
-            except ValueError as e:
-                raise ConfigError(f"control: {e}") from e
-        self.controller = controller
+        self.controller = build_controller(c) if controller is None else controller
         self.detector = None
         if c.control.detector:
             try:
