@@ -11,6 +11,8 @@ Only finite numbers go to the trackers (a NaN bucket such as ``entropy/pos_3`` o
 is skipped, not sent as a broken point); ``metrics.jsonl`` keeps every value. Metric names are
 ours (the metrics page of the docs); MLflow allows only ``[A-Za-z0-9_-. /]`` in names, so there
 ``@`` becomes ``_at_`` (``eval/pass@4`` -> ``eval/pass_at_4``) and any other character ``_``.
+
+The terminal's view of the same metrics, the tqdm bar of ``Trainer.fit``, is `ProgressBar`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +33,7 @@ __all__ = [
     "JsonlLogger",
     "Logger",
     "MLflowLogger",
+    "ProgressBar",
     "TensorBoardLogger",
     "WandbLogger",
     "default_loggers",
@@ -98,6 +102,41 @@ def quiet_progress_bars() -> None:
         return
     disable_progress_bars()
     hf_logging.disable_progress_bar()
+
+
+class ProgressBar:
+    """The tqdm bar of Trainer.fit (reward, accuracy, entropy after each step); a no-op when
+    disabled or when tqdm is not installed."""
+
+    def __init__(self, total: int, start: int, *, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
+            except ImportError:
+                warnings.warn("tqdm not installed: no progress bar", stacklevel=2)
+
+    def update(self, m: dict[str, float]) -> None:
+        if self.bar is None:
+            return
+        post = {
+            "reward": m.get("reward/mean"),
+            "acc": m.get("acc/train"),
+            "H": m.get("entropy/mean"),
+        }
+        if "acc/eval" in m:
+            post["eval"] = m["acc/eval"]
+        self.bar.set_postfix(
+            {k: f"{v:.3f}" for k, v in post.items() if v is not None}, refresh=False
+        )
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class TensorBoardLogger:

@@ -51,7 +51,7 @@ from entropy_rl.train.distributed import all_gather_rows, all_reduce, init_from_
 from entropy_rl.train.encoding import Encoder, stop_token_ids
 from entropy_rl.train.evaluate import evaluate, start_metrics
 from entropy_rl.train.forecast import capture_head_inputs, forecast_due, same_batch_entropy_change
-from entropy_rl.train.logging import Logger, default_loggers, quiet_progress_bars
+from entropy_rl.train.logging import Logger, ProgressBar, default_loggers, quiet_progress_bars
 from entropy_rl.train.precision import LossScaler, compute_dtype, to_master_weights
 from entropy_rl.train.rollout import collect
 from entropy_rl.train.rundir import RunDir, disk_error, restore_rng
@@ -254,7 +254,7 @@ class Trainer:
         """Train for run.steps RL steps; returns the last step's metrics."""
         c = self.cfg
         last: dict[str, float] = {}
-        bar = _progress(c.run.steps, self.step, enabled=c.run.progress and self.dist.is_main)
+        bar = ProgressBar(c.run.steps, self.step, enabled=c.run.progress and self.dist.is_main)
         if self.dist.is_main:
             self.rundir.lock.acquire()  # held since __init__, unless a fit() before released it
         try:
@@ -556,39 +556,3 @@ def _finite(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
-
-
-class _Progress:
-    def __init__(self, total: int, start: int, enabled: bool) -> None:
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
-            except ImportError:
-                warnings.warn("tqdm not installed: no progress bar", stacklevel=2)
-
-    def update(self, m: dict[str, float]) -> None:
-        if self.bar is None:
-            return
-        post = {
-            "reward": m.get("reward/mean"),
-            "acc": m.get("acc/train"),
-            "H": m.get("entropy/mean"),
-        }
-        if "acc/eval" in m:
-            post["eval"] = m["acc/eval"]
-        self.bar.set_postfix(
-            {k: f"{v:.3f}" for k, v in post.items() if v is not None}, refresh=False
-        )
-        self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _progress(total: int, start: int, *, enabled: bool) -> _Progress:
-    return _Progress(total, start, enabled)
