@@ -347,7 +347,9 @@ def cli_reference() -> str:
         "# Command-line reference",
         "",
         "`entropy-rl COMMAND ...`, or `python -m entropy_rl COMMAND ...`. "
-        "Generated from `entropy_rl.cli.build_parser()`.",
+        "Generated from `entropy_rl.cli.build_parser()`. What `train` writes, and what "
+        "`--resume` and `--allow-config-change` do with it: "
+        "[The run directory](../run-directory.md).",
         "",
         "```text",
         _help(parser),
