@@ -92,6 +92,43 @@ def check_model_dir(path: str | Path) -> Path:
     return d
 
 
+def _is_network_error(e: BaseException) -> bool:
+    """An error of the HTTP stack (no route, DNS, timeout, refused), not of our code."""
+    module = type(e).__module__.split(".")[0]
+    return isinstance(e, OSError) or module in (
+        "httpx",
+        "httpx2",
+        "httpcore",
+        "requests",
+        "urllib3",
+    )
+
+
+def check_hub_model(repo_id: str) -> None:
+    """A hub id that is not on disk: fine when the hub cache holds it (``HF_HUB_OFFLINE`` then
+    works) or the hub answers for it; else one UserError at once, instead of the minute of
+    retries ``from_pretrained`` spends before its traceback (no network, no such model)."""
+    from huggingface_hub import model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    not_local = f"model.path {repo_id}: not a local directory (write ./{repo_id} for one)"
+    try:
+        if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            return  # cached: from_pretrained loads it without the network
+        model_info(repo_id, timeout=10)
+    except GatedRepoError as e:
+        raise UserError(f"{not_local}; the hub model is gated: log in (hf auth login)") from e
+    except (RepositoryNotFoundError, HFValidationError) as e:
+        raise UserError(f"{not_local}, and the hub has no model named {repo_id}") from e
+    except Exception as e:
+        if not _is_network_error(e):
+            raise
+        raise UserError(
+            f"{not_local}, and the Hugging Face hub is unreachable ({type(e).__name__}: {e}); "
+            "download the model where there is a network and give its directory"
+        ) from e
+
+
 def load_model(cfg: Any) -> tuple[Any, Any]:
     """The model (float32) and tokenizer named by ``cfg.model.path`` (default: the built-in
     checkpoint of ``cfg.data.task``); a local path is checked first (``check_model_dir``)."""
@@ -106,6 +143,8 @@ def load_model(cfg: Any) -> tuple[Any, Any]:
         path = str(builtin_checkpoint(cfg.data.task))
     if is_local_path(path):
         path = str(check_model_dir(path))
+    else:
+        check_hub_model(path)
     kw = {"trust_remote_code": cfg.model.trust_remote_code}
     tok = load_tokenizer(path, **kw)
     # float32 master weights whatever model.dtype (the compute dtype): train.precision
