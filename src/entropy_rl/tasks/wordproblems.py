@@ -182,7 +182,7 @@ _OBJECTS = ("apples", "marbles", "stickers", "pencils", "cookies", "cards", "sta
             "balloons", "crayons", "oranges", "coins")  # fmt: skip
 _CONTAINERS = ("basket", "box", "jar", "bag", "bowl")
 _UNITS = ("kilometres", "miles", "laps")
-_ITEMS = ("notebook", "ticket", "sandwich", "pen", "cupcake", "kite")
+_ITEMS = ("notebook", "ticket", "bagel", "pen", "cupcake", "kite")
 
 DEFAULT_INSTRUCTION = "Give the final answer as a single number at the end."
 
