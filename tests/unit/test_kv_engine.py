@@ -421,3 +421,23 @@ def test_sampling_is_reproducible_under_the_global_seed():
     assert runs[0] == runs[1]
     torch.manual_seed(124)
     assert _engine(model).generate(_prompts(19), **kw).completion_ids != runs[0].completion_ids
+
+
+@pytest.mark.parametrize("name", ["qwen2", "llama"])
+def test_shared_prefill_samples_what_repeated_prompts_sample(name: str):
+    """The prompt's forward once, its cache copied to its n samples, draws the same tokens
+    with the same statistics as repeating each prompt n times before the forward."""
+    model = MODELS[name]()
+    prompts = _prompts(model.config.vocab_size)
+    kw: dict[str, Any] = {"n": 3, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8}
+    gens = []
+    for share in (True, False):
+        torch.manual_seed(7)
+        gens.append(_engine(model, share_prefill=share).generate(prompts, **kw))
+    shared, repeated = gens
+    assert _fields(shared) == _fields(repeated)
+    assert len(shared.completion_ids) == 3 * len(prompts)
+    for a, b in zip(shared.sampler_logprobs or [], repeated.sampler_logprobs or [], strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+    for a, b in zip(shared.sampler_entropy or [], repeated.sampler_entropy or [], strict=True):
+        assert a == pytest.approx(b, abs=1e-5)

@@ -155,7 +155,7 @@ class KVCacheEngine:
 
     def __init__(
         self, model: Any, *, pad_token_id: int, eos_token_id: int | list[int], batch_size: int = 256,
-        compute_dtype: torch.dtype | None = None,
+        compute_dtype: torch.dtype | None = None, share_prefill: bool = True,
     ) -> None:  # fmt: skip
         why = _unsupported(model)
         if why:
@@ -169,6 +169,10 @@ class KVCacheEngine:
         self.batch_size = batch_size
         self.compute_dtype = compute_dtype
         """dtype of the sampling computation; None: the parameters' own."""
+        self.share_prefill = share_prefill
+        """Run each prompt's forward once and copy its cache to its n samples (the G samples of
+        a group share the prompt): prefill costs P tokens per prompt instead of n x P. False:
+        the prompt is repeated n times first (the path before; benchmarks/kv_prefill.py)."""
 
     @property
     def exact_logprobs(self) -> bool:
@@ -369,17 +373,22 @@ class KVCacheEngine:
         ``with_stats`` each drawn token's log-prob, entropy and top-1 probability under
         softmax(z), z = logits / T (B, <= max_new) each."""
         device, dtype = w.embed.device, w.embed.dtype
-        ids, att = self._left_pad(chunk, n, device)
-        b, width = ids.shape
-        kv = self._new_cache(b, width + max_new, w)
+        rep = n if self.share_prefill else 1  # copies made after the prompt's forward
+        ids, att = self._left_pad(chunk, n // rep, device)  # (B / rep, P)
+        width = ids.shape[1]
+        kv = self._new_cache(ids.shape[0], width + max_new, w)
         pos, bias = self._prefill_mask(att, dtype)
+        hid = self._forward(ids, pos, 0, kv, bias, w)  # (B / rep, D)
+        if rep > 1:  # row i*n + j: sample j of prompt i, as the repeated prompts gave
+            kv = (kv[0].repeat_interleave(rep, 1), kv[1].repeat_interleave(rep, 1))
+            hid, pos, bias = (x.repeat_interleave(rep, 0) for x in (hid, pos, bias))
+        b = hid.shape[0]
         # decode mask over all slots: the prompt's padding masked, every generated slot visible
         dec_bias = torch.zeros(b, 1, 1, width + max_new, dtype=dtype, device=device)
         dec_bias[:, 0, 0, :width] = bias[:, 0, -1, :]
         next_pos = pos[:, -1:] + 1  # (B, 1)
         eos = torch.tensor(self.eos_ids, device=device)
         done = torch.zeros(b, dtype=torch.bool, device=device)
-        hid = self._forward(ids, pos, 0, kv, bias, w)  # (B, D)
         sampled: list[Tensor] = []
         stats: dict[str, list[Tensor]] = {"logprobs": [], "entropy": [], "top1": []}
         for step in range(max_new):
