@@ -117,9 +117,19 @@ def _compare(args: argparse.Namespace) -> int:
         from entropy_rl.report import write_report
 
         runs = [out / s.label / f"seed{k}" for s in settings for k in range(args.seeds)]
-        html = write_report([r for r in runs if (r / "metrics.jsonl").is_file()], out / "report",
-                            title="entropy-rl compare")  # fmt: skip
+        done = [r for r in runs if (r / "metrics.jsonl").is_file()]
+        html = write_report(done, out / "report", title="entropy-rl compare")
         print(f"report: {html}")
+        from entropy_rl.report.load import load_runs
+        from entropy_rl.report.settings import write_settings_figures
+
+        loaded = load_runs(done)
+        groups = {s.label: [r for r, d in zip(loaded, done, strict=True) if d.parent.name == s.label]
+                  for s in settings}  # fmt: skip
+        curves = [("entropy/mean", "entropy (nats / token)"), ("reward/mean", "mean reward"),
+                  *get_task(args.task).summary_curves]  # fmt: skip
+        for path in write_settings_figures(groups, out / "report", curves):
+            print(f"per-setting figure: {path}")
     return 0
 
 

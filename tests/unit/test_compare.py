@@ -7,11 +7,17 @@ import math
 import pytest
 
 from entropy_rl.experiments.compare import (
+    add_learning_speed,
     compare_seeds,
+    first_reach,
     format_comparison,
+    format_reach,
     parse_setting,
+    reward_curve,
+    steps_to_reference_reward,
     summarise_run,
     table,
+    trailing_mean,
     verdict,
 )
 
@@ -146,3 +152,51 @@ def test_extra_metrics_reach_summary_and_table():
     # std: deviations from 0.62 are -.07 -.04 -.02 .17 -.12 .08, sum of squares .0566 / 5 -> .106
     assert "| narrow | 6 |" in lines[3] and "0.62 ± 0.106" in lines[3]
     assert "| higher (perm): +0.225, p 0.0022, 95% CI [+" in lines[3]
+
+
+def test_trailing_mean_hand_worked():
+    assert trailing_mean([0.0, 1.0, 2.0, 3.0], 2) == [0.0, 0.5, 1.5, 2.5]
+    assert trailing_mean([4.0, 2.0, 0.0], 10) == [4.0, 3.0, 2.0]  # fewer than the window
+
+
+def test_reward_curve_skips_the_evaluation_only_step_zero():
+    rows = [{"step": 0, "acc/eval": 0.1}] + [
+        {"step": s, "reward/mean": r} for s, r in zip((1, 2, 3), (0.2, 0.4, 0.9), strict=True)
+    ]
+    steps, vals = reward_curve(rows, window=2)
+    assert steps == [1, 2, 3] and vals == pytest.approx([0.2, 0.3, 0.65])
+
+
+def test_steps_to_reference_reward_hand_worked():
+    # reference ends at 0.6 and 0.8 (target 0.7); "fast" reaches it at steps 2 and 3, "slow"
+    # at step 4 on one seed and never on the other
+    curves = {
+        "ref": [([1, 2, 3, 4], [0.1, 0.3, 0.5, 0.6]), ([1, 2, 3, 4], [0.2, 0.4, 0.7, 0.8])],
+        "fast": [([1, 2, 3, 4], [0.5, 0.7, 0.9, 0.9]), ([1, 2, 3, 4], [0.3, 0.6, 0.75, 0.8])],
+        "slow": [([1, 2, 3, 4], [0.1, 0.2, 0.3, 0.7]), ([1, 2, 3, 4], [0.1, 0.2, 0.3, 0.69])],
+    }
+    target, reach = steps_to_reference_reward(curves, "ref")
+    assert target == pytest.approx(0.7)
+    assert reach["ref"][0] != reach["ref"][0]  # 0.6 never reaches 0.7: nan
+    assert reach["ref"][1] == 3.0
+    assert reach["fast"] == [2.0, 3.0]
+    assert reach["slow"][0] == 4.0 and math.isnan(reach["slow"][1])
+    assert format_reach(reach["fast"]) == "2.5 (2/2 seeds)"  # median of 2 and 3
+    assert format_reach(reach["slow"]) == "4 (1/2 seeds)"
+    assert format_reach([math.nan]) == "never (0/1 seeds)"
+    assert math.isnan(first_reach([1, 2], [0.1, 0.2], 0.5))
+
+
+def test_learning_speed_column_in_the_table():
+    rows = {
+        "ppo": [[{"step": s, "reward/mean": r} for s, r in enumerate((0.2, 0.5, 0.6), 1)]],
+        "narrow": [[{"step": s, "reward/mean": r} for s, r in enumerate((0.1, 0.1, 0.9), 1)]],
+    }
+    results = {label: [summarise_run(r) for r in runs] for label, runs in rows.items()}
+    add_learning_speed(results, rows)
+    # ppo's 10-step trailing mean ends at (0.2 + 0.5 + 0.6) / 3 = 0.433; narrow's curve is
+    # 0.1, 0.1, 0.367: never reaches it; ppo reaches its own final value at step 3
+    assert results["ppo"][0]["ref_reward"] == pytest.approx(1.3 / 3)
+    lines = table(results).splitlines()
+    assert "steps to ppo's final reward (0.433, 10-step mean)" in lines[0]
+    assert "| 3 (1/1 seeds) |" in lines[2] and "| never (0/1 seeds) |" in lines[3]

@@ -21,6 +21,11 @@ Every verdict cell also gives the gap, its p-value and a seeded percentile-boots
 interval of the gap (`stats.bootstrap_interval`). p-values are per comparison, not corrected
 for the number of settings x metrics.
 
+The learning-speed column prices a setting in steps: the first step at which a run's training
+reward (`reward_curve`: a trailing 10-step mean of reward/mean) reaches the reference's final
+value, as a median over the seeds that got there and how many did
+(`steps_to_reference_reward`). A lever that ends higher but needs more steps shows it here.
+
 Task metrics join the table through ``extra`` (``--metric``): keys of the last evaluation row,
 e.g. the `trap` task's P on the final checkpoint, each with its own verdict column; `Task`
 classes name their default ones in ``summary_metrics``.
@@ -111,6 +116,77 @@ def summarise_run(
     return out
 
 
+REWARD_WINDOW = 10
+
+
+def trailing_mean(values: Sequence[float], window: int) -> list[float]:
+    """Mean of the last ``window`` values up to and including each position (fewer at the start).
+
+    values: (n,) -> (n,); e.g. ``[0, 1, 2, 3]`` with window 2 -> ``[0, 0.5, 1.5, 2.5]``.
+    """
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def reward_curve(
+    rows: list[dict[str, Any]], window: int = REWARD_WINDOW
+) -> tuple[list[int], list[float]]:
+    """(steps, trailing ``window``-step mean of reward/mean) over the trained steps of one run."""
+    pts = [(int(r["step"]), _num(r["reward/mean"])) for r in rows
+           if r.get("step", 0) >= 1 and isinstance(r.get("reward/mean"), (int, float))]  # fmt: skip
+    return [s for s, _ in pts], trailing_mean([v for _, v in pts], window)
+
+
+def first_reach(steps: Sequence[int], values: Sequence[float], target: float) -> float:
+    """The first step whose value is >= ``target``; nan if none is."""
+    return next((float(s) for s, v in zip(steps, values, strict=True) if v >= target), math.nan)
+
+
+def steps_to_reference_reward(
+    curves: dict[str, list[tuple[list[int], list[float]]]], reference: str
+) -> tuple[float, dict[str, list[float]]]:
+    """Learning speed against the reference setting: how soon each run earns its final reward.
+
+    curves: setting -> one `reward_curve` per seed. The target is the reference's final reward,
+    the mean over its seeds of each curve's last value (the trailing mean of its last steps);
+    each run's cost is `first_reach` of that target (nan: never within the run). Returns
+    (target, setting -> steps per seed).
+    """
+    finals = [vals[-1] for _, vals in curves[reference] if vals]
+    target = statistics.fmean(finals) if finals else math.nan
+    return target, {
+        label: [first_reach(st, vals, target) for st, vals in runs]
+        for label, runs in curves.items()
+    }
+
+
+def format_reach(steps: Sequence[float]) -> str:
+    """``"87 (5/6 seeds)"``: the median step over the seeds that reached, and how many did."""
+    hit = [s for s in steps if math.isfinite(s)]
+    if not hit:
+        return f"never (0/{len(steps)} seeds)"
+    return f"{statistics.median(hit):.3g} ({len(hit)}/{len(steps)} seeds)"
+
+
+def add_learning_speed(
+    results: dict[str, list[dict[str, float]]], rows: dict[str, list[list[dict[str, Any]]]]
+) -> None:
+    """Put ``steps_to_ref_reward`` (`steps_to_reference_reward` against the first setting) and
+    ``ref_reward`` (its target) into every run's summary, in place."""
+    if not rows or not next(iter(rows.values())):
+        return
+    curves = {label: [reward_curve(r) for r in runs] for label, runs in rows.items()}
+    target, reach = steps_to_reference_reward(curves, next(iter(curves)))
+    for label, summaries in results.items():
+        for summary, step in zip(summaries, reach[label], strict=True):
+            summary["steps_to_ref_reward"], summary["ref_reward"] = step, target
+
+
 METRICS = ("final_entropy", "acc", "pass@1", "pass@k", "distinct", "steps_to_collapse",
            "upper_clip", "lower_clip", "ratio_dev")  # fmt: skip
 VERDICT_ON = ("final_entropy", "pass@k", "distinct")
@@ -179,7 +255,10 @@ def table(results: dict[str, list[dict[str, float]]], *, extra: Sequence[str] = 
     (`compare_seeds`) on VERDICT_ON and the `extra` metrics."""
     labels = list(results)
     columns, judged = [*METRICS, *extra], [*VERDICT_ON, *extra]
-    head = ["setting", "seeds", *columns, *(f"vs {labels[0]}: {m}" for m in judged)]
+    target = next((r["ref_reward"] for r in results[labels[0]] if "ref_reward" in r), None)
+    speed = [] if target is None else [
+        f"steps to {labels[0]}'s final reward ({target:.3g}, {REWARD_WINDOW}-step mean)"]  # fmt: skip
+    head = ["setting", "seeds", *columns, *speed, *(f"vs {labels[0]}: {m}" for m in judged)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     ref = results[labels[0]]
     for label in labels:
@@ -190,6 +269,8 @@ def table(results: dict[str, list[dict[str, float]]], *, extra: Sequence[str] = 
             pct = m in ("upper_clip", "lower_clip")
             fmt = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.3g}")
             cells.append("n/a" if not math.isfinite(mean) else f"{fmt(mean)} ± {fmt(std)}")
+        if speed:
+            cells.append(format_reach([r.get("steps_to_ref_reward", math.nan) for r in runs]))
         for m in judged:
             cells.append("(reference)" if label == labels[0] else format_comparison(compare_seeds(
                 [r.get(m, math.nan) for r in ref], [r.get(m, math.nan) for r in runs])))  # fmt: skip
@@ -266,11 +347,13 @@ def compare(
             log(f"FAILED {run} (see {run.parent / (run.name + '.log')})")
         else:
             log(f"done {run}")
-    results = {
-        s.label: [summarise_run(read_rows(out_dir / s.label / f"seed{k}"), extra=extra)
-                  for k in range(seeds) if (out_dir / s.label / f"seed{k}" / "metrics.jsonl").is_file()]
+    rows = {
+        s.label: [read_rows(out_dir / s.label / f"seed{k}") for k in range(seeds)
+                  if (out_dir / s.label / f"seed{k}" / "metrics.jsonl").is_file()]
         for s in settings
     }  # fmt: skip
+    results = {label: [summarise_run(r, extra=extra) for r in runs] for label, runs in rows.items()}
+    add_learning_speed(results, rows)
     md = table(results, extra=extra)
     (out_dir / "compare.md").write_text(md + "\n")
     (out_dir / "compare.json").write_text(json.dumps(results, indent=1))

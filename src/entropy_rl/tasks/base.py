@@ -88,6 +88,9 @@ class Task(abc.ABC):
     """Task whose shipped checkpoint this one starts from (default: its own `name`)."""
     summary_metrics: ClassVar[tuple[str, ...]] = ()
     """Metrics of the last evaluation that ``entropy-rl compare`` adds to its table by default."""
+    summary_curves: ClassVar[tuple[tuple[str, str], ...]] = ()
+    """(training metric, axis label) pairs that ``entropy-rl compare`` draws per setting over
+    the steps, beside entropy and reward (`report.settings`)."""
     default_max_new_tokens: int = 8
     needs_model_path: ClassVar[bool] = False
     """True for tasks meant for a pretrained model (model.path): no built-in checkpoint, and

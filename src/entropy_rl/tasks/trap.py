@@ -184,6 +184,9 @@ class TrapTask(DigitSumTask):
         "trap/p_prob_eval", "trap/p_frac_eval", "trap/reward_eval", "trap/trapped_eval",
         "trap/never_p_eval",
     )  # fmt: skip
+    summary_curves: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("trap/p_frac", "share of samples with P"),
+    )
 
     def __init__(
         self, *, rare: str = "valley_palindrome", train_targets: tuple[int, int] = (6, 21)
