@@ -96,7 +96,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from entropy_rl.experiments.compare import Setting, compare, parse_setting
+    from entropy_rl.experiments.compare import Setting, compare, finished_run, parse_setting
 
     settings = [Setting(p, p) for p in args.preset or []] + [
         parse_setting(v) for v in args.variant or []
@@ -110,14 +110,15 @@ def _compare(args: argparse.Namespace) -> int:
     out = Path(args.out)
     md, _ = compare(
         settings, seeds=args.seeds, out_dir=out, common=common, steps=args.steps, jobs=args.jobs,
-        extra=extra,
+        extra=extra, train=not args.no_train,
     )  # fmt: skip
     print(md)
     if not args.no_report:
         from entropy_rl.report import write_report
 
         runs = [out / s.label / f"seed{k}" for s in settings for k in range(args.seeds)]
-        done = [r for r in runs if (r / "metrics.jsonl").is_file()]
+        done = [r for r in runs if (r / "metrics.jsonl").is_file()
+                and (not args.no_train or finished_run(r, args.steps))]  # fmt: skip
         html = write_report(done, out / "report", title="entropy-rl compare")
         print(f"report: {html}")
         from entropy_rl.report.load import load_runs
@@ -264,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=1, help="runs in parallel (1 torch thread each when > 1)"
     )
     cmp_.add_argument("--no-report", action="store_true")
+    cmp_.add_argument(
+        "--no-train",
+        action="store_true",
+        help="start no run: summarise the runs under --out that finished --steps",
+    )
     cmp_.set_defaults(fn=_compare)
 
     rep = sub.add_parser(

@@ -184,6 +184,7 @@ def test_steps_to_reference_reward_hand_worked():
     assert format_reach(reach["fast"]) == "2.5 (2/2 seeds)"  # median of 2 and 3
     assert format_reach(reach["slow"]) == "4 (1/2 seeds)"
     assert format_reach([math.nan]) == "never (0/1 seeds)"
+    assert format_reach([]) == "n/a"  # a setting with no finished run
     assert math.isnan(first_reach([1, 2], [0.1, 0.2], 0.5))
 
 
@@ -200,3 +201,29 @@ def test_learning_speed_column_in_the_table():
     lines = table(results).splitlines()
     assert "steps to ppo's final reward (0.433, 10-step mean)" in lines[0]
     assert "| 3 (1/1 seeds) |" in lines[2] and "| never (0/1 seeds) |" in lines[3]
+
+
+def test_no_train_summarises_only_finished_runs(tmp_path):
+    import json
+
+    from entropy_rl.experiments.compare import Setting, compare
+
+    def write(label: str, seed: int, last: int) -> None:
+        d = tmp_path / label / f"seed{seed}"
+        d.mkdir(parents=True)
+        rows = [
+            {"step": s, "entropy/mean": 1.0, "reward/mean": 0.1 * s} for s in range(1, last + 1)
+        ]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write("ppo", 0, 3)
+    write("ppo", 1, 2)  # still running: left out
+    write("narrow", 0, 3)
+    settings = [Setting("ppo", "ppo"), Setting("narrow", "ppo", ["algo.lr=1"])]
+    logged: list[str] = []
+    md, results = compare(settings, seeds=3, out_dir=tmp_path, common=[], steps=3, train=False,
+                          log=logged.append)  # fmt: skip
+    assert logged == []  # nothing started, nothing reused
+    assert [len(results["ppo"]), len(results["narrow"])] == [1, 1]
+    assert results["narrow"][0]["steps_to_ref_reward"] == 3.0  # 0.2 = ppo's trailing mean at 3
+    assert "| ppo | 1 |" in md and (tmp_path / "compare.md").read_text() == md + "\n"

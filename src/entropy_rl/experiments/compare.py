@@ -168,6 +168,8 @@ def steps_to_reference_reward(
 def format_reach(steps: Sequence[float]) -> str:
     """``"87 (5/6 seeds)"``: the median step over the seeds that reached, and how many did."""
     hit = [s for s in steps if math.isfinite(s)]
+    if not steps:
+        return "n/a"
     if not hit:
         return f"never (0/{len(steps)} seeds)"
     return f"{statistics.median(hit):.3g} ({len(hit)}/{len(steps)} seeds)"
@@ -288,7 +290,8 @@ def _train_cmd(
     return cmd
 
 
-def _finished(run_dir: Path, steps: int | None) -> bool:
+def finished_run(run_dir: Path, steps: int | None) -> bool:
+    """True when ``run_dir`` logged step ``steps`` (any step when ``steps`` is None)."""
     if not (run_dir / "metrics.jsonl").is_file():
         return False
     rows = read_rows(run_dir)
@@ -305,18 +308,21 @@ def compare(
     steps: int | None = None,
     jobs: int = 1,
     extra: Sequence[str] = (),
+    train: bool = True,
     log=print,
 ) -> tuple[str, dict[str, list[dict[str, float]]]]:
     """Run every (setting, seed) not already finished, then summarise; returns (table, results).
-    `extra`: metrics of the last evaluation added to the table, each with a verdict."""
+    `extra`: metrics of the last evaluation added to the table, each with a verdict.
+    ``train=False`` starts nothing and summarises only the runs already finished (a study
+    part-way, or one whose runs are still going)."""
     if len({s.label for s in settings}) != len(settings):
         raise ConfigError("two settings share a label; give each --variant a distinct LABEL")
     common = list(common) + ([f"run.steps={steps}"] if steps else [])
     todo = []
-    for s in settings:
+    for s in settings if train else []:
         for seed in range(seeds):
             run = out_dir / s.label / f"seed{seed}"
-            if _finished(run, steps):
+            if finished_run(run, steps):
                 log(f"reuse {run}")
                 continue
             if (run / "checkpoints" / "latest").exists():
@@ -349,7 +355,8 @@ def compare(
             log(f"done {run}")
     rows = {
         s.label: [read_rows(out_dir / s.label / f"seed{k}") for k in range(seeds)
-                  if (out_dir / s.label / f"seed{k}" / "metrics.jsonl").is_file()]
+                  if (out_dir / s.label / f"seed{k}" / "metrics.jsonl").is_file()
+                  and (train or finished_run(out_dir / s.label / f"seed{k}", steps))]
         for s in settings
     }  # fmt: skip
     results = {label: [summarise_run(r, extra=extra) for r in runs] for label, runs in rows.items()}

@@ -3,7 +3,8 @@
 The run report overlays every run in one axis, which reads well for a handful of runs; a
 study of eleven settings x six seeds is 66 lines in eight colours. Here each setting gets its
 own panel: its seeds as thin lines, their median as a bold one, and the reference setting's
-median (the first setting) as a grey dashed line in every other panel, on one shared y axis.
+median (the first setting) as a dashed line in its own colour in every other panel, on one
+shared y axis.
 Curves are smoothed first (`_style.rolling_mean`), because per-step reward and task fractions
 are sampled over one batch.
 """
@@ -25,9 +26,6 @@ from entropy_rl.report._style import (
     to_png,
 )
 from entropy_rl.report.load import RunData
-
-REFERENCE_COLOR = "0.45"
-
 
 def seed_band(
     curves: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -71,7 +69,7 @@ def settings_figure_png(
     with style():
         fig = new_figure(2.9 * ncols, 2.3 * nrows + 0.6)
         axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, sharey=True)).ravel()
-        fig.suptitle(f"{key}: every seed (thin), median (bold), {ref_label} median (grey dashed)",
+        fig.suptitle(f"{key}: every seed (thin), median (bold), {ref_label} median (dashed)",
                      fontweight="bold", x=0.01, ha="left")  # fmt: skip
         for i, label in enumerate(labels):
             ax, c = axes[i], color(list(groups).index(label))
@@ -81,7 +79,7 @@ def settings_figure_png(
             steps, median, _, _ = seed_band(curves)
             ax.plot(steps, median, color=c, lw=2.2)
             if label != ref_label and ref[0].size:
-                ax.plot(ref[0], ref[1], color=REFERENCE_COLOR, lw=1.5, ls="--")
+                ax.plot(ref[0], ref[1], color=color(0), lw=1.5, ls="--")
             ax.set_title(f"{label} ({len(curves)} seeds)", fontsize=10.5)
             if i % ncols == 0:
                 ax.set_ylabel(ylabel)
