@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from entropy_rl.report._style import (
+    RUN_COLORS,
     color,
     new_figure,
     require_matplotlib,
@@ -26,6 +27,7 @@ from entropy_rl.report._style import (
     to_png,
 )
 from entropy_rl.report.load import RunData
+
 
 def seed_band(
     curves: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -72,7 +74,8 @@ def settings_figure_png(
         fig.suptitle(f"{key}: every seed (thin), median (bold), {ref_label} median (dashed)",
                      fontweight="bold", x=0.01, ha="left")  # fmt: skip
         for i, label in enumerate(labels):
-            ax, c = axes[i], color(list(groups).index(label))
+            k = list(groups).index(label)  # the reference's colour is for the reference only
+            ax, c = axes[i], color(0 if k == 0 else 1 + (k - 1) % (len(RUN_COLORS) - 1))
             curves = [_smoothed(r, key) for r in groups[label] if r.has(key)]
             for steps, vals in curves:
                 ax.plot(steps, vals, color=c, lw=0.8, alpha=0.45)
