@@ -128,8 +128,8 @@ def check_token_stats_autocast(device: str) -> dict[str, float]:
                    for p in model.parameters())  # fmt: skip
         model.zero_grad(set_to_none=True)
         m = seen.to(lp.device)
-        out[f"{mode}_logp_err"] = float((lp - ref)[m].abs().max())
-        out[f"{mode}_entropy_err"] = float((ent - ref_h)[m].abs().max())
+        out[f"{mode}_logp_err"] = float((lp.detach() - ref)[m].abs().max())
+        out[f"{mode}_entropy_err"] = float((ent.detach() - ref_h)[m].abs().max())
         assert 0 < out[f"{mode}_logp_err"] < 64 * BF16_EPS, out  # ran in bf16, bf16-close
         assert out[f"{mode}_entropy_err"] < 64 * BF16_EPS, out
     return out
