@@ -14,7 +14,9 @@ or settles on the common ones):
 - the first step whose sampled P share (`trap/p_frac`, 10-step trailing mean) reaches 0.1.
 
 It prints one row per setting (medians over seeds), Spearman's rank correlation of the P mass
-with early entropy and with early update size over all runs, and each entropy predictor's
+with early entropy and with early update size over all runs (each also with the other held
+fixed: partial correlations of the ranks; and once more without the settings that change the
+objective instead of the update's size), and each entropy predictor's
 correlation with the same-batch entropy change (`report.forecast`); with --figure it draws the
 P mass against early entropy and update size (one point per run, one colour per setting).
 """
@@ -38,6 +40,8 @@ from entropy_rl.report.forecast import forecast_scores  # noqa: E402
 from entropy_rl.report.load import load_run  # noqa: E402
 
 FORECAST_EVERY = 4  # the study's control.forecast_every (the default)
+# settings whose lever is the objective (weights, bonus), not the update's size
+LOSS_LEVERS = ("w-reinforce", "entropic", "bonus0.02")
 
 
 def ranks(x: list[float]) -> np.ndarray:
@@ -55,6 +59,11 @@ def ranks(x: list[float]) -> np.ndarray:
 def spearman(x: list[float], y: list[float]) -> float:
     rx, ry = ranks(x), ranks(y)
     return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def partial(r_xy: float, r_xz: float, r_yz: float) -> float:
+    """Correlation of x and y with z held fixed: (r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2))."""
+    return (r_xy - r_xz * r_yz) / math.sqrt((1 - r_xz**2) * (1 - r_yz**2))
 
 
 def run_summary(rows: list[dict], early: int) -> dict[str, float]:
@@ -108,10 +117,19 @@ def main(argv: list[str] | None = None) -> int:
               f"| {med(r['early_entropy'] for r in runs):.3f} | {med(r['early_kl'] for r in runs):.2e} "
               f"| {found_s} | {med(r['final_entropy'] for r in runs):.3f} |")  # fmt: skip
     every = [r for label in labels for r in settings[label]]
-    pm = [r["p_mass"] for r in every]
-    print(f"\nSpearman over {len(every)} runs: P mass vs early entropy "
-          f"{spearman(pm, [r['early_entropy'] for r in every]):+.2f}, vs early KL "
-          f"{spearman(pm, [r['early_kl'] for r in every]):+.2f}")  # fmt: skip
+    pm, ent, kl = ([r[k] for r in every] for k in ("p_mass", "early_entropy", "early_kl"))
+    r_pe, r_pk, r_ek = spearman(pm, ent), spearman(pm, kl), spearman(ent, kl)
+    print(
+        f"\nSpearman over {len(every)} runs: P mass vs early entropy {r_pe:+.2f}, vs early KL "
+        f"{r_pk:+.2f}; early entropy vs early KL {r_ek:+.2f}. Partial (the other held fixed): "
+        f"P vs entropy {partial(r_pe, r_pk, r_ek):+.2f}, P vs KL {partial(r_pk, r_pe, r_ek):+.2f}"
+    )
+    without = [r for label in labels for r in settings[label] if label not in LOSS_LEVERS]
+    if len(without) < len(every):
+        pm2, ent2, kl2 = ([r[k] for r in without] for k in ("p_mass", "early_entropy", "early_kl"))
+        print(f"Without the settings that change the objective ({', '.join(LOSS_LEVERS)}), "
+              f"{len(without)} runs: P vs early entropy {spearman(pm2, ent2):+.2f}, "
+              f"vs early KL {spearman(pm2, kl2):+.2f}")  # fmt: skip
     print("\nEntropy forecast per run (report.forecast: Pearson r against the same-batch change,"
           f" every {FORECAST_EVERY} steps; median [min, max] over runs):")  # fmt: skip
     scores: dict[str, list[float]] = {}
