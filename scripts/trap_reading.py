@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from entropy_rl.experiments.compare import read_rows, trailing_mean  # noqa: E402
-from entropy_rl.report.forecast import forecast_scores  # noqa: E402
+from entropy_rl.report.forecast import PREDICTIVE_R, forecast_scores  # noqa: E402
 from entropy_rl.report.load import load_run  # noqa: E402
 
 FORECAST_EVERY = 4  # the study's control.forecast_every (the default)
@@ -141,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                     scores.setdefault(sc.name, []).append(sc.r)
                     n_pairs.append(sc.n)
     for name, rs in scores.items():
+        k = sum(r >= PREDICTIVE_R for r in rs)
         print(f"- {name}: r {med(rs):+.2f} [{min(rs):+.2f}, {max(rs):+.2f}] over {len(rs)} runs, "
-              f"{min(n_pairs)}-{max(n_pairs)} steps each")  # fmt: skip
+              f"{min(n_pairs)}-{max(n_pairs)} steps each; predictive (r >= {PREDICTIVE_R}) "
+              f"in {k} of {len(rs)}")  # fmt: skip
     if args.figure:
         from entropy_rl.report._style import color, new_figure, style, to_png
 
