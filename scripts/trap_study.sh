@@ -23,8 +23,7 @@ exec entropy-rl compare --task trap --seeds 6 --steps 150 --jobs 2 --out runs/tr
   control.controller_kwargs.schedule.end=0.8 \
   --variant rate-clip rate-clip control.controller_kwargs.schedule.kind=cosine \
   control.controller_kwargs.schedule.start=1.4 control.controller_kwargs.schedule.end=0.8 \
-  --variant entropic entropic --variant w-reinforce w-reinforce --variant clip-low clip-low \
-  --variant dapo dapo \
+  --variant clip-low clip-low --variant dapo dapo \
   --variant clip0.05 ppo algo.loss_kwargs.eps_low=0.05 algo.loss_kwargs.eps_high=0.05 \
   --variant bonus0.02 ppo algo.entropy_coef=0.02 \
-  --variant unclipped unclipped "$@"
+  --variant entropic entropic --variant w-reinforce w-reinforce --variant unclipped unclipped "$@"
