@@ -96,7 +96,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from entropy_rl.experiments.compare import Setting, compare, finished_run, parse_setting
+    from entropy_rl.experiments.compare import Setting, compare, parse_setting, summarised_runs
 
     settings = [Setting(p, p) for p in args.preset or []] + [
         parse_setting(v) for v in args.variant or []
@@ -116,17 +116,15 @@ def _compare(args: argparse.Namespace) -> int:
     if not args.no_report:
         from entropy_rl.report import write_report
 
-        runs = [out / s.label / f"seed{k}" for s in settings for k in range(args.seeds)]
-        done = [r for r in runs if (r / "metrics.jsonl").is_file()
-                and (not args.no_train or finished_run(r, args.steps))]  # fmt: skip
-        html = write_report(done, out / "report", title="entropy-rl compare")
+        dirs = summarised_runs(settings, seeds=args.seeds, out_dir=out, steps=args.steps,
+                               finished_only=args.no_train)  # fmt: skip
+        html = write_report([d for ds in dirs.values() for d in ds], out / "report",
+                            title="entropy-rl compare")  # fmt: skip
         print(f"report: {html}")
-        from entropy_rl.report.load import load_runs
+        from entropy_rl.report.load import load_run
         from entropy_rl.report.settings import write_settings_figures
 
-        loaded = load_runs(done)
-        groups = {s.label: [r for r, d in zip(loaded, done, strict=True) if d.parent.name == s.label]
-                  for s in settings}  # fmt: skip
+        groups = {label: [load_run(d) for d in ds] for label, ds in dirs.items()}
         curves = [("entropy/mean", "entropy (nats / token)"), ("reward/mean", "mean reward"),
                   *get_task(args.task).summary_curves]  # fmt: skip
         for path in write_settings_figures(groups, out / "report", curves):

@@ -299,6 +299,19 @@ def finished_run(run_dir: Path, steps: int | None) -> bool:
     return steps is None or last >= steps
 
 
+def summarised_runs(
+    settings: list[Setting], *, seeds: int, out_dir: Path, steps: int | None, finished_only: bool
+) -> dict[str, list[Path]]:
+    """Setting label -> its seed directories (``OUT/<label>/seed<k>``, k < seeds) that have
+    metrics; with ``finished_only`` only those that reached ``steps`` (`finished_run`)."""
+    out: dict[str, list[Path]] = {}
+    for s in settings:
+        ds = [out_dir / s.label / f"seed{k}" for k in range(seeds)]
+        out[s.label] = [d for d in ds if (d / "metrics.jsonl").is_file()
+                        and (not finished_only or finished_run(d, steps))]  # fmt: skip
+    return out
+
+
 def compare(
     settings: list[Setting],
     *,
@@ -353,12 +366,9 @@ def compare(
             log(f"FAILED {run} (see {run.parent / (run.name + '.log')})")
         else:
             log(f"done {run}")
-    rows = {
-        s.label: [read_rows(out_dir / s.label / f"seed{k}") for k in range(seeds)
-                  if (out_dir / s.label / f"seed{k}" / "metrics.jsonl").is_file()
-                  and (train or finished_run(out_dir / s.label / f"seed{k}", steps))]
-        for s in settings
-    }  # fmt: skip
+    dirs = summarised_runs(settings, seeds=seeds, out_dir=out_dir, steps=steps,
+                           finished_only=not train)  # fmt: skip
+    rows = {label: [read_rows(d) for d in ds] for label, ds in dirs.items()}
     results = {label: [summarise_run(r, extra=extra) for r in runs] for label, runs in rows.items()}
     add_learning_speed(results, rows)
     md = table(results, extra=extra)

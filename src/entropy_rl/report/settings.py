@@ -50,10 +50,8 @@ def seed_band(
 
 
 def _smoothed(run: RunData, key: str) -> tuple[np.ndarray, np.ndarray]:
-    steps, vals = run.series(key)
-    order = np.argsort(steps, kind="stable")
-    steps, vals = steps[order], vals[order]
-    return steps, rolling_mean(vals, vals.size) if vals.size else vals
+    steps, vals = run.series(key)  # in step order (RunData keeps its records sorted)
+    return steps, rolling_mean(vals, vals.size)
 
 
 def settings_figure_png(
@@ -67,7 +65,8 @@ def settings_figure_png(
     ncols = min(ncols, len(labels))
     nrows = math.ceil(len(labels) / ncols)
     ref_label = next(iter(groups))
-    ref = seed_band([_smoothed(r, key) for r in groups[ref_label] if r.has(key)])
+    curves = {g: [_smoothed(r, key) for r in runs if r.has(key)] for g, runs in groups.items()}
+    ref = seed_band(curves[ref_label])
     with style():
         fig = new_figure(2.9 * ncols, 2.3 * nrows + 0.6)
         axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, sharey=True)).ravel()
@@ -76,14 +75,13 @@ def settings_figure_png(
         for i, label in enumerate(labels):
             k = list(groups).index(label)  # the reference's colour is for the reference only
             ax, c = axes[i], color(0 if k == 0 else 1 + (k - 1) % (len(RUN_COLORS) - 1))
-            curves = [_smoothed(r, key) for r in groups[label] if r.has(key)]
-            for steps, vals in curves:
+            for steps, vals in curves[label]:
                 ax.plot(steps, vals, color=c, lw=0.8, alpha=0.45)
-            steps, median, _, _ = seed_band(curves)
+            steps, median, _, _ = seed_band(curves[label])
             ax.plot(steps, median, color=c, lw=2.2)
             if label != ref_label and ref[0].size:
                 ax.plot(ref[0], ref[1], color=color(0), lw=1.5, ls="--")
-            ax.set_title(f"{label} ({len(curves)} seeds)", fontsize=10.5)
+            ax.set_title(f"{label} ({len(curves[label])} seeds)", fontsize=10.5)
             if i % ncols == 0:
                 ax.set_ylabel(ylabel)
             if i >= len(labels) - ncols:
