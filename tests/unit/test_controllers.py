@@ -8,6 +8,8 @@ import random
 import pytest
 
 from entropy_rl.control.controllers import (
+    CONTROLLER_KINDS,
+    SETTINGS,
     AdaptiveEntropyCoef,
     EntroPICController,
     EntropyRateController,
@@ -15,8 +17,10 @@ from entropy_rl.control.controllers import (
     NoController,
     PIEntropyController,
     TargetSchedule,
+    controller_settings,
     loss_overrides,
     make_controller,
+    require_settings,
 )
 
 
@@ -272,7 +276,7 @@ def test_make_controller() -> None:
     ent = make_controller("entropic", target=1.0, kp=2.0)
     assert isinstance(ent, EntroPICController) and ent.kp == 2.0
     assert loss_overrides(ent) == {"pos_weight": 1.0, "neg_weight": 1.0}  # alpha 0 at first
-    assert loss_overrides(pi) == {} and loss_overrides(object()) == {}
+    assert loss_overrides(pi) == {"eps_high": 0.28} and loss_overrides(object()) == {}
 
 
 # --------------------------------------------------------------------------- EntroPIC
@@ -412,3 +416,62 @@ def test_rate_controller_tracks_the_slope_and_leaves_the_floor(
     # the same plant ends near 0.22 nats and sits at a bound on 14-24 of these steps.
     assert sum(u in (0.02, 0.2) for u in widths[15:]) <= touches
     assert sum(widths[80:]) / 20 > sum(widths[20:40]) / 20 + 0.01
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_each_kind_states_its_settings_from_construction_on() -> None:
+    sched = {"kind": "linear", "start": 1.5, "end": 0.5}
+    expected = {
+        "none": ({}, {}),
+        "fixed": ({"coef": 1e-3}, {"entropy_coef": 1e-3}),
+        "adaptive": ({}, {"entropy_coef": 0.0}),
+        "target": ({"schedule": 1.0}, {"entropy_coef": 0.0}),
+        "rate": ({"schedule": sched}, {"eps_low": 0.2, "eps_high": 0.2}),
+        "entropic": ({"target": 1.0}, {"pos_weight": 1.0, "neg_weight": 1.0}),
+    }
+    assert set(expected) == set(CONTROLLER_KINDS)
+    for kind, (kwargs, first) in expected.items():
+        c = make_controller(kind, total_steps=10, **kwargs)
+        assert controller_settings(c) == first, kind
+        c.update(1, m(3.0))
+        c.update(2, m(0.1))
+        assert set(controller_settings(c)) == set(first), kind  # values move, names do not
+        assert set(first) <= set(SETTINGS)
+    eps_high = PIEntropyController(1.0, actuator="eps_high")
+    assert eps_high.settings() == {"eps_high": 0.28} and eps_high.eps_low is None
+
+
+def test_controller_settings_reads_duck_types_and_rejects_unknown_names() -> None:
+    class Duck:
+        entropy_coef, eps_high = 0.5, None
+
+        def loss_overrides(self) -> dict[str, float]:
+            return {"pos_weight": 2}
+
+    assert controller_settings(Duck()) == {"entropy_coef": 0.5, "pos_weight": 2.0}
+    assert controller_settings(None) == {} and controller_settings(object()) == {}
+
+    class Typo(NoController):
+        def settings(self) -> dict[str, float]:
+            return {"eps_hihg": 0.3}
+
+    with pytest.raises(ValueError, match=r"Typo sets \['eps_hihg'\], which no host knows"):
+        controller_settings(Typo())
+
+
+def test_require_settings_names_source_host_and_what_it_can() -> None:
+    require_settings({"eps_high": 0.2}, ("eps_high", "eps_low"), source="x", host="y")
+    with pytest.raises(ValueError) as info:
+        require_settings(
+            {"eps_low": 0.2, "eps_high": 0.2},
+            ("entropy_coef",),
+            source="preset 'rate-clip'",
+            host="TRL's loss_type='cispo'",
+            fix="use loss_type='dapo'",
+        )
+    assert str(info.value) == (
+        "preset 'rate-clip' sets eps_low, eps_high, which TRL's loss_type='cispo' cannot express"
+        " (it applies entropy_coef); use loss_type='dapo'"
+    )

@@ -1,11 +1,16 @@
 """Entropy controllers: decide the entropy bonus, the clip or the loss's token weights each step.
 
 Every controller has ``update(step, metrics) -> dict`` (called once per RL step with that
-step's metrics, returning ``control/*`` metrics), the properties ``entropy_coef``,
-``eps_high`` and ``eps_low`` (``None`` = "not controlled here: use the configured value"),
-``loss_overrides()`` (other policy-loss hyperparameters to set for the next update, e.g.
-EntroPIC's ``pos_weight`` / ``neg_weight``; ``{}`` for most), and ``state_dict`` /
-``load_state_dict`` for resume. The measured entropy is ``metrics["entropy/mean"]``: the mean
+step's metrics, returning ``control/*`` metrics), ``settings()`` and ``state_dict`` /
+``load_state_dict`` for resume.
+
+``settings()`` is the one way a controller says what it sets: ``{name: value}`` for the next
+update, names from ``SETTINGS`` (clip bounds on both sides, the bonus coefficient, the loss's
+token weights, the advantage shaping). A setting it does not return keeps the host's configured
+value. Its keys are fixed at construction (``update`` changes values, never names), so a host
+(our trainer, TRL's trainer, verl's registered loss) checks at start that it can express every
+one of them and refuses in one line otherwise. ``entropy_coef``, ``eps_high``, ``eps_low`` and
+``loss_overrides()`` are read-only views of ``settings()``. The measured entropy is ``metrics["entropy/mean"]``: the mean
 token entropy of the step's rollout.
 
 Timing: the value read after ``update(step, ...)`` is applied to the next policy update. When
@@ -20,7 +25,7 @@ therefore acts one step late; every controller here tolerates that.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from entropy_rl.control.schedules import TargetSchedule, as_schedule, finite
@@ -28,6 +33,8 @@ from entropy_rl.control.schedules import TargetSchedule, as_schedule, finite
 __all__ = [
     "ACTUATOR_DEFAULTS",
     "CONTROLLER_KINDS",
+    "LOSS_SETTINGS",
+    "SETTINGS",
     "AdaptiveEntropyCoef",
     "EntroPICController",
     "EntropyController",
@@ -36,11 +43,25 @@ __all__ = [
     "NoController",
     "PIEntropyController",
     "TargetSchedule",
+    "controller_settings",
     "loss_overrides",
     "make_controller",
+    "require_settings",
 ]
 
 ENTROPY_KEY = "entropy/mean"
+
+SETTINGS: dict[str, str] = {
+    "entropy_coef": "coefficient c of the loss term -c * agg(H) (the entropy bonus)",
+    "eps_low": "lower clip range: the ratio's floor is 1 - eps_low",
+    "eps_high": "upper clip range: the ratio's ceiling is 1 + eps_high",
+    "pos_weight": "loss weight of confident positive-advantage tokens (the entropic loss)",
+    "neg_weight": "loss weight of confident negative-advantage tokens (the entropic loss)",
+    "entropy_adv_alpha": "advantage shaping A + min(alpha * H_old, |A| / kappa) (Cheng et al.)",
+}
+"""Every setting a controller may decide, with what it means (the same in every host)."""
+LOSS_SETTINGS = ("eps_low", "eps_high", "pos_weight", "neg_weight")
+"""The settings that are keyword hyperparameters of the policy loss (``algo.loss_kwargs``)."""
 
 
 def _measured(metrics: Mapping[str, float], key: str) -> float:
@@ -64,25 +85,30 @@ def _state_floats(state: Mapping[str, Any], keys: tuple[str, ...], what: str) ->
 class EntropyController:
     """Base class and the ``none`` kind: controls nothing, logs nothing."""
 
+    def settings(self) -> dict[str, float]:
+        """What this controller sets for the next update, ``{name: value}`` with names from
+        ``SETTINGS``; the same keys from construction on. ``{}`` = nothing."""
+        return {}
+
     @property
     def entropy_coef(self) -> float | None:
-        """Coefficient c of the loss term -c * agg(H) for the next update; None = config's."""
-        return None
+        """``settings()["entropy_coef"]``; None = the configured value."""
+        return self.settings().get("entropy_coef")
 
     @property
     def eps_high(self) -> float | None:
-        """Upper clip range for the next update; None = the configured value."""
-        return None
+        """``settings()["eps_high"]``; None = the configured value."""
+        return self.settings().get("eps_high")
 
     @property
     def eps_low(self) -> float | None:
-        """Lower clip range for the next update; None = the configured value."""
-        return None
+        """``settings()["eps_low"]``; None = the configured value."""
+        return self.settings().get("eps_low")
 
     def loss_overrides(self) -> dict[str, float]:
-        """Policy-loss hyperparameters for the next update, merged into ``algo.loss_kwargs``
-        and logged as ``control/<name>`` by the trainer; ``{}`` = none."""
-        return {}
+        """The policy-loss hyperparameters among ``settings()`` (``LOSS_SETTINGS``: the clip
+        bounds, EntroPIC's ``pos_weight`` / ``neg_weight``); ``{}`` = none."""
+        return {k: v for k, v in self.settings().items() if k in LOSS_SETTINGS}
 
     def update(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
         """Observe step ``step``'s metrics; return the ``control/*`` metrics."""
@@ -110,9 +136,8 @@ class FixedEntropyBonus(EntropyController):
     def __init__(self, coef: float) -> None:
         self.coef = finite("coef", coef, low=0.0)
 
-    @property
-    def entropy_coef(self) -> float:
-        return self.coef
+    def settings(self) -> dict[str, float]:
+        return {"entropy_coef": self.coef}
 
     def update(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
         return {"control/entropy_coef": self.coef}
@@ -151,9 +176,8 @@ class AdaptiveEntropyCoef(EntropyController):
         self.c = c0
         self.applied = 0.0
 
-    @property
-    def entropy_coef(self) -> float:
-        return self.applied
+    def settings(self) -> dict[str, float]:
+        return {"entropy_coef": self.applied}
 
     def update(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
         h = _measured(metrics, ENTROPY_KEY)
@@ -252,17 +276,9 @@ class PIEntropyController(EntropyController):
         self.integral = 0.0
         self.output = self.init
 
-    @property
-    def entropy_coef(self) -> float | None:
-        return self.output if self.actuator == "entropy_coef" else None
-
-    @property
-    def eps_high(self) -> float | None:
-        return self.output if self.actuator in ("eps_high", "eps") else None
-
-    @property
-    def eps_low(self) -> float | None:
-        return self.output if self.actuator == "eps" else None
+    def settings(self) -> dict[str, float]:
+        sides = ("eps_low", "eps_high") if self.actuator == "eps" else (self.actuator,)
+        return dict.fromkeys(sides, self.output)
 
     def _clamp_integral(self, value: float) -> float:
         if self.ki != 0.0:
@@ -448,7 +464,7 @@ class EntroPICController(EntropyController):
         self.integral = 0.0
         self.alpha = 0.0
 
-    def loss_overrides(self) -> dict[str, float]:
+    def settings(self) -> dict[str, float]:
         return {"pos_weight": 1.0 + self.alpha, "neg_weight": 1.0 - self.alpha}
 
     def update(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
@@ -519,8 +535,60 @@ def make_controller(
         raise ValueError(f"controller {kind!r}: {exc}; allowed arguments: {allowed}") from exc
 
 
+def controller_settings(controller: object) -> dict[str, float]:
+    """``controller.settings()`` as floats, checked against ``SETTINGS``; ``{}`` for None.
+
+    Duck-typed controllers (the trainer accepts any object with ``update``) without
+    ``settings()`` are read through their ``entropy_coef`` / ``eps_high`` / ``eps_low``
+    attributes (None = not set) and ``loss_overrides()``.
+
+    Raises:
+        ValueError: a setting name outside ``SETTINGS`` (a controller bug: names the valid ones).
+    """
+    if controller is None:
+        return {}
+    fn = getattr(controller, "settings", None)
+    if callable(fn):
+        raw = dict(fn())
+    else:
+        raw = {k: getattr(controller, k, None) for k in ("entropy_coef", "eps_low", "eps_high")}
+        extra = getattr(controller, "loss_overrides", None)
+        raw |= dict(extra()) if callable(extra) else {}
+    unknown = sorted(set(raw) - set(SETTINGS))
+    if unknown:
+        raise ValueError(
+            f"{type(controller).__name__} sets {unknown}, which no host knows; valid: {list(SETTINGS)}"
+        )
+    return {str(k): float(v) for k, v in raw.items() if v is not None}
+
+
 def loss_overrides(controller: object) -> dict[str, float]:
-    """``controller.loss_overrides()`` as floats; ``{}`` for objects without the method (the
-    trainer also accepts duck-typed controllers that only have ``entropy_coef`` / ``eps_*``)."""
-    fn = getattr(controller, "loss_overrides", None)
-    return {str(k): float(v) for k, v in fn().items()} if callable(fn) else {}
+    """The policy-loss hyperparameters among ``controller_settings(controller)`` (clip bounds
+    included): what a host merges into the loss's keyword arguments for the next update."""
+    return {k: v for k, v in controller_settings(controller).items() if k in LOSS_SETTINGS}
+
+
+def require_settings(
+    sets: Iterable[str], expressible: Iterable[str], *, source: str, host: str, fix: str = ""
+) -> None:
+    """Refuse at start, in one line, a controller setting the host cannot express.
+
+    Args:
+        sets: names of the settings the controller decides (a ``settings()`` dict will do).
+        expressible: the settings the host applies.
+        source: what the settings come from, e.g. ``"preset 'rate-clip'"``.
+        host: the host, e.g. ``"TRL's GRPOTrainer with loss_type='cispo'"``.
+        fix: how to get a host that can, appended after ``; ``.
+
+    Raises:
+        ValueError: naming the source, the host, the settings it cannot express and the ones
+            it can.
+    """
+    can = set(expressible)
+    missing = [k for k in sets if k not in can]
+    if missing:
+        tail = f"; {fix}" if fix else ""
+        raise ValueError(
+            f"{source} sets {', '.join(missing)}, which {host} cannot express"
+            f" (it applies {', '.join(sorted(can)) or 'none'}){tail}"
+        )

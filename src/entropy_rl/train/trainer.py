@@ -15,14 +15,19 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from entropy_rl.control.controllers import EntropyController, loss_overrides, make_controller
+from entropy_rl.control.controllers import (
+    EntropyController,
+    controller_settings,
+    loss_overrides,
+    make_controller,
+)
 from entropy_rl.control.detector import CollapseDetector, DetectorConfig
 from entropy_rl.control.evaluation import EntropyPerformanceFit
 from entropy_rl.control.monitor import (
@@ -84,15 +89,22 @@ def build_controller(cfg: Config) -> EntropyController:
         raise ConfigError(f"control: {e}") from e
 
 
-def validate_algo(cfg: Config) -> None:
+def validate_algo(cfg: Config, controller: Any = None) -> None:
     """Fail before any work if the loss, its hyperparameters or the advantage estimator are wrong:
-    one call of each on a 1x1 batch raises the registry's own ValueError, as a ConfigError."""
+    one call of each on a 1x1 batch raises the registry's own ValueError, as a ConfigError.
+
+    The loss is called with the hyperparameters the controller (``controller``, else the
+    configured one) sets too (``loss_overrides``: clip bounds, EntroPIC's weights), so a
+    controller that sets a bound the loss does not have (``rate`` on ``gpg``) stops here."""
     if cfg.algo.advantage not in available_advantages():
         raise ConfigError(
             f"algo.advantage={cfg.algo.advantage!r} is unknown; choose one of {available_advantages()}"
         )
     ctl = cfg.control  # a controller may set loss hyperparameters: the loss must accept them
-    sets = loss_overrides(build_controller(cfg))  # e.g. EntroPIC's pos_weight / neg_weight
+    try:
+        sets = loss_overrides(build_controller(cfg) if controller is None else controller)
+    except ValueError as e:  # a setting no host knows
+        raise ConfigError(f"control: {e}") from e
     one = torch.zeros(2, 1)
     try:
         compute_advantages(
@@ -131,7 +143,7 @@ class Trainer:
         allow_config_change: bool = False,
     ) -> None:
         self.cfg = c = config
-        validate_algo(c)
+        validate_algo(c, controller)
         self.device = _device(c.run.device)
         self.dist = init_from_env(self.device)
         self.sharding = make_sharding(c.run.sharding, self.dist)  # FSDP under accelerate launch
@@ -213,6 +225,7 @@ class Trainer:
         self.shuffle = torch.Generator().manual_seed(c.run.seed)
         self.loss_kwargs = dict(c.algo.loss_kwargs)
         self.entropy_coef = c.algo.entropy_coef
+        self.entropy_adv_alpha = c.algo.entropy_adv_alpha
         # float16 needs loss scaling, bfloat16 (float32's exponent range) does not
         self.scaler = LossScaler() if self.compute_dtype == torch.float16 else None
         self.step = 0
@@ -357,9 +370,9 @@ class Trainer:
         )
         batch.old_logprobs, batch.ref_logprobs = old["logprobs"], old.get("ref_logprobs")
         tis = {} if exact else importance_weights(batch, cap=self.cfg.algo.tis_cap)
-        if self.cfg.algo.entropy_adv_alpha > 0:  # Cheng et al.: A + min(alpha H_old, |A|/kappa)
+        if self.entropy_adv_alpha > 0:  # Cheng et al.: A + min(alpha H_old, |A|/kappa)
             tis |= shape_advantages(
-                batch, old["entropy"], alpha=self.cfg.algo.entropy_adv_alpha,
+                batch, old["entropy"], alpha=self.entropy_adv_alpha,
                 kappa=self.cfg.algo.entropy_adv_kappa, info=self.dist,
             )  # fmt: skip
         if self.ref_model is not None and not s.kl_in_loss:  # KL as a per-sequence reward penalty
@@ -406,20 +419,21 @@ class Trainer:
         return metrics
 
     def control(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Controller update, then the collapse detector; applies the actions it may take."""
+        """Controller update, then the collapse detector; applies the actions it may take.
+
+        Everything the controller sets (``controller_settings``) goes through
+        :meth:`apply_settings` and is logged as ``control/<name>``, with the bonus coefficient
+        and the clip bounds in force."""
         out: dict[str, float] = {}
+        sets = controller_settings(self.controller)
         if self.controller is not None and "entropy/mean" in metrics:  # no update, nothing measured
             out = self.controller.update(self.step, metrics)
-            coef = getattr(self.controller, "entropy_coef", None)
-            if coef is not None:
-                self.entropy_coef = float(coef)
-            for side in ("eps_high", "eps_low"):
-                eps = getattr(self.controller, side, None)
-                if eps is not None:
-                    self.loss_kwargs[side] = float(eps)
-            self.loss_kwargs |= loss_overrides(self.controller)  # e.g. EntroPIC's token weights
+            sets = controller_settings(self.controller)
+            self.apply_settings(sets)
         out["control/entropy_coef"] = self.entropy_coef
-        for key in ("eps_high", "eps_low", *loss_overrides(self.controller)):
+        if "entropy_adv_alpha" in sets:
+            out["control/entropy_adv_alpha"] = self.entropy_adv_alpha
+        for key in ("eps_high", "eps_low", *sets):
             if key in self.loss_kwargs:
                 out[f"control/{key}"] = float(self.loss_kwargs[key])
         if self.detector is None:
@@ -427,6 +441,18 @@ class Trainer:
         for event in self.detector.observe({**metrics, **out, "step": self.step}):
             self._on_event(event)
         return out
+
+    def apply_settings(self, settings: Mapping[str, float]) -> None:
+        """Set a controller's settings (names of ``controllers.SETTINGS``) for the next update:
+        ``entropy_coef`` and ``entropy_adv_alpha`` here, the rest (``LOSS_SETTINGS``: clip
+        bounds, loss weights) in the loss's keyword arguments, checked by ``validate_algo``."""
+        for name, value in settings.items():
+            if name == "entropy_coef":
+                self.entropy_coef = float(value)
+            elif name == "entropy_adv_alpha":
+                self.entropy_adv_alpha = float(value)
+            else:
+                self.loss_kwargs[name] = float(value)
 
     def _on_event(self, event: Any) -> None:
         record = event.to_dict()
@@ -487,6 +513,7 @@ class Trainer:
             "dynamics": self.dynamics.state_dict(),
             "loss_kwargs": dict(self.loss_kwargs),
             "entropy_coef": self.entropy_coef,
+            "entropy_adv_alpha": self.entropy_adv_alpha,
             "bad_in_a_row": self.bad_in_a_row,
             "last_entropy": self.last_entropy,
             "loss_scaler": None if self.scaler is None else self.scaler.state_dict(),
@@ -537,6 +564,7 @@ class Trainer:
         self.dynamics.load_state_dict(st["dynamics"])
         self.loss_kwargs = dict(st["loss_kwargs"])
         self.entropy_coef = float(st["entropy_coef"])
+        self.entropy_adv_alpha = float(st.get("entropy_adv_alpha", self.entropy_adv_alpha))
         self.bad_in_a_row = int(st["bad_in_a_row"])
         self.last_entropy = st.get("last_entropy")
         if self.scaler is not None and st.get("loss_scaler"):
