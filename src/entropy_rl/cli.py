@@ -27,6 +27,9 @@ def _train(args: argparse.Namespace) -> int:
         run["progress"] = False
     if run:
         flags["run"] = run
+    from entropy_rl.train.signals import sigterm_as_interrupt
+
+    sigterm_as_interrupt()  # start-up: SIGTERM ends like Ctrl-C, in one line (fit() then saves)
     config_file = args.config
     if args.resume:
         from entropy_rl.train.rundir import current_config
@@ -41,21 +44,29 @@ def _train(args: argparse.Namespace) -> int:
     cfg = build_config(
         preset=args.preset, config_file=config_file, overrides=args.overrides, flags=flags
     )
+    from entropy_rl.train.signals import Interrupted, exit_code
     from entropy_rl.train.trainer import Trainer
 
-    trainer = Trainer(cfg, resume=bool(args.resume), allow_config_change=args.allow_config_change)
+    try:  # Ctrl-C or SIGTERM before training began: nothing to save
+        trainer = Trainer(
+            cfg, resume=bool(args.resume), allow_config_change=args.allow_config_change
+        )
+    except KeyboardInterrupt as e:
+        print("\ninterrupted during start-up, before any step: nothing was trained; run the "
+              "same command again", file=sys.stderr)  # fmt: skip
+        return exit_code(e)
     main = trainer.dist.is_main  # under torchrun / accelerate launch only rank 0 speaks
     if main:
         print(f"run directory: {trainer.run_dir}", file=sys.stderr)
     try:
         last = trainer.fit()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if main:
-            print(
-                f"checkpoint saved; continue with: entropy-rl train --resume {trainer.run_dir}",
-                file=sys.stderr,
-            )
-        return 130
+            done = (f"step {e.step} saved" if e.saved else "nothing trained yet"
+                    ) if isinstance(e, Interrupted) else "not saved"  # fmt: skip
+            print(f"{done}; continue with: entropy-rl train --resume {trainer.run_dir}",
+                  file=sys.stderr)  # fmt: skip
+        return exit_code(e)
     if not main:
         return 0
     keys = ("reward/mean", "acc/train", "acc/eval", "eval/greedy_acc", "entropy/mean")

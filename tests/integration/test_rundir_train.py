@@ -335,3 +335,92 @@ def test_a_real_full_disk_and_a_read_only_directory_end_in_one_line(
     assert proc.returncode == 2 and "Read-only file system; a run directory must be" in _last_line(
         err
     )
+
+
+# ----------------------------------------------------------------------------- stop signals
+
+SIGNAL_RUN = {"run.save_every": 4, "eval.every": 3}  # step 4's checkpoint, evaluations at 3 and 5
+
+
+@pytest.fixture(scope="module")
+def unbroken(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("unbroken") / "run"
+    _trainer(tiny_model_dir, out, 5, **SIGNAL_RUN).fit()
+    return out
+
+
+def _wait_for(cond, proc: subprocess.Popen[str]) -> None:
+    deadline = time.time() + 120
+    while not cond() and proc.poll() is None:
+        assert time.time() < deadline, "the run made no progress"
+        time.sleep(0.01)
+
+
+def _resume_equals(unbroken: Path, out: Path, args: list[str] | None = None) -> None:
+    proc = _cli(args or ["--resume", str(out)])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    for name in ("metrics.jsonl", "events.jsonl", "samples.jsonl"):  # every row, once each
+        _same_numbers(_rows(unbroken / name), _rows(out / name), ignore=())
+    _same_weights(_weights(unbroken, 5), _weights(out, 5))
+    assert ckpt.load_state(out / "checkpoints" / "step_000005")["step"] == 5
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("moment", ["start-up", "training"])
+def test_a_stop_signal_saves_the_step_it_finishes_and_the_resume_equals_an_unbroken_run(
+    tiny_model_dir: Path, tmp_path: Path, unbroken: Path, sig: signal.Signals, moment: str
+):
+    seed = random.randrange(10_000)
+    rng = random.Random(seed)
+    out = tmp_path / "run"
+    args = _overrides(tiny_model_dir, out, 5, **SIGNAL_RUN)
+    proc = _cli(args)
+    if moment == "start-up":  # the run directory is claimed, the model may still be loading
+        _wait_for(lambda: (out / "run.lock").exists(), proc)
+    else:  # after step 0 or 1 was logged, then anywhere: rollout, update, evaluation, a save
+        at = rng.randint(1, 2)
+        _wait_for(lambda: _lines(out / "metrics.jsonl") >= at, proc)
+        time.sleep(rng.uniform(0.0, 0.3))
+    assert proc.poll() is None, seed
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, (seed, err)
+    assert "Traceback" not in err, (seed, err)
+    logged = [r["step"] for r in _rows(out / "metrics.jsonl")] if moment == "training" else []
+    if logged and logged[-1] > 0:  # the step in progress was finished, logged and saved
+        step = logged[-1]
+        assert logged == list(range(step + 1)), seed
+        assert f"{sig.name}: finishing step {step}, then saving" in err
+        assert f"step {step} saved; continue with: entropy-rl train --resume {out}" in err
+        assert ckpt.latest_checkpoint(out) == out / "checkpoints" / f"step_{step:06d}"
+    elif "nothing was trained; run the same command again" in err:  # stopped in Trainer()
+        assert ckpt.latest_checkpoint(out) is None
+        _resume_equals(unbroken, out, args)
+        return
+    else:  # in fit(), before step 1: nothing trained, nothing saved
+        assert "nothing trained yet; continue with: entropy-rl train --resume" in err, (seed, err)
+        assert ckpt.latest_checkpoint(out) is None
+    _resume_equals(unbroken, out)
+
+
+def test_a_second_signal_stops_at_once_and_the_resume_goes_on_from_the_last_checkpoint(
+    tiny_model_dir: Path, tmp_path: Path, unbroken: Path
+):
+    out = tmp_path / "run"
+    proc = _cli(_overrides(tiny_model_dir, out, 5, **SIGNAL_RUN))
+    _wait_for(lambda: _lines(out / "metrics.jsonl") >= 2, proc)  # inside step 2 (or later)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stderr is not None
+    seen = []  # the second signal once the first was handled (two at once arrive as one)
+    while not seen or "SIGTERM: finishing step" not in seen[-1]:
+        seen.append(proc.stderr.readline())
+        assert seen[-1], "".join(seen)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    err = "".join(seen) + err
+    assert proc.returncode == 143, err
+    assert "stopped at once during step " in err and "not saved; continue with" in err, err
+    assert "Traceback" not in err, err
+    assert ckpt.latest_checkpoint(out) is None  # the first save is step 4's
+    _resume_equals(unbroken, out)

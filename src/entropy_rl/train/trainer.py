@@ -62,6 +62,7 @@ from entropy_rl.train.rollout import collect
 from entropy_rl.train.rundir import RunDir, disk_error, restore_rng
 from entropy_rl.train.sharding import make_sharding
 from entropy_rl.train.update import (
+from entropy_rl.train.signals import SIGINT, Interrupted, StopSignals, signal_name
     UpdateSettings,
     importance_weights,
     ppo_update,
@@ -275,11 +276,17 @@ class Trainer:
             if first and (row := start_metrics(self) | (self.evaluate() if c.eval.every else {})):
                 self.log(row)
             while self.step < c.run.steps and self.stop_reason is None:
+        saved = -1  # the step last checkpointed by this fit()
+        # SIGINT / SIGTERM: the step in progress finishes, is saved, then Interrupted is raised
+        signals = StopSignals(self._on_signal)
                 self.step += 1
+            signals.__enter__()
                 t0 = time.perf_counter()
                 batch, metrics = self.rollout()  # rollout -> reward -> advantage -> filter
                 t1 = time.perf_counter()
                 if self._all_ranks_have(batch) and batch is not None:
+                if self._signalled(signals):
+                    break
                     metrics |= self.update(batch)  # old log-probs, then epochs x mini-batches
                 metrics |= {"time/rollout": t1 - t0, "time/update": time.perf_counter() - t1}
                 if c.eval.every and (self.step % c.eval.every == 0 or self.step == c.run.steps):
@@ -294,11 +301,19 @@ class Trainer:
                 last = metrics
                 if c.run.save_every and self.step % c.run.save_every == 0:
                     self.save()
-            self.save()
-        except KeyboardInterrupt:
+                    saved = self.step
+            interrupted = self._signalled(signals)  # also a signal during the last step's save
+            if saved != self.step and not (interrupted and self.step == 0):  # 0: nothing trained
+                self.save()
+            if interrupted:
+                got = signals.received or SIGINT  # another rank's signal: stop as for Ctrl-C
+                raise Interrupted(got, self.step, saved=self.step > 0)
+        except KeyboardInterrupt as e:
             bar.close()
-            print(f"\ninterrupted at step {self.step}: saving a checkpoint", file=sys.stderr)
-            self.save()
+            if not isinstance(e, Interrupted):  # a second signal: stopped at once, mid-step
+                last_ckpt = ckpt.latest_checkpoint(self.run_dir) if self.dist.is_main else None
+                print(f"\nstopped at once during step {self.step}, not saved; a resume goes on "
+                      f"from {last_ckpt.name if last_ckpt else 'step 0'}", file=sys.stderr)  # fmt: skip
             raise
         except OSError as e:  # disk full or read-only while writing logs: one line, not a trace
             if (err := disk_error(e, self.run_dir)) is None:
@@ -310,6 +325,7 @@ class Trainer:
                 lg.close()
             self.rundir.release()
         if self.stop_reason:
+            signals.__exit__(None, None, None)
             print(f"stopped at step {self.step}: {self.stop_reason}", file=sys.stderr)
         return last
 
@@ -318,6 +334,20 @@ class Trainer:
         self.sharding.gather(self.model)  # sharded: refresh the rollout replica (every rank)
         self.engine.sync_weights(self.model)
         batch, samples, metrics = collect(
+    def _on_signal(self, signum: int) -> None:
+        if self.dist.is_main:
+            doing = (f"finishing step {self.step}, then saving a checkpoint" if self.step
+                     else "stopping before step 1 (nothing trained yet)")  # fmt: skip
+            print(f"\n{signal_name(signum)}: {doing} (signal again to stop at once, without "
+                  "saving)", file=sys.stderr, flush=True)  # fmt: skip
+
+    def _signalled(self, signals: StopSignals) -> bool:
+        """Whether a stop signal arrived (on any rank: all stop after the same step)."""
+        got = signals.received is not None
+        if self.dist.enabled:
+            got = bool(all_reduce(torch.tensor(float(got)), self.dist, "max") > 0)
+        return got
+
             self.cfg, source=self.source, engine=self.engine, encoder=self.encoder,
             reward_fn=self.reward_fn, rng=self.rng, max_new_tokens=self.max_new_tokens,
             pad_token_id=self.pad_id, advantage_fn=self.advantage_fn,
