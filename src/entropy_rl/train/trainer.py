@@ -61,8 +61,8 @@ from entropy_rl.train.precision import LossScaler, compute_dtype, to_master_weig
 from entropy_rl.train.rollout import collect
 from entropy_rl.train.rundir import RunDir, disk_error, restore_rng
 from entropy_rl.train.sharding import make_sharding
-from entropy_rl.train.update import (
 from entropy_rl.train.signals import SIGINT, Interrupted, StopSignals, signal_name
+from entropy_rl.train.update import (
     UpdateSettings,
     importance_weights,
     ppo_update,
@@ -271,22 +271,22 @@ class Trainer:
         bar = ProgressBar(c.run.steps, self.step, enabled=c.run.progress and self.dist.is_main)
         if self.dist.is_main:
             self.rundir.lock.acquire()  # held since __init__, unless a fit() before released it
+        saved = -1  # the step last checkpointed by this fit()
+        # SIGINT / SIGTERM: the step in progress finishes, is saved, then Interrupted is raised
+        signals = StopSignals(self._on_signal)
         try:
+            signals.__enter__()
             first = self.step == 0  # step 0: where the policy starts (and the task's start metrics)
             if first and (row := start_metrics(self) | (self.evaluate() if c.eval.every else {})):
                 self.log(row)
             while self.step < c.run.steps and self.stop_reason is None:
-        saved = -1  # the step last checkpointed by this fit()
-        # SIGINT / SIGTERM: the step in progress finishes, is saved, then Interrupted is raised
-        signals = StopSignals(self._on_signal)
+                if self._signalled(signals):
+                    break
                 self.step += 1
-            signals.__enter__()
                 t0 = time.perf_counter()
                 batch, metrics = self.rollout()  # rollout -> reward -> advantage -> filter
                 t1 = time.perf_counter()
                 if self._all_ranks_have(batch) and batch is not None:
-                if self._signalled(signals):
-                    break
                     metrics |= self.update(batch)  # old log-probs, then epochs x mini-batches
                 metrics |= {"time/rollout": t1 - t0, "time/update": time.perf_counter() - t1}
                 if c.eval.every and (self.step % c.eval.every == 0 or self.step == c.run.steps):
@@ -320,20 +320,15 @@ class Trainer:
                 raise
             raise err from e
         finally:
+            signals.__exit__(None, None, None)
             bar.close()
             for lg in self.loggers:
                 lg.close()
             self.rundir.release()
         if self.stop_reason:
-            signals.__exit__(None, None, None)
             print(f"stopped at step {self.step}: {self.stop_reason}", file=sys.stderr)
         return last
 
-    # ------------------------------------------------------------------ parts
-    def rollout(self) -> tuple[RolloutBatch | None, dict[str, float]]:
-        self.sharding.gather(self.model)  # sharded: refresh the rollout replica (every rank)
-        self.engine.sync_weights(self.model)
-        batch, samples, metrics = collect(
     def _on_signal(self, signum: int) -> None:
         if self.dist.is_main:
             doing = (f"finishing step {self.step}, then saving a checkpoint" if self.step
@@ -348,6 +343,11 @@ class Trainer:
             got = bool(all_reduce(torch.tensor(float(got)), self.dist, "max") > 0)
         return got
 
+    # ------------------------------------------------------------------ parts
+    def rollout(self) -> tuple[RolloutBatch | None, dict[str, float]]:
+        self.sharding.gather(self.model)  # sharded: refresh the rollout replica (every rank)
+        self.engine.sync_weights(self.model)
+        batch, samples, metrics = collect(
             self.cfg, source=self.source, engine=self.engine, encoder=self.encoder,
             reward_fn=self.reward_fn, rng=self.rng, max_new_tokens=self.max_new_tokens,
             pad_token_id=self.pad_id, advantage_fn=self.advantage_fn,
