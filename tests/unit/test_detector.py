@@ -205,8 +205,20 @@ def test_entropy_explosion_length_and_repetition_are_warnings() -> None:
     # repetition 0.05 -> rises 0.03 per step after step 10: 0.05 + 0.03 * 7 = 0.26 > 0.05 + 0.2
     rep = [{"step": k, "gen/repetition": 0.05 + 0.03 * max(0, k - 10)} for k in range(1, 30)]
     events, _ = run(rep)
-    assert fired(events) == [(17, "entropy_explosion")]
-    assert "gen/repetition" in events[0].message
+    assert fired(events) == [(17, "repetition_rise")] and events[0].severity == "warning"
+    assert events[0].values == pytest.approx({"repetition": 0.26, "repetition_initial": 0.05,
+                                              "rise": 0.21})  # fmt: skip
+    assert events[0].action is None
+    events, _ = run(rep, repetition_rise_action="stop", repetition_rise_threshold=0.25)
+    # 0.05 + 0.03 * 9 = 0.32 is the first rise above 0.25 (0.29 - 0.05 = 0.24 at step 18)
+    assert fired(events) == [(19, "repetition_rise")] and events[0].action == "stop"
+    assert run(rep, repetition_rise_enabled=False)[0] == []  # entropy_explosion does not read it
+    with pytest.raises(
+        ValueError, match="explosion_repetition_rise is now repetition_rise_threshold"
+    ):
+        DetectorConfig.from_dict({"explosion_repetition_rise": 0.2})
+    with pytest.raises(ValueError, match="repetition_rise_threshold must be in"):
+        DetectorConfig(repetition_rise_threshold=1.5)
 
 
 def floor_toggle_rows() -> list[dict]:
@@ -281,3 +293,15 @@ def test_state_round_trip_resumes_identically() -> None:
     assert a.state_dict() == b.state_dict()
     with pytest.raises(ValueError, match="state"):
         b.load_state_dict({"step": 1})
+
+
+def test_state_from_before_the_repetition_rule_loads_with_it_armed() -> None:
+    rep = [{"step": k, "gen/repetition": 0.05 + 0.03 * max(0, k - 10)} for k in range(1, 30)]
+    det = CollapseDetector(DetectorConfig(), total_steps=200)
+    for row in rep[:10]:
+        det.observe(row)
+    state = det.state_dict()
+    del state["rules"]["repetition_rise"]  # a checkpoint written before the rule existed
+    again = CollapseDetector(DetectorConfig(), total_steps=200)
+    again.load_state_dict(state)
+    assert fired([e for row in rep[10:] for e in again.observe(row)]) == [(17, "repetition_rise")]

@@ -92,7 +92,7 @@ def test_detector_fires_when_completions_start_looping():
     # 8 completions per step, each 40 tokens ending in a loop of R tokens: gen/repetition =
     # (R - 8) / 37. Flat run: R = 14 every step (6/37 = 0.162). Looping run: R = 14 up to step
     # 5, then 2 more tokens per step: R - 8 = 6 + 2 (k - 5), a rise of 2 (k - 5) / 37 that
-    # passes explosion_repetition_rise = 0.2 at k = 9 (8 / 37 = 0.216; k = 8 gives 0.162).
+    # passes repetition_rise_threshold = 0.2 at k = 9 (8 / 37 = 0.216; k = 8 gives 0.162).
     def stream(looping: bool) -> list[dict[str, float]]:
         rows = []
         for k in range(1, 16):
@@ -104,10 +104,16 @@ def test_detector_fires_when_completions_start_looping():
     looping = stream(True)
     assert looping[8]["gen/repetition"] - looping[0]["gen/repetition"] == pytest.approx(8 / 37)
     cfg = DetectorConfig()
-    assert cfg.explosion_repetition_rise == 0.2
+    assert cfg.repetition_rise_threshold == 0.2
     det = CollapseDetector(cfg, total_steps=15)
     events = [e for row in looping for e in det.observe(row)]
-    assert [(e.step, e.rule, e.severity) for e in events] == [(9, "entropy_explosion", "warning")]
-    assert "gen/repetition rose to" in events[0].message
+    assert [(e.step, e.rule, e.severity) for e in events] == [(9, "repetition_rise", "warning")]
+    assert events[0].values == pytest.approx(
+        {"repetition": 14 / 37, "repetition_initial": 6 / 37, "rise": 8 / 37}
+    )  # R = 22 at k = 9: (22 - 8) / 37
+    assert events[0].message == (
+        "gen/repetition (share of repeated 4-grams) rose to 0.378 from 0.162 (+0.216 > 0.2):"
+        " the model loops"
+    )
     det = CollapseDetector(DetectorConfig(), total_steps=15)
     assert [e for row in stream(False) for e in det.observe(row)] == []

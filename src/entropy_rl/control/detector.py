@@ -1,7 +1,7 @@
 """Collapse detector: rules over the per-step metric stream that emit events.
 
 ``CollapseDetector.observe(metrics)`` takes one step's metrics (the row written to
-``metrics.jsonl``) and returns the events that fired at that step. Four rules:
+``metrics.jsonl``) and returns the events that fired at that step. Five rules:
 
 * ``entropy_drop``: ``entropy/mean`` fell by more than a fraction of its peak within a
   window of steps while accuracy did not improve;
@@ -9,8 +9,12 @@
 * ``exploration_collapse``: ``eval/distinct_answers`` fell to <= a minimum, or pass@K at the
   largest K stalled or fell while pass@1 rose over the last evaluations;
 * ``entropy_explosion``: entropy above a ceiling (absolute or a multiple of its initial
-  value), ``gen/repetition`` risen above its initial value, or ``length/mean`` above a multiple
-  of its initial value.
+  value) or risen fast while accuracy did not, or ``length/mean`` above a multiple of its
+  initial value;
+* ``repetition_rise``: ``gen/repetition`` (the share of a completion's 4-grams seen earlier in
+  it) risen above its initial value by a margin: the model loops. A rule of its own because
+  looping comes with entropy *falling* as often as rising (SmolLM2 at 60x the learning rate:
+  repetition 0.015 -> 0.315 while entropy fell 2.03 -> 0.45 nats, docs/experiments.md).
 
 A rule whose metrics are absent (or non-finite) at a step is skipped for that step: it
 neither fires nor counts as quiet. Each rule fires once per episode: after firing it stays
@@ -34,7 +38,13 @@ from typing import Any, Literal
 __all__ = ["ACTIONS", "RULES", "CollapseDetector", "DetectorConfig", "Event"]
 
 ACTIONS = ("none", "stop", "raise_eps_high", "raise_entropy_coef", "rollback")
-RULES = ("entropy_drop", "entropy_floor", "exploration_collapse", "entropy_explosion")
+RULES = (
+    "entropy_drop",
+    "entropy_floor",
+    "exploration_collapse",
+    "entropy_explosion",
+    "repetition_rise",
+)
 Severity = Literal["warning", "critical"]
 
 ENTROPY = "entropy/mean"
@@ -47,7 +57,7 @@ _PASS_AT = re.compile(r"^eval/pass@(\d+)$")
 
 @dataclass
 class DetectorConfig:
-    """Thresholds, windows and actions of the four rules; every field has a default.
+    """Thresholds, windows and actions of the five rules; every field has a default.
 
     Actions are one of ``ACTIONS``: none, stop, raise_eps_high, raise_entropy_coef, rollback.
     """
@@ -106,13 +116,19 @@ class DetectorConfig:
     2.8 to 6.4 nats in two steps while accuracy fell from 0.43 to 0.07."""
     explosion_rise_min: float = 0.1
     """Smallest rise in nats the relative check counts (0.02 -> 0.04 is +100% and noise)."""
-    explosion_repetition_rise: float | None = 0.2
-    """Fires when gen/repetition exceeds its initial value by this much; None disables."""
     explosion_length_mult: float | None = 2.0
     """Fires when length/mean exceeds this multiple of its initial value; None disables."""
     entropy_explosion_action: str = "none"
     """Action reported with entropy_explosion events (critical when entropy crossed its
-    ceiling, warning when only repetition or length did)."""
+    ceiling, warning when only the length did)."""
+
+    repetition_rise_enabled: bool = True
+    """Run the repetition_rise rule."""
+    repetition_rise_threshold: float = 0.2
+    """Fires when gen/repetition (share of repeated 4-grams, in [0, 1]) exceeds its initial
+    value by more than this, in (0, 1)."""
+    repetition_rise_action: str = "none"
+    """Action reported with repetition_rise events (severity warning)."""
 
     accuracy_keys: tuple[str, ...] = ("acc/train", "acc/eval")
     """Accuracy metrics for entropy_drop, in order of preference (first with >= 2 values in
@@ -143,6 +159,7 @@ class DetectorConfig:
         for name, lo, hi in (
             ("entropy_drop_frac", 0.0, 1.0),
             ("entropy_floor_before_frac", 0.0, 1.0),
+            ("repetition_rise_threshold", 0.0, 1.0),
         ):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and lo < v <= hi):
@@ -162,7 +179,6 @@ class DetectorConfig:
             "explosion_entropy_ceiling",
             "explosion_entropy_mult",
             "explosion_rise_frac",
-            "explosion_repetition_rise",
             "explosion_length_mult",
         ):
             v = getattr(self, name)
@@ -174,6 +190,11 @@ class DetectorConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DetectorConfig:
         """From a config mapping; unknown keys raise ValueError listing the valid ones."""
+        if "explosion_repetition_rise" in d:
+            raise ValueError(
+                "explosion_repetition_rise is now repetition_rise_threshold (the repetition_rise"
+                " rule, with its own repetition_rise_action); rename it"
+            )
         valid = [f.name for f in fields(cls)]
         unknown = sorted(set(d) - set(valid))
         if unknown:
@@ -279,6 +300,7 @@ class CollapseDetector:
             "entropy_floor": self._check_floor,
             "exploration_collapse": self._check_exploration,
             "entropy_explosion": self._check_explosion,
+            "repetition_rise": self._check_repetition,
         }
         events = []
         for rule, check in checks.items():
@@ -313,7 +335,8 @@ class CollapseDetector:
                 for k, pts in state["history"].items()
             }
             first = {k: [float(x) for x in v] for k, v in state["first"].items()}
-            rules = {r: _RuleState(**state["rules"][r]) for r in RULES}
+            # a rule missing from an older checkpoint (repetition_rise came later) starts armed
+            rules = {r: _RuleState(**state["rules"].get(r, {})) for r in RULES}
             last = state["last_healthy_step"]
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a CollapseDetector state dict: {exc!r}") from exc
@@ -494,12 +517,6 @@ class CollapseDetector:
                         f"entropy/mean rose {frac:.0%} within {cfg.entropy_drop_window} steps"
                         f" ({low:.3g} -> {h:.3g} nats) while {key} changed {gain:+.3f}"
                     )
-        rep_base = self._baseline(REPETITION)
-        if cfg.explosion_repetition_rise is not None and REPETITION in now and rep_base is not None:
-            evaluated, r = True, now[REPETITION]
-            values |= {"repetition": r, "repetition_initial": rep_base}
-            if r - rep_base > cfg.explosion_repetition_rise:
-                parts.append(f"gen/repetition rose to {r:.3g} (from {rep_base:.3g})")
         len_base = self._baseline(LENGTH)
         if cfg.explosion_length_mult is not None and LENGTH in now and len_base is not None:
             evaluated, n = True, now[LENGTH]
@@ -510,3 +527,15 @@ class CollapseDetector:
         if not evaluated:
             return None
         return bool(parts), "critical" if critical else "warning", values, "; ".join(parts)
+
+    def _check_repetition(self, step: int, now: dict[str, float]) -> _Check:
+        base = self._baseline(REPETITION)
+        if REPETITION not in now or base is None:
+            return None
+        r, limit = now[REPETITION], self.config.repetition_rise_threshold
+        values = {"repetition": r, "repetition_initial": base, "rise": r - base}
+        msg = (
+            f"gen/repetition (share of repeated 4-grams) rose to {r:.3g} from {base:.3g}"
+            f" (+{r - base:.3g} > {limit:g}): the model loops"
+        )
+        return r - base > limit, "warning", values, msg

@@ -17,7 +17,7 @@ completion, over its token ids (EOS included, padding excluded):
   r_p >= p; the result is the maximum over p, 0 when nothing repeats.
 
 `repetition_metrics` aggregates a step's completions: ``gen/repetition`` (mean rep_n, the
-metric the collapse detector's ``explosion_repetition_rise`` rule reads) and
+metric the collapse detector's ``repetition_rise`` rule reads) and
 ``gen/longest_repeat`` (mean longest repeat, tokens).
 """
 
