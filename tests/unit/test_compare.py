@@ -1,4 +1,5 @@
-"""compare: run summaries, the range and permutation verdicts, and the table (hand-made rows)."""
+"""compare: run summaries, the range and permutation verdicts, Holm's adjustment, and the table
+(hand-made rows)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import pytest
 
 from entropy_rl.experiments.compare import (
     add_learning_speed,
+    adjust_family,
     compare_seeds,
     first_reach,
     format_comparison,
     format_reach,
+    holm_adjust,
     parse_setting,
     reward_curve,
     steps_to_reference_reward,
@@ -115,7 +118,10 @@ def test_complete_separation_of_six_seeds_reads_significant():
     assert (c["verdict"], c["rule"]) == ("higher", "perm")
     assert c["gap"] == pytest.approx(0.225) and c["p"] == pytest.approx(2 / 924)
     assert 0.0 < c["low"] < 0.225 < c["high"]
-    assert format_comparison(c).startswith("higher (perm): +0.225, p 0.0022, 95% CI [+")
+    # alone, a family of one: Holm's p is the raw p
+    assert format_comparison(c).startswith(
+        "higher (perm): +0.225, p 0.0022, Holm 0.0022, 95% CI [+"
+    )
     assert compare_seeds(other, ref)["verdict"] == "lower"
 
 
@@ -123,7 +129,7 @@ def test_single_outlier_is_no_difference():
     # eleven 0s and one 1: every split of the pooled seeds has the same |gap|, p = 1
     c = compare_seeds([0.0] * 6, [0.0] * 5 + [1.0])
     assert (c["verdict"], c["rule"], c["p"]) == ("no difference", "", 1.0)
-    assert format_comparison(c).startswith("no difference: +0.167, p 1, 95% CI [+0, +")
+    assert format_comparison(c).startswith("no difference: +0.167, p 1, Holm 1, 95% CI [+0, +")
 
 
 def test_range_rule_still_decides_with_three_seeds():
@@ -151,7 +157,78 @@ def test_extra_metrics_reach_summary_and_table():
     assert "trap/p_prob_eval" in head and head[-1] == "vs ppo: trap/p_prob_eval |"
     # std: deviations from 0.62 are -.07 -.04 -.02 .17 -.12 .08, sum of squares .0566 / 5 -> .106
     assert "| narrow | 6 |" in lines[3] and "0.62 ± 0.106" in lines[3]
-    assert "| higher (perm): +0.225, p 0.0022, 95% CI [+" in lines[3]
+    # the VERDICT_ON columns have no values here: one comparison in the family
+    assert "| higher (perm): +0.225, p 0.0022, Holm 0.0022, 95% CI [+" in lines[3]
+    assert lines[-1].startswith("Holm: p adjusted over the 1 comparisons of this table")
+
+
+def test_holm_adjust_hand_worked():
+    # sorted 0.01, 0.03, 0.04: 3 x 0.01 = 0.03; 2 x 0.03 = 0.06; max(0.06, 1 x 0.04) = 0.06
+    assert holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06], abs=1e-15)
+    # the running max: 2 x 0.01 = 0.02 > 1 x 0.011, so the second is lifted to 0.02
+    assert holm_adjust([0.011, 0.01]) == pytest.approx([0.02, 0.02], abs=1e-15)
+    # capped at 1: 2 x 0.6 = 1.2 -> 1
+    assert holm_adjust([0.6, 0.7]) == [1.0, 1.0]
+    # a comparison that could not be made is not counted: m = 2, [2 x 0.02, max(0.04, 0.5)]
+    out = holm_adjust([0.02, math.nan, 0.5])
+    assert out[0] == pytest.approx(0.04, abs=1e-15) and math.isnan(out[1]) and out[2] == 0.5
+    assert holm_adjust([]) == [] and holm_adjust([0.2]) == [0.2]
+
+
+def test_the_verdict_uses_the_holm_adjusted_p():
+    # 4 vs 4, every "other" seed above every reference seed: p = 2 / C(8, 4) = 2/70 = 0.0286.
+    # Gap 0.605 - 0.4125 = 0.1925 is inside the ranges (0.2 and 0.23): only the test decides.
+    ref = [0.30, 0.40, 0.45, 0.50]
+    other = [0.52, 0.55, 0.60, 0.75]
+    alone = compare_seeds(ref, other)
+    assert (alone["verdict"], alone["rule"]) == ("higher", "perm")
+    assert alone["p"] == alone["p_holm"] == pytest.approx(2 / 70, abs=1e-12)
+    # two such comparisons in one family: Holm 2 x 2/70 = 0.057 >= 0.05, so neither stands
+    pair = [compare_seeds(ref, other), compare_seeds(ref, other)]
+    adjust_family(pair)
+    for c in pair:
+        assert (c["verdict"], c["rule"]) == ("no difference", "")
+        assert c["p"] == pytest.approx(2 / 70) and c["p_holm"] == pytest.approx(4 / 70)
+    assert format_comparison(pair[0]).startswith("no difference: +0.193, p 0.029, Holm 0.057")
+    # a range verdict is about the gap's size, not a p-value: it stays (gap 1.24 > 0.3)
+    far = compare_seeds(ref, [1.5, 1.6, 1.7, 1.8])
+    na = compare_seeds([1.0], [2.0])  # n/a: no p, not counted, left alone
+    adjust_family([far, na, *pair])
+    assert (far["verdict"], far["rule"]) == ("higher", "range")
+    assert far["p_holm"] == pytest.approx(3 * 2 / 70) and na["verdict"] == "n/a (1 seed)"
+
+
+def test_table_adjusts_over_all_its_comparisons():
+    # two settings x one metric, both 4 vs 4 complete separations: each raw p 2/70 would pass
+    # alone; the table's family of 2 gives Holm 4/70 = 0.057 and no verdict
+    res = {
+        "ppo": [{"m": v} for v in (0.30, 0.40, 0.45, 0.50)],
+        "a": [{"m": v} for v in (0.52, 0.55, 0.60, 0.75)],
+        "b": [{"m": v} for v in (0.52, 0.55, 0.60, 0.75)],
+    }
+    lines = table(res, extra=("m",)).splitlines()
+    assert "| no difference: +0.193, p 0.029, Holm 0.057, 95% CI [+" in lines[3]
+    assert lines[4].split(" | ")[-1] == lines[3].split(" | ")[-1]
+    assert lines[-1].startswith("Holm: p adjusted over the 2 comparisons of this table")
+
+
+def test_permutation_p_matches_scipy():
+    # reference check: scipy's exact permutation test of the difference of means. Its two-sided
+    # p is twice the smaller one-sided p, ours counts |d| >= |d_obs|; the two agree when the
+    # groups have equal sizes (the null distribution of the gap is then symmetric), which is
+    # the case checked here (with unequal sizes they differ: 4 vs 6 seeds can give 0.53 vs 0.58)
+    import numpy as np
+
+    stats = pytest.importorskip("scipy.stats")
+    cases = [([0.31, 0.39, 0.42, 0.46, 0.35, 0.44], [0.55, 0.58, 0.60, 0.79, 0.50, 0.70]),
+             ([0.30, 0.40, 0.45, 0.50], [0.52, 0.55, 0.60, 0.75]),
+             ([1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 3.0, 4.0, 5.0, 9.0])]  # fmt: skip
+    for ref, other in cases:
+        ref_p = stats.permutation_test(
+            (ref, other), lambda x, y, axis: np.mean(y, axis=axis) - np.mean(x, axis=axis),
+            permutation_type="independent", n_resamples=np.inf, vectorized=True,
+        ).pvalue  # fmt: skip
+        assert compare_seeds(ref, other)["p"] == pytest.approx(ref_p, abs=1e-12)
 
 
 def test_trailing_mean_hand_worked():

@@ -11,15 +11,20 @@ says which one decided:
 
 - ``range``: the gap of means exceeds the seed-to-seed range (max - min over seeds) of both
   settings. Deliberately conservative with 3 seeds, and blind to a complete separation of two
-  wide spreads.
-- ``perm``: otherwise, an exact two-sided permutation test of the gap has p < ``ALPHA``
-  (`stats.permutation_pvalue`): 6 vs 6 seeds completely separated give p = 2/924, while a
-  single outlying seed does not reach it. With 3 vs 3 seeds the smallest p is 2/20 = 0.1,
-  so this rule cannot fire below 4 seeds a side.
+  wide spreads. It is a rule on the size of the gap, not a test, so it takes no correction.
+- ``perm``: otherwise, the p-value of an exact two-sided permutation test of the gap
+  (`stats.permutation_pvalue`), *adjusted over all the table's comparisons* (every setting x
+  every verdict column; `holm_adjust`, Holm 1979), is below ``ALPHA``. A table of ten
+  settings x eight metrics makes 80 comparisons, and some raw p < 0.05 come by chance; Holm's
+  adjustment keeps the chance of even one false verdict in the table below ``ALPHA`` whatever
+  the dependence between the comparisons. The exact test has a floor, 2 / C(n + m, n): 2/924
+  = 0.0022 at 6 vs 6 seeds, 2/70 = 0.029 at 4 vs 4 and 2/20 = 0.1 at 3 vs 3; so with m
+  comparisons in the table this rule can fire only where m x floor < ``ALPHA`` (m <= 23 at 6
+  vs 6, m = 1 at 4 vs 4, never at 3 vs 3). Ask for fewer verdict columns (``--metric``) or run
+  more seeds when it cannot.
 
-Every verdict cell also gives the gap, its p-value and a seeded percentile-bootstrap 95%
-interval of the gap (`stats.bootstrap_interval`). p-values are per comparison, not corrected
-for the number of settings x metrics.
+Every verdict cell also gives the gap, the raw p-value, the Holm-adjusted one and a seeded
+percentile-bootstrap 95% interval of the gap (`stats.bootstrap_interval`).
 
 The learning-speed column prices a setting in steps: the first step at which a run's training
 reward (`reward_curve`: a trailing 10-step mean of reward/mean) reaches the reference's final
@@ -219,50 +224,98 @@ def verdict(ref: list[float], other: list[float]) -> str:
     return "higher" if gap > 0 else "lower"
 
 
-def compare_seeds(
-    ref: list[float], other: list[float], *, alpha: float = ALPHA, seed: int = 0
-) -> dict[str, Any]:
-    """Verdict of `other` against `ref` (one value per seed) with its evidence.
+def holm_adjust(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (Holm, "A simple sequentially rejective multiple test
+    procedure", Scand. J. Statist. 1979), in the order given.
 
-    Returns gap (mean other - mean ref), p (`permutation_pvalue`), low / high (the bootstrap
-    95% interval of the gap, 10,000 resamples, `seed`), verdict ("higher" / "lower" / "no
-    difference" / "n/a ...") and rule: "range" when the range rule (`verdict`) decided, "perm"
-    when only the permutation test did (p < alpha), "" otherwise.
+    With the m finite p-values sorted, p_(1) <= ... <= p_(m):
+
+        adjusted p_(i) = min(1, max_{j <= i} (m - j + 1) p_(j))
+
+    An adjusted p below alpha is exactly Holm's step-down rejection at family-wise error alpha.
+    Hand-worked: [0.01, 0.04, 0.03], m = 3: sorted 0.01, 0.03, 0.04 -> 3 x 0.01 = 0.03,
+    max(0.03, 2 x 0.03) = 0.06, max(0.06, 1 x 0.04) = 0.06 -> [0.03, 0.06, 0.06].
+    Non-finite values (comparisons that could not be made) stay nan and do not count in m.
     """
-    said = verdict(ref, other)
-    out: dict[str, Any] = {"verdict": said, "rule": "", "gap": math.nan, "p": math.nan,
-                           "low": math.nan, "high": math.nan}  # fmt: skip
-    if said.startswith("n/a"):
-        return out
-    out["gap"] = _stats(other)[0] - _stats(ref)[0]
-    out["p"] = permutation_pvalue(ref, other)
-    out["low"], out["high"] = bootstrap_interval(ref, other, seed=seed)
-    if said != "no difference":
-        out["rule"] = "range"
-    elif out["p"] < alpha:
-        out["verdict"], out["rule"] = ("higher" if out["gap"] > 0 else "lower"), "perm"
+    ps = [float(p) for p in pvalues]
+    order = sorted((i for i, p in enumerate(ps) if math.isfinite(p)), key=lambda i: ps[i])
+    out, running = [math.nan] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * ps[i]))
+        out[i] = running
     return out
 
 
+def _decide(c: dict[str, Any], alpha: float) -> dict[str, Any]:
+    """Set c's verdict and rule from its range rule and its adjusted p (`compare_seeds`)."""
+    if not c["by_range"] and not c["p_holm"] < alpha:
+        c["verdict"], c["rule"] = "no difference", ""
+    else:
+        c["verdict"] = "higher" if c["gap"] > 0 else "lower"
+        c["rule"] = "range" if c["by_range"] else "perm"
+    return c
+
+
+def compare_seeds(
+    ref: list[float], other: list[float], *, alpha: float = ALPHA, seed: int = 0
+) -> dict[str, Any]:
+    """Verdict of `other` against `ref` (one value per seed) with its evidence, as a comparison
+    on its own (a family of one: p_holm = p; `adjust_family` re-decides it within a table).
+
+    Returns gap (mean other - mean ref), p (`permutation_pvalue`), p_holm (the p adjusted over
+    the family), low / high (the bootstrap 95% interval of the gap, 10,000 resamples, `seed`),
+    by_range (whether the range rule, `verdict`, holds), verdict ("higher" / "lower" / "no
+    difference" / "n/a ...") and rule: "range" when the range rule decided, "perm" when only
+    the permutation test did (p_holm < alpha), "" otherwise.
+    """
+    said = verdict(ref, other)
+    out: dict[str, Any] = {"verdict": said, "rule": "", "gap": math.nan, "p": math.nan,
+                           "p_holm": math.nan, "low": math.nan, "high": math.nan,
+                           "by_range": False}  # fmt: skip
+    if said.startswith("n/a"):
+        return out
+    out["gap"] = _stats(other)[0] - _stats(ref)[0]
+    out["p"] = out["p_holm"] = permutation_pvalue(ref, other)
+    out["low"], out["high"] = bootstrap_interval(ref, other, seed=seed)
+    out["by_range"] = said != "no difference"
+    return _decide(out, alpha)
+
+
+def adjust_family(comparisons: Sequence[dict[str, Any]], *, alpha: float = ALPHA) -> None:
+    """Holm-adjust the p of every comparison of one family (a table's cells) and re-decide
+    their verdicts from the adjusted values, in place; "n/a" comparisons stay as they are."""
+    for c, q in zip(comparisons, holm_adjust([c["p"] for c in comparisons]), strict=True):
+        if math.isfinite(q):
+            c["p_holm"] = q
+            _decide(c, alpha)
+
+
 def format_comparison(c: dict[str, Any]) -> str:
-    """``higher (perm): +0.235, p 0.0022, 95% CI [+0.17, +0.3]``; "n/a ..." verdicts as they are."""
+    """``higher (perm): +0.235, p 0.0022, Holm 0.026, 95% CI [+0.17, +0.3]``; "n/a ..."
+    verdicts as they are."""
     if not math.isfinite(c["gap"]):
         return str(c["verdict"])
     head = f"{c['verdict']} ({c['rule']})" if c["rule"] else c["verdict"]
-    return f"{head}: {c['gap']:+.3g}, p {c['p']:.2g}, 95% CI [{c['low']:+.3g}, {c['high']:+.3g}]"
+    return (f"{head}: {c['gap']:+.3g}, p {c['p']:.2g}, Holm {c['p_holm']:.2g}, "
+            f"95% CI [{c['low']:+.3g}, {c['high']:+.3g}]")  # fmt: skip
 
 
 def table(results: dict[str, list[dict[str, float]]], *, extra: Sequence[str] = ()) -> str:
     """Markdown table: one row per setting, mean +- std over seeds, verdicts vs the first row
-    (`compare_seeds`) on VERDICT_ON and the `extra` metrics."""
+    (`compare_seeds`) on VERDICT_ON and the `extra` metrics, their p-values Holm-adjusted
+    over all the table's comparisons (`adjust_family`); a last line names the family's size."""
     labels = list(results)
     columns, judged = [*METRICS, *extra], [*VERDICT_ON, *extra]
+    ref = results[labels[0]]
+    verdicts = {(label, m): compare_seeds([r.get(m, math.nan) for r in ref],
+                                          [r.get(m, math.nan) for r in results[label]])
+                for label in labels[1:] for m in judged}  # fmt: skip
+    adjust_family(list(verdicts.values()))
     target = next((r["ref_reward"] for r in results[labels[0]] if "ref_reward" in r), None)
     speed = [] if target is None else [
         f"steps to {labels[0]}'s final reward ({target:.3g}, {REWARD_WINDOW}-step mean)"]  # fmt: skip
     head = ["setting", "seeds", *columns, *speed, *(f"vs {labels[0]}: {m}" for m in judged)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    ref = results[labels[0]]
     for label in labels:
         runs = results[label]
         cells = [label, str(len(runs))]
@@ -274,9 +327,12 @@ def table(results: dict[str, list[dict[str, float]]], *, extra: Sequence[str] = 
         if speed:
             cells.append(format_reach([r.get("steps_to_ref_reward", math.nan) for r in runs]))
         for m in judged:
-            cells.append("(reference)" if label == labels[0] else format_comparison(compare_seeds(
-                [r.get(m, math.nan) for r in ref], [r.get(m, math.nan) for r in runs])))  # fmt: skip
+            cells.append("(reference)" if label == labels[0]
+                         else format_comparison(verdicts[label, m]))  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    m_tests = sum(math.isfinite(c["p"]) for c in verdicts.values())
+    lines.append(f"\nHolm: p adjusted over the {m_tests} comparisons of this table; a perm "
+                 f"verdict needs Holm p < {ALPHA}, a range verdict a gap beyond both seed ranges.")  # fmt: skip
     return "\n".join(lines)
 
 
