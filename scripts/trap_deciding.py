@@ -1,19 +1,25 @@
-"""The trap study's deciding rows: how far one rollout moves the policy, setting by setting, and
-the learning rate at which plain PPO moves it as far as `narrow-clip` does.
+"""Read the trap study's deciding rows (scripts/trap_deciding.sh): is it the per-token bound of a
+narrow clip, or only a smaller step, that keeps the rare answer alive?
 
-    python scripts/trap_kl.py [runs/trap] [--match narrow-clip] [--lr ppo=2e-4 --lr ...]
+    python scripts/trap_deciding.py [runs/trap] [--vs ppo --vs narrow-clip]
+        [--match narrow-clip --lr ppo=2e-4 --lr ppo-lr6.7e-5=6.67e-5 ...]
 
 For every finished run of OUT/<setting>/seed<k> it reads the mean over all training steps of
 `kl/old_approx` (the k3 estimate of KL(pi_old || pi_theta) on the rollout's tokens, averaged
 over each step's mini-batches: the per-step update size a trust region bounds), the final
 entropy (mean `entropy/mean` of the last 3 steps) and the exact P mass on the final checkpoint
-(`trap/p_prob_eval`), and prints one row per setting (mean, min-max over seeds).
+(`trap/p_prob_eval`), and prints one row per setting: mean +- std of the P mass with its
+per-seed values, and mean (min-max over seeds) of the KL and the entropy.
+
+Each `--vs SETTING` adds a column: the P mass of every other setting against SETTING's, by
+`compare`'s rules (`compare_seeds`: the range rule, the exact permutation p), with the p
+Holm-adjusted over *all* the comparisons of the printed table (`adjust_family`).
 
 With --match SETTING and two or more `--lr LABEL=LR` (PPO settings that differ only in the
 learning rate), it interpolates log(mean KL) linearly in log(lr) between the two settings whose
 KL brackets SETTING's mean KL (extrapolating from the nearest two when none does) and prints
-the learning rate at which PPO's mean per-step KL would equal SETTING's: the "KL-matched" row
-of scripts/trap_deciding.sh. Only the standard library and entropy-rl's run reader are used.
+the learning rate at which PPO's mean per-step KL would equal SETTING's: how the "KL-matched"
+row of scripts/trap_deciding.sh was chosen.
 """
 
 from __future__ import annotations
@@ -28,7 +34,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from entropy_rl.experiments.compare import read_rows  # noqa: E402
+from entropy_rl.experiments.compare import (  # noqa: E402
+    adjust_family,
+    compare_seeds,
+    format_comparison,
+    read_rows,
+)
 
 
 def run_numbers(rows: list[dict]) -> dict[str, float]:
@@ -65,22 +76,44 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=150, help="a run counts once it logged this step")
     ap.add_argument("--match", default=None, help="the setting whose mean KL to match")
     ap.add_argument("--lr", action="append", default=[], help="LABEL=LR of a PPO setting")
+    ap.add_argument("--vs", action="append", default=[], help="a reference setting (repeatable)")
     args = ap.parse_args(argv)
     root = Path(args.root)
     by_setting: dict[str, list[dict[str, float]]] = {}
-    for d in sorted(root.glob("*/seed*")):
-        if (d / "metrics.jsonl").is_file():
-            nums = run_numbers(read_rows(d))
-            if nums["steps"] >= args.steps:
-                by_setting.setdefault(d.parent.name, []).append(nums)
-    print("| setting | seeds | mean KL per step | final entropy | exact P mass |")
-    print("|---|---|---|---|---|")
+    found = sorted(root.glob("*/seed*/metrics.jsonl"),
+                   key=lambda f: (f.parent.parent.name, int(f.parent.name[4:])))  # fmt: skip
+    refs = list(args.vs)
+    for f in sorted(found, key=lambda f: f.parent.parent.name not in refs):  # references first
+        nums = run_numbers(read_rows(f.parent))
+        if nums["steps"] >= args.steps:
+            by_setting.setdefault(f.parent.parent.name, []).append(nums)
+    refs = [r for r in refs if r in by_setting]
+    verdicts: dict[tuple[str, str], dict] = {}
+    for ref in refs:  # each pair once: "b vs a" is not asked again as "a vs b"
+        for label, runs in by_setting.items():
+            if label != ref and (ref, label) not in verdicts:
+                verdicts[label, ref] = compare_seeds([r["p_mass"] for r in by_setting[ref]],
+                                                     [r["p_mass"] for r in runs])  # fmt: skip
+    adjust_family(list(verdicts.values()))
+    head = ["setting", "seeds", "exact P mass", "P mass by seed", "mean KL per step",
+            "final entropy", *(f"P mass vs {ref}" for ref in refs)]  # fmt: skip
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for label, runs in by_setting.items():
-        cells = []
-        for key, fmt in (("kl", ".4f"), ("entropy", ".3f"), ("p_mass", ".3f")):
+        pm = [r["p_mass"] for r in runs]
+        std = statistics.stdev(pm) if len(pm) > 1 else 0.0
+        cells = [label, str(len(runs)), f"{statistics.fmean(pm):.3f} ± {std:.3f}",
+                 " ".join(f"{v:.2f}" for v in pm)]  # fmt: skip
+        for key, fmt in (("kl", ".4f"), ("entropy", ".3f")):
             v = [r[key] for r in runs]
             cells.append(f"{statistics.fmean(v):{fmt}} ({min(v):{fmt}}-{max(v):{fmt}})")
-        print(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
+        for ref in refs:
+            c = verdicts.get(
+                (label, ref)
+            )  # None: the reference itself, or a pair asked the other way
+            cells.append(format_comparison(c) if c else "(reference)" if label == ref else "-")
+        print("| " + " | ".join(cells) + " |")
+    m = sum(math.isfinite(c["p"]) for c in verdicts.values())
+    print(f"\nHolm over the {m} comparisons of this table.")
     if args.match:
         target = statistics.fmean(r["kl"] for r in by_setting[args.match])
         points = []
