@@ -90,11 +90,12 @@ def engine_name(engine: Any) -> str:
 def run_info(
     engine: Any, model: Any, *, logits: str, device: Any, stop_token_ids: list[int],
     tokenizer: Any = None, chat_template: bool = False, world_size: int = 1,
-    compute_dtype: torch.dtype | None = None,
+    compute_dtype: torch.dtype | None = None, shared_prompt: bool | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """What a run actually runs on: engine name, logits path of the update (``fused`` or
     ``full``), parameter dtype(s), the compute dtype of the forwards (autocast under mixed
-    precision, else the parameters'), torch's intra-op thread count, device, stop tokens."""
+    precision, else the parameters'), torch's intra-op thread count, device, stop tokens,
+    and whether the forwards over the rollout run each prompt once (train.shared_prompt)."""
     dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
     tokens = None
     if tokenizer is not None:
@@ -112,6 +113,7 @@ def run_info(
         "stop_token_ids": list(stop_token_ids),
         "stop_tokens": tokens,
         "exact_logprobs": bool(getattr(engine, "exact_logprobs", False)),
+        "shared_prompt": shared_prompt,
     }
 
 
@@ -119,6 +121,8 @@ def format_run_info(info: dict[str, Any]) -> str:
     """One line of ``run_info`` for stderr."""
     stops = info.get("stop_tokens") or info["stop_token_ids"]
     compute = f" compute={info['compute_dtype']}" if info.get("compute_dtype") else ""
+    if info.get("shared_prompt") is not None:
+        compute += f" shared_prompt={'on' if info['shared_prompt'] else 'off'}"
     return (
         f"entropy-rl: engine={info['engine']} logits={info['logits']} dtype={info['dtype']}"
         f"{compute} threads={info['threads']} device={info['device']} "

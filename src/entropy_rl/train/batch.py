@@ -16,6 +16,7 @@ from torch import Tensor
 
 from entropy_rl.ops.token_stats import fused_logprobs_entropy, token_entropy, token_logprobs
 from entropy_rl.train.precision import autocast as amp_autocast
+from entropy_rl.train.shared_prompt import shared_response_inputs, shares_prompts
 
 
 @dataclass
@@ -133,6 +134,28 @@ def is_right_padded(attention_mask: Tensor) -> bool:
     return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
 
 
+def response_inputs(
+    model: Any, batch: RolloutBatch, *, logits: bool, skip_pad_mask: bool = False,
+    shared_prompt: bool = False,
+) -> Tensor:  # fmt: skip
+    """What the output head sees at ``batch``'s completion positions: (B, T, D) last hidden
+    states (``logits=False``) or (B, T, V) the model's own logits (``logits=True``), column j the
+    output at position ``prompt_len - 1 + j``. ``skip_pad_mask`` and ``shared_prompt``: see
+    ``policy_token_stats``; neither changes the values at completion tokens."""
+    if shared_prompt and shares_prompts(batch):
+        return shared_response_inputs(model, batch, logits=logits)
+    device = next(model.parameters()).device
+    ids = batch.input_ids.to(device)
+    drop = skip_pad_mask and is_right_padded(batch.attention_mask)
+    att = None if drop else batch.attention_mask.to(device)
+    out = model(input_ids=ids, attention_mask=att) if logits else model.base_model(
+        input_ids=ids, attention_mask=att
+    )
+    x = out.logits if logits else out.last_hidden_state  # (B, L, X)
+    index = _response_index(batch).to(device)  # (B, T)
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))  # (B, T, X)
+
+
 def policy_token_stats(
     model: Any,
     batch: RolloutBatch,
@@ -143,6 +166,7 @@ def policy_token_stats(
     with_top1: bool = False,
     skip_pad_mask: bool = False,
     autocast: torch.dtype | None = None,
+    shared_prompt: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Log-prob of each completion token and the full-vocabulary entropy of the sampling
     distribution softmax(logits / temperature) at each completion position.
@@ -167,20 +191,19 @@ def policy_token_stats(
     compares keep float32's precision. In ``full`` mode the model's own (low-precision) logits
     are upcast. pi_old and the update take the same path, so the ratio compares like with like.
     """
+    if mode not in ("fused", "full"):
+        raise ValueError(f"mode must be 'fused' or 'full', got {mode!r}")
     device = next(model.parameters()).device
-    ids = batch.input_ids.to(device)
-    drop = skip_pad_mask and is_right_padded(batch.attention_mask)
-    att = None if drop else batch.attention_mask.to(device)
-    index = _response_index(batch).to(device)  # (B, T)
     targets = batch.targets.clamp(min=0).to(device)  # (B, T); pad targets -> 0, masked later
+    with amp_autocast(device, autocast):
+        x = response_inputs(
+            model, batch, logits=mode == "full", skip_pad_mask=skip_pad_mask,
+            shared_prompt=shared_prompt,
+        )  # fmt: skip
     if mode == "fused":
-        with amp_autocast(device, autocast):
-            out_h = model.base_model(input_ids=ids, attention_mask=att)
-        hidden = out_h.last_hidden_state  # (B, L, D)
-        h = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, T, D)
         head = model.get_output_embeddings()
         out = fused_logprobs_entropy(
-            h,
+            x,
             head.weight,
             targets,
             bias=getattr(head, "bias", None),
@@ -190,15 +213,10 @@ def policy_token_stats(
         )
         logp, ent = out[0], out[1]
         top1 = out[-1] if with_top1 else None
-    elif mode == "full":
-        with amp_autocast(device, autocast):
-            logits = model(input_ids=ids, attention_mask=att).logits  # (B, L, V)
-        z = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))  # (B, T, V)
-        logp = token_logprobs(z, targets, temperature=temperature)
+    else:
+        logp = token_logprobs(x, targets, temperature=temperature)
         # chunked: one chunk of probabilities alive, recomputed in backward (the plain-autograd
         # form keeps several [B, T, V] copies: +1.2 GB over naive at V = 152k, benchmarks s.7)
-        ent = token_entropy(z, temperature=temperature, chunk_size=chunk_size)
-        top1 = torch.softmax(z.detach().float() / temperature, -1).amax(-1) if with_top1 else None
-    else:
-        raise ValueError(f"mode must be 'fused' or 'full', got {mode!r}")
+        ent = token_entropy(x, temperature=temperature, chunk_size=chunk_size)
+        top1 = torch.softmax(x.detach().float() / temperature, -1).amax(-1) if with_top1 else None
     return logp.float(), ent.float(), (None if top1 is None else top1.float())

@@ -63,6 +63,14 @@ class ModelConfig:
     """How the update gets log-probs and entropy: ``fused`` (hidden states x lm_head, chunked, never
     holds [tokens, V] logits), ``full`` (the model's own logits), or ``auto`` (fused when the
     vocabulary is >= 4096 and the model has a plain linear head)."""
+    shared_prompt: bool | None = None
+    """Run each prompt once in every forward over the rollout (pi_old, pi_ref, the update, the
+    entropy-change passes) and its G completions against its key/value cache: the same
+    log-probs, entropies and gradients as repeating the prompt, with the prompt's work done once
+    per micro-batch instead of once per row (train.shared_prompt). None (auto): on for the
+    tested architectures (Llama, Mistral, Qwen2, Qwen3, GPT-2) unless sharded or gradient
+    checkpointed; true: required (an error where unsupported); false: off. The start line
+    says which (``shared_prompt=``)."""
     chunk_size: int = 512
     """Rows per chunk for the fused log-prob/entropy computation (512 at V=152k keeps ~1/10 of
     the full-logits peak memory at the same speed: benchmarks/token_stats.py)."""

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from entropy_rl.ops.entropy_change import EntropyChange, entropy_change, fused_entropy_change
-from entropy_rl.train.batch import RolloutBatch, _response_index, is_right_padded
+from entropy_rl.train.batch import RolloutBatch, response_inputs
 from entropy_rl.train.distributed import DistInfo, all_reduce
 from entropy_rl.train.update import UpdateSettings
 
@@ -59,25 +59,21 @@ def _chunks(batch: RolloutBatch, s: UpdateSettings) -> list[Tensor]:
     return list(torch.arange(len(batch)).split(s.micro_batch_size))
 
 
-def _head_input(model: Any, mb: RolloutBatch, mode: str) -> Tensor:
+def _head_input(model: Any, mb: RolloutBatch, s: UpdateSettings) -> Tensor:
     """(b, T, D) last hidden states (``fused``) or (b, T, V) logits (``full``) at the positions
-    that predict the completion tokens. The attention mask is dropped on right-padded rows as
-    in the update (train.batch.policy_token_stats), so the values are the update's."""
-    device = next(model.parameters()).device
-    ids = mb.input_ids.to(device)
-    att = None if is_right_padded(mb.attention_mask) else mb.attention_mask.to(device)
-    if mode == "fused":
-        x = model.base_model(input_ids=ids, attention_mask=att).last_hidden_state  # (b, L, D)
-    else:
-        x = model(input_ids=ids, attention_mask=att).logits  # (b, L, V)
-    index = _response_index(mb).to(device)  # (b, T)
-    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+    that predict the completion tokens, computed as the update computes them
+    (train.batch.response_inputs: no mask on right-padded rows, the shared-prompt layout where
+    the update uses it), so the values are the update's."""
+    return response_inputs(
+        model, mb, logits=s.logits_mode != "fused", skip_pad_mask=True,
+        shared_prompt=s.shared_prompt,
+    )  # fmt: skip
 
 
 @torch.no_grad()
 def capture_head_inputs(model: Any, batch: RolloutBatch, s: UpdateSettings) -> HeadInputs:
     """One no-grad forward over ``batch`` with the current (pre-update) weights."""
-    parts = [_head_input(model, batch.rows(idx), s.logits_mode) for idx in _chunks(batch, s)]
+    parts = [_head_input(model, batch.rows(idx), s) for idx in _chunks(batch, s)]
     if s.logits_mode != "fused":
         return HeadInputs(parts, None, None)
     head = model.get_output_embeddings()
@@ -103,7 +99,7 @@ def same_batch_entropy_change(
     head = model.get_output_embeddings()
     for idx, x0 in zip(_chunks(batch, s), before.parts, strict=True):
         mb = batch.rows(idx)
-        x1 = _head_input(model, mb, s.logits_mode)
+        x1 = _head_input(model, mb, s)
         ch: EntropyChange
         if before.weight is not None:
             ch = fused_entropy_change(

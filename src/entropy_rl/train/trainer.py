@@ -61,6 +61,7 @@ from entropy_rl.train.precision import LossScaler, compute_dtype, to_master_weig
 from entropy_rl.train.rollout import collect
 from entropy_rl.train.rundir import RunDir, disk_error, restore_rng
 from entropy_rl.train.sharding import make_sharding
+from entropy_rl.train.shared_prompt import resolve_shared_prompt
 from entropy_rl.train.signals import SIGINT, Interrupted, StopSignals, signal_name
 from entropy_rl.train.update import (
     UpdateSettings,
@@ -200,6 +201,10 @@ class Trainer:
         self.model, self.ref_model, self.engine = self.sharding.prepare(
             self.model, self.ref_model, self.engine
         )  # sharded: the engine generates with a full-weight replica
+        try:  # each prompt once per forward where the model allows (train.shared_prompt)
+            self.shared_prompt = resolve_shared_prompt(c.model.shared_prompt, self.model)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
         self.advantage_fn = advantage_fn
         self.optimizer = optimizer or torch.optim.AdamW(
             self.model.parameters(),
@@ -258,7 +263,7 @@ class Trainer:
             self.engine, self.model, logits=self.settings().logits_mode, device=self.device,
             stop_token_ids=self.stop_ids, tokenizer=self.tokenizer,
             chat_template=self.cfg.data.chat_template, world_size=self.dist.world_size,
-            compute_dtype=self.compute_dtype,
+            compute_dtype=self.compute_dtype, shared_prompt=self.shared_prompt,
         )  # fmt: skip
         (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
         print(format_run_info(info), file=sys.stderr)
@@ -389,6 +394,7 @@ class Trainer:
             kl_coef=c.algo.kl_coef, kl_kind=c.algo.kl_kind, kl_in_loss=c.algo.kl_in == "loss",
             logits_mode=mode, chunk_size=c.model.chunk_size, max_len=self.max_new_tokens,
             sharded=self.sharding.enabled, autocast=self.compute_dtype,
+            shared_prompt=self.shared_prompt,
         )  # fmt: skip
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:

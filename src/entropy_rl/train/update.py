@@ -32,6 +32,7 @@ from entropy_rl.train.distributed import (
 )
 from entropy_rl.train.precision import LossScaler
 from entropy_rl.train.sharding import sharded_token_stats
+from entropy_rl.train.shared_prompt import prompt_keys
 
 
 @dataclass
@@ -58,6 +59,10 @@ class UpdateSettings:
     autocast: torch.dtype | None = None
     """Compute dtype of every forward (pi_old, pi_ref, update) under ``torch.autocast``
     (model.dtype; train.precision); None: plain float32."""
+    shared_prompt: bool = False
+    """Run each prompt once per micro-batch and its completions against its key/value cache
+    (train.shared_prompt): the same values and gradients as the plain layout, less work.
+    Micro-batches then hold a prompt's rows together (``by_length``)."""
 
 
 def _stats_fn(s: UpdateSettings) -> Any:
@@ -66,7 +71,9 @@ def _stats_fn(s: UpdateSettings) -> Any:
     completion tokens, less work)."""
     if s.sharded:
         return functools.partial(sharded_token_stats, autocast=s.autocast)
-    return functools.partial(policy_token_stats, skip_pad_mask=True, autocast=s.autocast)
+    return functools.partial(
+        policy_token_stats, skip_pad_mask=True, autocast=s.autocast, shared_prompt=s.shared_prompt
+    )
 
 
 def warn_if_on_policy(epochs: int, mini_batches: int) -> None:
@@ -234,7 +241,7 @@ def ppo_update(
             if len(mb_global) == 0:
                 continue
             mine = mb_global[(mb_global >= offset) & (mb_global < offset + n_local)] - offset
-            mine = by_length(batch, mine, s.micro_batch_size)
+            mine = by_length(batch, mine, s.micro_batch_size, by_prompt=s.shared_prompt)
             num_tokens = float(all_reduce(batch.mask[mine].sum().double(), info))
             optimizer.zero_grad(set_to_none=True)
             finite = True
@@ -287,17 +294,31 @@ def ppo_update(
     return metrics, bad
 
 
-def by_length(batch: RolloutBatch, idx: Tensor, micro_batch_size: int) -> Tensor:
+def by_length(
+    batch: RolloutBatch, idx: Tensor, micro_batch_size: int, *, by_prompt: bool = False
+) -> Tensor:
     """The rows ``idx`` of one mini-batch ordered by sequence length (stable: ties keep their
     shuffled order), so that micro-batches cut from it group rows of similar length and each is
     trimmed to a shorter width (``RolloutBatch.rows``). The loss is a sum over the mini-batch's
     tokens with a mini-batch-wide normaliser, so the grouping changes the gradient only by the
     order of float additions (``tests/unit/test_update_speed_invariance.py``). ``idx`` comes
-    back unchanged when it fits one micro-batch (nothing to group)."""
+    back unchanged when it fits one micro-batch (nothing to group).
+
+    ``by_prompt=True`` (the shared-prompt layout): rows of one prompt first kept together, the
+    prompts ordered by their longest row, and by length within a prompt, so that a
+    micro-batch runs each of its prompts once for as many of the prompt's rows as it can."""
     if len(idx) <= micro_batch_size:
         return idx
     lengths = batch.attention_mask[idx].sum(1)  # (n,)
-    return idx[torch.sort(lengths, stable=True).indices]
+    if not by_prompt:
+        return idx[torch.sort(lengths, stable=True).indices]
+    keys = prompt_keys(batch.rows(idx))
+    longest: dict[tuple[int, ...], int] = {}
+    for k, n in zip(keys, lengths.tolist(), strict=True):
+        longest[k] = max(longest.get(k, 0), n)
+    rank = {k: r for r, k in enumerate(sorted(longest, key=lambda k: (longest[k], k)))}
+    order = sorted(range(len(idx)), key=lambda i: (rank[keys[i]], int(lengths[i])))
+    return idx[torch.tensor(order, dtype=torch.long)]
 
 
 def _zero_pass(model: Any, batch: RolloutBatch, s: UpdateSettings) -> Tensor:
