@@ -154,3 +154,73 @@ def test_the_readmes_relative_links_exist() -> None:
     assert len(local) > 10
     missing = [t for t in local if not (ROOT / t).exists()]
     assert not missing, f"README links to files that do not exist: {missing}"
+
+
+_LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+_HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*(?:\{\s*#([\w-]+)[^}]*\})?\s*$")
+
+
+def _anchors(text: str) -> set[str]:
+    """The ids MkDocs gives the headings of a page: ``{#id}`` where given, else the toc
+    extension's slug of the heading's text (outside fenced code)."""
+    from markdown.extensions.toc import slugify
+
+    ids, fenced = set(), False
+    for line in text.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+        elif line.startswith("::: "):  # mkdocstrings: the object's dotted path is its id
+            ids.add(line[4:].strip())
+        elif not fenced and (m := _HEADING.match(line)):
+            plain = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", m.group(1)).replace("`", "")
+            ids.add(m.group(2) or slugify(plain.replace("*", ""), "-"))
+    return ids
+
+
+def dead_links(pages: dict[Path, str]) -> list[str]:
+    """``page: target`` for every relative link of ``pages`` (path -> text) to a file that
+    does not exist or an anchor its page lacks (pages not in ``pages`` are read from disk)."""
+    bad = []
+    for page, text in pages.items():
+        for target in _LINK.findall(re.sub(r"(?s)```.*?```", "", text)):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            path_part, _, anchor = target.partition("#")
+            dest = (page.parent / path_part).resolve() if path_part else page
+            if dest not in pages and not dest.exists():
+                bad.append(f"{page.name}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md":
+                body = pages[dest] if dest in pages else dest.read_text()
+                ids = _anchors(body)  # a documented object's members: module.member
+                if anchor not in ids and not any(anchor.startswith(i + ".") for i in ids):
+                    bad.append(f"{page.name}: {target} (no such anchor)")
+    return bad
+
+
+def test_the_link_check_finds_dead_files_and_anchors(tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text("# Title\n\n## Run info {#run-info}\n\n### `model.dtype` here\n")
+    page = tmp_path / "b.md"
+    text = (
+        "[ok](a.md#run-info) [ok](a.md#modeldtype-here) [ok](a.md#title) [ok](#local)\n"
+        "## Local\n[web](https://x.org/#y)\n```\n[in code](gone.md)\n```\n"
+        "[bad](a.md#errors) [bad](gone.md) [bad](#nowhere)\n"
+    )
+    assert dead_links({page: text}) == [
+        "b.md: a.md#errors (no such anchor)", "b.md: gone.md (no such file)",
+        "b.md: #nowhere (no such anchor)",
+    ]  # fmt: skip
+
+
+def test_no_page_of_the_docs_or_the_readme_links_to_a_missing_file_or_anchor() -> None:
+    """What mkdocs --strict checks, without building the site (and the README, which is not
+    part of it); the reference pages are the ones docs/gen_ref.py generates."""
+    docs = ROOT / "docs"
+    pages = {p.resolve(): p.read_text() for p in [ROOT / "README.md", *docs.rglob("*.md")]}
+    gen = _gen_ref()
+    generated = {"reference/config.md": gen.config_reference, "reference/cli.md": gen.cli_reference,
+                 "reference/presets.md": gen.presets_reference, "benchmarks.md": gen.benchmarks_page}  # fmt: skip
+    for name, make in generated.items():
+        pages[(docs / name).resolve()] = make()
+    assert len(pages) > 15
+    bad = dead_links(pages)
+    assert not bad, "dead links in the docs:\n" + "\n".join(bad)

@@ -21,6 +21,7 @@ from entropy_rl.train.config import Config, build_config
 from entropy_rl.train.distributed import DistInfo
 from entropy_rl.train.rundir import (
     RunDir,
+    RunDirWarning,
     RunLock,
     classify_changes,
     current_config,
@@ -210,3 +211,132 @@ def test_quiet_mode_silences_third_party_progress_bars(monkeypatch: pytest.Monke
     finally:
         hub.enable_progress_bars()
         hf_logging.enable_progress_bar()
+
+
+# ----------------------------------------------------------------------------- what may run
+
+
+def _started(run: Path, cfg: Config) -> RunDir:
+    """A run directory as a first segment leaves it (config.yaml, manifest.json)."""
+    d = RunDir(run, resume=False)
+    d.check(cfg)
+    d._open(cfg)
+    d.record(cfg, 0)
+    d.release()
+    return RunDir(run, resume=True)
+
+
+def test_a_config_edited_after_the_run_wrote_it_is_refused(tmp_path: Path):
+    run = tmp_path / "run"
+    cfg = build_config(overrides=["run.steps=3"])
+    d = _started(run, cfg)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert set(manifest["configs"]) == {"config.yaml"}
+    d.check(cfg)  # untouched: passes
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text.replace("steps: 3", "steps: 4"))
+    with pytest.raises(UserError) as info:
+        d.check(cfg)
+    assert str(info.value) == (
+        f"{run}/config.yaml was edited (its sha256 is not the one in manifest.json); restore it, "
+        f"and give a change on the command line instead: entropy-rl train --resume {run} "
+        "section.key=value"
+    )
+    (run / "config.yaml").write_text(text)
+    (run / "config.step_2.yaml").write_text(text)  # a segment the run never wrote
+    with pytest.raises(UserError, match=r"config.step_2.yaml was not written by the run"):
+        d.check(cfg)
+
+
+def test_a_kill_between_the_manifest_and_the_config_write_still_verifies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    run = tmp_path / "run"
+    first = build_config(overrides=["run.steps=3"])
+    d = _started(run, first)
+    writes = []
+
+    def killed(path: Path, text: str) -> None:  # the manifest is written, then the kill
+        writes.append(path.name)
+        if path.name != "manifest.json":
+            raise KeyboardInterrupt
+        real_write(path, text)
+
+    real_write = ckpt.atomic_write_text
+    monkeypatch.setattr(ckpt, "atomic_write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        d._write_segment("config.yaml", build_config(overrides=["run.steps=9"]), fresh=True)
+    monkeypatch.undo()
+    assert writes == ["manifest.json", "config.yaml"]
+    d.check(first)  # the old file is still accepted, and the new one would be
+
+
+def test_a_reward_inside_the_run_directory_is_refused_before_it_is_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    run = tmp_path / "run"
+    _started(run, Config())
+    marker = tmp_path / "code_ran"
+    (run / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\ndef f(p, c, **k): return 1\n"
+    )
+    for spec in (f"{run}/evil.py:f", "evil:f"):  # a path, or a module found from the cwd
+        monkeypatch.chdir(run if spec == "evil:f" else tmp_path)
+        cfg = build_config(overrides=[f"data.reward={spec}"])
+        with pytest.raises(UserError, match=r"its file .*/run/evil.py lies inside the run direc"):
+            RunDir(run, resume=True).check(cfg)
+        with pytest.raises(UserError, match=r"lies inside the run directory"):
+            RunDir(run, resume=False).check(cfg)
+    assert not marker.exists()
+
+
+def test_a_changed_reward_source_is_a_warning_and_an_event(tmp_path: Path):
+    run = tmp_path / "run"
+    reward = tmp_path / "my_reward.py"
+    reward.write_text("def f(p, c, **k):\n    return 1.0\n")
+    cfg = build_config(overrides=[f"data.reward={reward}:f"])
+    d = _started(run, cfg)
+    sources = json.loads((run / "manifest.json").read_text())["reward"]["sources"]
+    assert sources == {str(reward): ckpt.sha256_file(reward)}
+    d.check(cfg)
+    d.record(cfg, 2)  # unchanged: no event
+    assert (run / "events.jsonl").read_text() == ""
+    reward.write_text("def f(p, c, **k):\n    return 0.5\n")
+    d = RunDir(run, resume=True)
+    d.check(cfg)
+    with pytest.warns(RunDirWarning, match=r"reward's source .*my_reward.py changed since"):
+        d.record(cfg, 2)
+    (event,) = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    assert (event["step"], event["rule"], event["files"]) == (2, "reward_changed", [str(reward)])
+
+
+def test_nothing_is_deleted_through_a_symbolic_link(tmp_path: Path):
+    elsewhere = tmp_path / "elsewhere"
+    victim = elsewhere / ".tmp-step_000001-abc"
+    victim.mkdir(parents=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoints").symlink_to(elsewhere)
+    for resume in (False, True):
+        with pytest.raises(UserError, match=r"checkpoints is a symbolic link \(to .*elsewhere\)"):
+            RunDir(run, resume=resume).check(Config())
+        with pytest.raises(UserError, match=r"does not delete through links"):
+            RunDir(run, resume=resume)._open(Config())
+    assert victim.is_dir()
+    (run / "checkpoints").unlink()
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / ".tmp-step_000002-x").symlink_to(victim)  # a link among the writes
+    d = RunDir(run, resume=True)
+    assert d._open(Config()) is None
+    d.release()
+    assert victim.is_dir()
+
+
+def test_an_out_that_is_a_file_or_below_one_is_named_as_such(tmp_path: Path):
+    tool = tmp_path / "tool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    with pytest.raises(UserError, match=rf"^run directory {tool} is a file, not a folder; choose"):
+        RunDir(tool, resume=False).check(Config())
+    with pytest.raises(UserError, match=rf"run directory {tool}/x/y cannot be made: {tool} is a"):
+        RunDir(tool / "x" / "y", resume=False).check(Config())

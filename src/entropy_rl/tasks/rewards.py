@@ -23,6 +23,7 @@ A reward must return a bool, int or float (any `numbers.Real`, e.g. a numpy scal
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import math
 import numbers
@@ -449,6 +450,27 @@ def _import_module(module_name: str, spec: str) -> Any:
     finally:
         if added:
             sys.path.remove(cwd)
+
+
+def reward_source(spec: str) -> Path | None:
+    """The file that defines the reward ``spec``, found the way :func:`load_reward` would import
+    it but without running anything (None: a built-in reward, or a module that is not a file).
+    For a package that is its ``__init__.py``; files the module itself imports are not included.
+    """
+    if spec in _BUILTIN or ":" not in spec:
+        return None
+    module_name = spec.rpartition(":")[0]
+    if module_name.endswith(".py"):
+        return Path(module_name).resolve()
+    paths: list[str] | None = [os.getcwd(), *sys.path]
+    found = None
+    for part in module_name.split("."):  # PathFinder only looks: no package __init__ runs
+        found = importlib.machinery.PathFinder.find_spec(part, paths)
+        if found is None:
+            return None
+        paths = list(found.submodule_search_locations or [])
+    origin = found.origin if found is not None else None
+    return Path(origin).resolve() if origin and Path(origin).is_file() else None
 
 
 def load_reward(spec: str) -> RewardFn:

@@ -233,7 +233,7 @@ def load_weights(ckpt: Path) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------- manifest
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -249,7 +249,7 @@ def _files(ckpt: Path) -> list[Path]:
 def write_manifest(ckpt: Path) -> None:
     """``MANIFEST.json``: size and sha256 of every file of ``ckpt`` (but itself and COMPLETE)."""
     files = {
-        p.relative_to(ckpt).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        p.relative_to(ckpt).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in _files(ckpt)
     }
     doc = {"format": FORMAT, "files": files}
@@ -278,7 +278,7 @@ def verify(ckpt: Path) -> str | None:
             return f"{name} is missing"
         if p.stat().st_size != size:
             return f"{name} has {p.stat().st_size} bytes, its manifest says {size}"
-        if _sha256(p) != digest:
+        if sha256_file(p) != digest:
             return f"{name}: sha256 differs from its manifest"
     extra = {p.relative_to(ckpt).as_posix() for p in _files(ckpt)} - set(expected)
     weights = sorted(

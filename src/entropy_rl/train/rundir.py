@@ -18,14 +18,24 @@ Claiming: a fresh run may take a directory that holds no complete checkpoint and
 step (a run that failed at start-up, or an empty directory); one that does is refused, pointing
 at ``--resume``. Resume of a run without an intact checkpoint starts it again from step 0.
 
-What this module does not do: it never deletes a log line or an intact checkpoint, and it
-never runs code from the directory (configs are read with yaml's safe loader).
+- ``manifest.json``: the sha256 of every config segment as this module wrote it, and of the
+  reward's source file(s). A resume refuses a config segment that differs from it (edited by
+  hand, or by someone else: a config names the reward code a resume imports) and warns, with an
+  event, when the reward's source changed (the trajectory changes with it).
+
+What this module does not do: it never deletes a log line or an intact checkpoint, never
+deletes through a symbolic link (a linked ``checkpoints/`` is refused), and never runs code from
+the directory: configs are read with yaml's safe loader and a reward whose file lies inside the
+run directory is refused before anything imports it. The manifest detects edits; it is no
+signature (whoever can write the directory can rewrite it too), so the last line of defence is
+that no code inside the directory is run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import random
@@ -48,6 +58,7 @@ from entropy_rl.train.logging import JsonlLogger
 
 LOCK_FILE = "run.lock"
 CONFIG_FILE = "config.yaml"
+MANIFEST_FILE = "manifest.json"
 LOG_FILES = ("metrics.jsonl", "events.jsonl", "samples.jsonl")
 _SEGMENT = re.compile(r"^config\.step_(\d+)\.yaml$")
 
@@ -100,8 +111,12 @@ def _setup_failed(e: OSError, where: Path) -> NoReturn:
 
 def _check_writable(path: Path) -> None:
     """Raise the one-line error of :func:`disk_error` unless ``path``, or the nearest existing
-    folder above it, is writable (a read-only mount or missing permission)."""
+    folder above it, is writable (a read-only mount or missing permission); a UserError when it,
+    or a path above it, is a file."""
     target = next(p for p in (path, *path.parents) if p.exists())
+    if not target.is_dir():
+        what = "is a file" if target == path else f"cannot be made: {target} is a file"
+        raise UserError(f"run directory {path} {what}, not a folder; choose another --out")
     if os.statvfs(target).f_flag & os.ST_RDONLY:
         _setup_failed(OSError(errno.EROFS, os.strerror(errno.EROFS)), path)
     if not os.access(target, os.W_OK | os.X_OK):
@@ -302,6 +317,29 @@ def _orphan(path: Path) -> None:
     os.replace(path, dest)
 
 
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def reward_sources(cfg: Config) -> dict[str, str]:
+    """{file: sha256} of the source files of ``data.reward`` (none for built-in rewards)."""
+    if cfg.data.reward is None:
+        return {}
+    from entropy_rl.tasks.combine import parse_reward_specs
+    from entropy_rl.tasks.rewards import reward_source
+
+    out = {}
+    for spec in parse_reward_specs(cfg.data.reward):
+        path = reward_source(spec.fn)
+        if path is not None and path.is_file():
+            out[str(path)] = ckpt.sha256_file(path)
+    return out
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
 class RunDir:
     """The run directory of one trainer process (only the main rank touches it).
 
@@ -326,12 +364,109 @@ class RunDir:
         directory that holds one, a config change that needs the flag (against the newest
         complete checkpoint; :meth:`open` checks again against the newest intact one)."""
         _check_writable(self.path)  # created only by open(): a failed start leaves nothing
+        self._check_links()
+        self._check_reward(cfg)
         self.lock.probe()
         if self.resume:
+            self._verify_configs()
             done = ckpt.step_dirs(self.path)
             self._check_config(cfg, ckpt.step_of(done[0]) if done else 0)
         else:
             self._check_claim()
+
+    def _check_links(self) -> None:
+        """Refuse a ``checkpoints/`` that is a symbolic link: tidying and pruning delete there,
+        and nothing here deletes through a link (it may lead to another run's folder)."""
+        link = self.path / "checkpoints"
+        if link.is_symlink():
+            raise UserError(
+                f"{link} is a symbolic link (to {os.readlink(link)}); entropy-rl deletes "
+                "unfinished and old checkpoints there and does not delete through links: "
+                "make it a real folder, or put the whole run directory on that disk with --out"
+            )
+
+    def _check_reward(self, cfg: Config) -> None:
+        """A reward whose source lies inside the run directory is refused before any import:
+        a resume must not run code that the directory itself holds."""
+        for src in reward_sources(cfg):
+            if _inside(Path(src), self.path):
+                raise UserError(
+                    f"data.reward {cfg.data.reward!r}: its file {src} lies inside the run "
+                    f"directory {self.path}; entropy-rl runs no code from a run directory: move "
+                    "the reward elsewhere (e.g. beside your config) and name it there"
+                )
+
+    # -- the manifest: what this module wrote, and the reward's source
+    def _manifest(self) -> dict[str, Any] | None:
+        path = self.path / MANIFEST_FILE
+        if not path.is_file():
+            return None
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path} is unreadable ({e}); restore it from a copy of the run") from e
+        if not isinstance(doc, dict) or not isinstance(doc.get("configs"), dict):
+            raise UserError(f"{path} is not a run manifest; restore it from a copy of the run")
+        return doc
+
+    def _write_manifest(self, doc: dict[str, Any]) -> None:
+        ckpt.atomic_write_text(self.path / MANIFEST_FILE, json.dumps(doc, indent=1) + "\n")
+
+    def _verify_configs(self) -> None:
+        """Every config segment as this module wrote it (its sha256 in the manifest)."""
+        doc = self._manifest()
+        segs = segments(self.path)
+        if doc is None:
+            if segs:
+                warnings.warn(
+                    f"{self.path} has no {MANIFEST_FILE} (a run of entropy-rl 0.1.0): its config "
+                    "files cannot be checked for edits; one is written now",
+                    RunDirWarning, stacklevel=4,
+                )  # fmt: skip
+            return
+        for p in segs.values():
+            allowed = doc["configs"].get(p.name)
+            if allowed is None or ckpt.sha256_file(p) not in allowed:
+                what = "was not written by the run" if allowed is None else "was edited"
+                raise UserError(
+                    f"{p} {what} (its sha256 is not the one in {MANIFEST_FILE}); restore it, and "
+                    f"give a change on the command line instead: entropy-rl train --resume "
+                    f"{self.path} section.key=value"
+                )
+
+    def _write_segment(self, name: str, cfg: Config, *, fresh: bool = False) -> None:
+        """Write config segment ``name`` and record it (and the reward's source) in the
+        manifest; the manifest first, accepting the old and the new file until both are
+        written, so a kill in between leaves a directory that still verifies."""
+        text = cfg.to_yaml()
+        doc = None if fresh else self._manifest()
+        doc = doc or {"format": 1, "configs": {}}
+        live = {p.name for p in segments(self.path).values()}
+        doc["configs"] = {k: v for k, v in doc["configs"].items() if k in live or k == name}
+        old = self.path / name
+        before = [ckpt.sha256_file(old)] if old.is_file() else []
+        doc["configs"][name] = [*before, _sha256_text(text)]
+        doc["reward"] = {"spec": cfg.data.reward, "sources": reward_sources(cfg)}
+        self._write_manifest(doc)
+        ckpt.atomic_write_text(old, text)
+        doc["configs"][name] = [_sha256_text(text)]
+        self._write_manifest(doc)
+
+    def _reward_changed(self, cfg: Config, step: int) -> None:
+        """Warn, with an event, when a reward file differs from the one the run recorded."""
+        doc = self._manifest() or {}
+        before = (doc.get("reward") or {}).get("sources") or {}
+        now = reward_sources(cfg)
+        changed = sorted(f for f in now if f in before and before[f] != now[f])
+        if not changed:
+            return
+        msg = (f"the reward's source {', '.join(changed)} changed since the run recorded it: "
+               f"the trajectory from step {step} on differs from an unbroken run's")  # fmt: skip
+        warnings.warn(msg, RunDirWarning, stacklevel=4)
+        event = {"step": step, "rule": "reward_changed", "severity": "warning", "values": {},
+                 "message": msg, "action": None, "files": changed}  # fmt: skip
+        with open(self.path / "events.jsonl", "a") as f:
+            f.write(json.dumps(event) + "\n")
 
     def _check_claim(self) -> None:
         done = ckpt.step_dirs(self.path)
@@ -385,6 +520,7 @@ class RunDir:
         try:
             if note:
                 _say(f"{self.path}: {note}")
+            self._check_links()
             self._tidy()
             if not self.resume:
                 self._check_claim()
@@ -409,6 +545,8 @@ class RunDir:
         root = self.path / "checkpoints"
         removed: list[str] = []
         for old in sorted(root.glob(".old-step_*")):  # killed between the two renames of a re-save
+            if old.is_symlink():  # not ours: never delete through (or rename) a link
+                continue
             final = root / old.name[len(".old-") :]
             if not final.exists() and ckpt.verify(old) is None:
                 os.replace(old, final)
@@ -416,6 +554,8 @@ class RunDir:
                 shutil.rmtree(old, ignore_errors=True)
                 removed.append(old.name)
         for tmp in sorted(root.glob(".tmp-step_*")):
+            if tmp.is_symlink():
+                continue
             final = root / tmp.name[len(".tmp-") :].rsplit("-", 1)[0]
             if not final.exists() and ckpt.verify(tmp) is None:  # complete, rename pending
                 os.replace(tmp, final)
@@ -446,7 +586,7 @@ class RunDir:
         for n, p in segments(self.path).items():
             if n > 0:
                 _orphan(p)
-        ckpt.atomic_write_text(self.path / CONFIG_FILE, cfg.to_yaml())
+        self._write_segment(CONFIG_FILE, cfg, fresh=True)
         if self.resume:
             where = f"{self.path}/checkpoints"
             _say(f"no intact checkpoint in {where}: starting the run again from step 0"
@@ -462,7 +602,8 @@ class RunDir:
         for n, p in segments(self.path).items():
             if n > step:
                 _orphan(p)
-        ckpt.atomic_write_text(self.path / f"config.step_{step}.yaml", cfg.to_yaml())
+        self._reward_changed(cfg, step)
+        self._write_segment(f"config.step_{step}.yaml", cfg)
         free, altering = self._changes
         said = f"resuming {self.path} at step {step}"
         if lost:
