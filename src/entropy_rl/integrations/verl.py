@@ -1,8 +1,9 @@
 """verl integration (``pip install 'entropy-rl[verl]'``, verl 0.9): our policy losses in verl's
-registry, and a target-entropy controller for a verl trainer hook.
+registry, and our presets and controllers through a verl trainer hook.
 
 ``register_with_verl()`` adds ``erl_ppo``, ``erl_clip_cov``, ``erl_kl_cov``, ``erl_cispo``,
-``erl_gspo`` and ``erl_gpg`` to verl's ``POLICY_LOSS_REGISTRY``; select one with
+``erl_gspo``, ``erl_gpg`` and ``erl_entropic`` to verl's ``POLICY_LOSS_REGISTRY``; select one
+with
 ``actor_rollout_ref.actor.policy_loss.loss_mode=erl_clip_cov``. Each has verl 0.9's policy-loss
 signature::
 
@@ -22,29 +23,62 @@ is not supported. Metrics are ours (``clip/upper_frac``, ``ratio/abs_dev``, ``kl
 ``entropy_rl.ops.losses`` (e.g. verl's kl_cov penalises ``max(1, int(ratio*N))`` tokens, ours
 ``round(ratio*N)``).
 
-``VerlEntropyControl`` runs one of our controllers on verl's per-step metrics (see its
-docstring and docs/integrations.md for the hook).
+Settings: every ``erl_*`` loss then overlays, at every call, the dict ``erl_settings`` of the
+actor config (our names: the loss's keyword hyperparameters, e.g. ``eps_low``, ``eps_high``,
+``pos_weight``). :class:`VerlEntropyControl` fills it: from a preset (its loss's
+hyperparameters, e.g. the clip widths) and from a controller's ``settings()`` after every step,
+with :meth:`VerlEntropyControl.apply_to` on the worker's actor config (which also sets
+verl's own ``entropy_coeff`` / ``clip_ratio_low`` / ``clip_ratio_high``). A config entry
+``+entropy_rl.preset=rate-clip`` names the preset: ``VerlEntropyControl.from_verl_config``
+reads it and refuses at start, in one line naming the preset and verl, what the run's config
+cannot express. docs/integrations.md shows the hook.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import FrozenInstanceError
 from typing import Any
 
 import torch
 
-from entropy_rl.control.controllers import EntropyController
+from entropy_rl.control.controllers import (
+    LOSS_SETTINGS,
+    EntropyController,
+    controller_settings,
+    require_settings,
+)
+from entropy_rl.control.detector import CollapseDetector, DetectorConfig, Event
 from entropy_rl.errors import MissingExtraError
 from entropy_rl.integrations._names import is_our_name, map_metrics
-from entropy_rl.ops.losses import policy_loss
+from entropy_rl.integrations._presets import HostPreset, host_preset
+from entropy_rl.ops.losses import POLICY_LOSSES, policy_loss
 
-__all__ = ["VERL_LOSSES", "VerlEntropyControl", "make_verl_loss", "register_with_verl"]
+__all__ = [
+    "VERL_LOSSES",
+    "VerlEntropyControl",
+    "apply_settings",
+    "make_verl_loss",
+    "register_with_verl",
+    "verl_host",
+]
 
-VERL_LOSSES = ("ppo", "clip_cov", "kl_cov", "cispo", "gspo", "gpg")
+VERL_LOSSES = ("ppo", "clip_cov", "kl_cov", "cispo", "gspo", "gpg", "entropic")
 """Our losses registered in verl, each as ``erl_<name>``."""
 
-_CLIPPED = ("ppo", "clip_cov", "cispo", "gspo")
+SETTINGS_FIELD = "erl_settings"
+"""The actor-config attribute our losses read their settings from at every call."""
+# our setting -> verl's own actor-config field with the same meaning
+_VERL_FIELDS = {
+    "entropy_coef": "entropy_coeff",
+    "eps_low": "clip_ratio_low",
+    "eps_high": "clip_ratio_high",
+}
+# our advantage estimator -> (algorithm.adv_estimator, algorithm.norm_adv_by_std_in_grpo)
+_VERL_ADVANTAGE = {"grpo": ("grpo", True), "dr_grpo": ("grpo", False), "rloo": ("rloo", None)}
+
+_CLIPPED = ("ppo", "clip_cov", "cispo", "gspo", "entropic")
 VerlLossFn = Callable[..., tuple[torch.Tensor, dict[str, Any]]]
 
 
@@ -56,15 +90,26 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def _loss_hparam_names(name: str) -> tuple[str, ...]:
+    return tuple(inspect.signature(POLICY_LOSSES[name]).parameters)[4:]
+
+
 def _hparams(name: str, config: Any) -> dict[str, Any]:
-    """Our hyperparameters of loss ``name`` from verl's actor config (module docstring)."""
+    """Our hyperparameters of loss ``name`` from verl's actor config (module docstring), with
+    the ``erl_settings`` overlay."""
+    kw = _verl_hparams(name, config)
+    settings = _get(config, SETTINGS_FIELD, {}) or {}
+    return kw | {k: v for k, v in settings.items() if k in _loss_hparam_names(name)}
+
+
+def _verl_hparams(name: str, config: Any) -> dict[str, Any]:
     kw: dict[str, Any] = {}
     if name in _CLIPPED:
         eps = _get(config, "clip_ratio", 0.2)
         kw["eps_low"] = float(_get(config, "clip_ratio_low", eps))
         kw["eps_high"] = float(_get(config, "clip_ratio_high", eps))
     pl = _get(config, "policy_loss")
-    if name == "ppo":
+    if name in ("ppo", "entropic"):
         kw["dual_clip_c"] = float(_get(config, "clip_ratio_c", 3.0))
     elif name == "clip_cov":
         kw["clip_ratio"] = float(_get(pl, "clip_cov_ratio", 2e-4))
@@ -156,31 +201,170 @@ def register_with_verl(
     return names
 
 
+def verl_host(loss_mode: str, calculate_entropy: bool = True) -> tuple[str, set[str], str]:
+    """What a verl run with ``policy_loss.loss_mode=loss_mode`` can apply of a controller's
+    settings: (the host in words, the settings it expresses, how to get one that expresses more).
+
+    Our ``erl_*`` losses take every loss setting they have as a keyword; verl's own losses read
+    only their clip fields. ``entropy_coef`` is verl's ``entropy_coeff``, applied only when the
+    actor computes the entropy: ``calculate_entropy`` must be on from the start."""
+    host = f"verl's loss_mode {loss_mode!r}"
+    can: set[str] = {"entropy_coef"} if calculate_entropy else set()
+    fix = "use an erl_* loss_mode (register_with_verl)"
+    if not calculate_entropy:
+        host += " without calculate_entropy"
+        fix = "set actor_rollout_ref.actor.calculate_entropy=True"
+    ours = loss_mode.removeprefix("erl_")
+    if loss_mode.startswith("erl_") and ours in VERL_LOSSES:
+        can |= {k for k in LOSS_SETTINGS if k in _loss_hparam_names(ours)}
+    return host, can, fix
+
+
+def _set_field(config: Any, field: str, value: Any) -> None:
+    """``config.field = value`` on a DictConfig, dict, namespace or verl's frozen BaseConfig."""
+    if isinstance(config, Mapping) and not hasattr(config, "__dataclass_fields__"):
+        config[field] = value  # type: ignore[index]
+        return
+    try:
+        setattr(config, field, value)
+    except FrozenInstanceError:  # verl's BaseConfig freezes its fields after construction
+        object.__setattr__(config, field, value)
+
+
+def apply_settings(actor_config: Any, settings: Mapping[str, float]) -> None:
+    """Make ``settings`` (our names) the ones in force on a worker's actor config.
+
+    Everything goes into ``actor_config.erl_settings`` (replaced as a whole), which the
+    ``erl_*`` losses overlay on their hyperparameters at every call; ``entropy_coef``,
+    ``eps_low`` and ``eps_high`` also go to verl's own fields (``entropy_coeff``: verl adds the
+    bonus itself; ``clip_ratio_*``: what verl logs and its own losses read)."""
+    _set_field(actor_config, SETTINGS_FIELD, {str(k): float(v) for k, v in settings.items()})
+    for name, field in _VERL_FIELDS.items():
+        if name in settings:
+            _set_field(actor_config, field, float(settings[name]))
+
+
 class VerlEntropyControl:
-    """One of our entropy controllers on verl's per-step metrics (driver side).
+    """One of our presets or controllers in a verl run (driver side).
 
     Call :meth:`update` once per training step with the metrics dict verl's ``fit`` loop
-    builds (``actor/entropy`` is its rollout entropy); it returns our ``control/*`` metrics to
-    merge into that dict before ``logger.log``. The new value must then reach the actor:
-    :attr:`overrides` gives it as verl config keys, and :meth:`apply_to` writes it into an
-    actor config object (``entropy_coeff`` or ``clip_ratio_high``). verl runs the actor in Ray
-    workers that hold their own config, so a worker-side method has to call ``apply_to`` there;
-    docs/integrations.md shows the hook. The ``erl_*`` losses read ``clip_ratio_high`` at every
-    call, verl's ``ppo_loss`` reads ``entropy_coeff`` at every call. Note that verl computes the
-    entropy (and applies the bonus) only when ``actor.calculate_entropy`` is on or
+    builds (``actor/entropy`` is its rollout entropy); it runs the controller and the detector
+    and returns our ``control/*`` metrics to merge into that dict before ``logger.log``.
+    :attr:`settings` is then what the actor must use for the next update (the preset's loss
+    hyperparameters and the controller's ``settings()``); send it to the workers (the batch's
+    ``meta_info``) and call :func:`apply_settings` there on the actor config the loss reads
+    (docs/integrations.md shows the hook). :meth:`apply_to` does that for a config in this
+    process; :attr:`overrides` gives verl's own fields as config keys. verl computes the
+    entropy (and applies a bonus) only when ``actor.calculate_entropy`` is on or
     ``entropy_coeff != 0`` at start: set ``calculate_entropy=True``.
 
     Args:
-        controller: from ``entropy_rl.control.controllers.make_controller``.
+        controller: from ``entropy_rl.control.controllers.make_controller``, or None.
+        preset: one of our presets (its controller, built for ``total_steps``, and its
+            detector), or None; not together with ``controller``.
+        total_steps: verl's ``trainer.total_training_steps``, for the preset's schedule.
+        print_events: print one line per detector event.
     """
 
-    def __init__(self, controller: EntropyController) -> None:
-        if not isinstance(controller, EntropyController):
+    def __init__(
+        self,
+        controller: EntropyController | None = None,
+        *,
+        preset: str | None = None,
+        total_steps: int | None = None,
+        print_events: bool = True,
+    ) -> None:
+        self.preset: HostPreset | None = None if preset is None else host_preset(preset)
+        self.detector: CollapseDetector | None = None
+        if self.preset is not None:
+            if controller is not None:
+                raise ValueError(f"preset {preset!r} brings its controller: leave out controller=")
+            if self.preset.controller != "none":
+                controller = self.preset.make_controller(total_steps)
+            if self.preset.detector:
+                cfg = DetectorConfig.from_dict(self.preset.detector_kwargs)
+                self.detector = CollapseDetector(cfg, total_steps=max(int(total_steps or 1), 1))
+        elif not isinstance(controller, EntropyController):
             raise ValueError(f"controller must be an EntropyController, got {type(controller)}")
         self.controller = controller
+        self.print_events = print_events
+        self.events: list[Event] = []
+
+    @classmethod
+    def from_verl_config(cls, config: Any) -> VerlEntropyControl | None:
+        """The preset named by the config entry ``entropy_rl.preset`` (Hydra:
+        ``+entropy_rl.preset=rate-clip``), checked against the run's config; None without it.
+
+        Raises:
+            ValueError: the run's config cannot express the preset (one line: preset, verl,
+                and the config key to change).
+        """
+        name = _get(_get(config, "entropy_rl"), "preset")
+        if name is None:
+            return None
+        steps = _get(_get(config, "trainer"), "total_training_steps")
+        steps = int(steps) if steps is not None and int(steps) > 0 else None
+        control = cls(preset=str(name), total_steps=steps)
+        control.check(config)
+        return control
+
+    @property
+    def source(self) -> str:
+        if self.preset is not None:
+            return self.preset.source
+        return f"the controller ({type(self.controller).__name__})"
+
+    def check(self, config: Any) -> None:
+        """Refuse at start what verl's config (the whole trainer config) cannot express."""
+        actor = _get(_get(config, "actor_rollout_ref"), "actor")
+        loss_mode = str(_get(_get(actor, "policy_loss"), "loss_mode", "vanilla"))
+        calc = bool(_get(actor, "calculate_entropy", False))
+        host, can, fix = verl_host(loss_mode, calculate_entropy=calc)
+        p = self.preset
+        if p is not None:
+            p.refuse_extras(host, fix="verl has its own options for these; set them there")
+            key = "actor_rollout_ref.actor"
+            if loss_mode != f"erl_{p.loss}":
+                raise ValueError(
+                    f"{p.source} uses our {p.loss!r} loss, but the run has {host}; set"
+                    f" {key}.policy_loss.loss_mode=erl_{p.loss} (after register_with_verl())"
+                )
+            agg = _get(actor, "loss_agg_mode", "token-mean")
+            if agg != p.agg:
+                raise ValueError(
+                    f"{p.source} aggregates with {p.agg}, the run with {agg!r}; set"
+                    f" {key}.loss_agg_mode={p.agg}"
+                )
+            algo = _get(config, "algorithm")
+            est, std = (
+                _get(algo, "adv_estimator", "gae"),
+                _get(algo, "norm_adv_by_std_in_grpo", True),
+            )
+            want = _VERL_ADVANTAGE.get(p.advantage)
+            if want is None or est != want[0] or (want[1] is not None and bool(std) != want[1]):
+                how = (
+                    "verl has no such estimator"
+                    if want is None
+                    else (
+                        f"set algorithm.adv_estimator={want[0]}"
+                        + (
+                            ""
+                            if want[1] is None
+                            else f" algorithm.norm_adv_by_std_in_grpo={want[1]}"
+                        )
+                    )
+                )
+                raise ValueError(
+                    f"{p.source} uses the {p.advantage!r} advantage, which verl's"
+                    f" adv_estimator={est!r} (norm_adv_by_std_in_grpo={std}) does not compute; {how}"
+                )
+        require_settings(
+            controller_settings(self.controller), can, source=self.source, host=host, fix=fix
+        )
 
     def update(self, step: int, verl_metrics: Mapping[str, Any]) -> dict[str, float]:
-        """Map verl's metrics to ours, run the controller; return its ``control/*`` metrics.
+        """Map verl's metrics to ours, run the controller and the detector; return the
+        controller's ``control/*`` metrics (events go to :attr:`events`).
 
         Raises:
             ValueError: no ``actor/entropy`` in the metrics (turn on ``calculate_entropy``).
@@ -191,39 +375,48 @@ class VerlEntropyControl:
                 "verl metrics have no actor/entropy; set actor_rollout_ref.actor.calculate_entropy=True"
             )
         measured = {k: v for k, v in ours.items() if is_our_name(k)}
-        return self.controller.update(int(step), measured)
+        out = {} if self.controller is None else self.controller.update(int(step), measured)
+        if self.detector is not None:
+            events = self.detector.observe({**measured, **out, "step": int(step)})
+            self.events += events
+            if self.print_events:
+                from entropy_rl.integrations.watch import format_event
+
+                for event in events:
+                    print(format_event(event), flush=True)
+        return out
+
+    @property
+    def settings(self) -> dict[str, float]:
+        """What the actor uses for the next update, our names: the preset's loss
+        hyperparameters, then the controller's ``settings()`` over them."""
+        base = {} if self.preset is None else dict(self.preset.loss_kwargs)
+        return base | controller_settings(self.controller)
 
     @property
     def overrides(self) -> dict[str, float]:
-        """The controlled value as verl config keys (empty for a controller that sets none)."""
-        out = {}
-        if self.controller.entropy_coef is not None:
-            out["actor_rollout_ref.actor.entropy_coeff"] = float(self.controller.entropy_coef)
-        if self.controller.eps_high is not None:
-            out["actor_rollout_ref.actor.clip_ratio_high"] = float(self.controller.eps_high)
-        return out
+        """The settings verl's own config fields carry, as verl config keys."""
+        return {
+            f"actor_rollout_ref.actor.{field}": float(self.settings[name])
+            for name, field in _VERL_FIELDS.items()
+            if name in self.settings
+        }
 
     def apply_to(self, actor_config: Any) -> None:
-        """Set ``entropy_coeff`` / ``clip_ratio_high`` on an actor config in place.
-
-        verl's ``ActorConfig`` freezes these fields after construction; they are written with
-        ``object.__setattr__`` (the dataclass stays otherwise untouched). A DictConfig or a
-        plain object is set normally.
-        """
-        for key, value in self.overrides.items():
-            field = key.rsplit(".", 1)[1]
-            if isinstance(actor_config, Mapping) and not hasattr(
-                actor_config, "__dataclass_fields__"
-            ):
-                actor_config[field] = value  # type: ignore[index]
-            else:
-                try:
-                    setattr(actor_config, field, value)
-                except FrozenInstanceError:  # verl's BaseConfig freezes its fields
-                    object.__setattr__(actor_config, field, value)
+        """:func:`apply_settings` with :attr:`settings` on an actor config in this process."""
+        apply_settings(actor_config, self.settings)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.controller.state_dict()
+        state: dict[str, Any] = {}
+        if self.controller is not None:
+            state = {"controller": self.controller.state_dict()}
+        if self.detector is not None:
+            state["detector"] = self.detector.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.controller.load_state_dict(state)
+        if self.controller is not None:
+            # older states are the controller's own dict
+            self.controller.load_state_dict(state.get("controller", state))
+        if self.detector is not None and "detector" in state:
+            self.detector.load_state_dict(state["detector"])
