@@ -186,3 +186,105 @@ def test_entropy_trainer_argument_errors(model_dir: Path, tmp_path: Path) -> Non
             train_dataset=dataset(),
             processing_class=build_char_tokenizer(),
         )
+
+
+# --------------------------------------------------------------------------- presets and hosts
+
+
+def grpo_trainer(model_dir: Path, out: Path, cls: type = GRPOTrainer, **kw: Any) -> Any:
+    args_kw = kw.pop("args_kw", {})
+    return cls(
+        model=str(model_dir),
+        reward_funcs=odd_digit_reward,
+        args=make_args(out, **args_kw),
+        train_dataset=dataset(),
+        processing_class=build_char_tokenizer(),
+        **kw,
+    )
+
+
+def test_preset_refusals_name_the_preset_and_the_trainer(model_dir: Path, tmp_path: Path) -> None:
+    cispo = grpo_trainer(model_dir, tmp_path, args_kw={"loss_type": "cispo"})
+    with pytest.raises(ValueError) as info:
+        EntropyCallback(controller=PIEntropyController(1.0, actuator="eps")).attach(cispo)
+    assert str(info.value) == (
+        "the controller (PIEntropyController) sets eps_low, eps_high, which TRL's GRPOTrainer"
+        " with loss_type='cispo' cannot express (it applies entropy_coef); TRL's cispo caps the"
+        " ratio at epsilon_high itself, not at 1 + eps: use loss_type dapo, grpo, dr_grpo or"
+        " bnpo, or EntropyGRPOTrainer(entropy_loss='cispo')"
+    )
+    with pytest.raises(ValueError, match=r"^preset 'rate-clip' uses the PPO loss with token-mean,"
+                       r" TRL's loss_type='dapo', but this is TRL's GRPOTrainer with"
+                       r" loss_type='cispo'; set GRPOConfig\(loss_type='dapo'\)"):  # fmt: skip
+        EntropyCallback(preset="rate-clip").attach(cispo)
+    dapo = grpo_trainer(model_dir, tmp_path)  # TRL's default loss_type: dapo
+    with pytest.raises(ValueError, match=r"^preset 'clip-cov' uses our 'clip_cov' loss with"
+                       r" token-mean, which TRL's GRPOTrainer does not have; build the trainer as"
+                       r" EntropyGRPOTrainer\(preset='clip-cov', ...\)$"):  # fmt: skip
+        EntropyCallback(preset="clip-cov").attach(dapo)
+    with pytest.raises(ValueError, match=r"^preset 'dapo' sets rollout.dynamic_sampling,"
+                       r" rollout.overlong_shaping, which TRL's GRPOTrainer"):  # fmt: skip
+        EntropyCallback(preset="dapo").attach(dapo)
+    with pytest.raises(ValueError, match=r"^preset 'entropic' uses our 'entropic' loss"):
+        EntropyCallback(preset="entropic").attach(dapo)
+    with pytest.raises(ValueError, match=r"^preset 'dr-grpo' uses the 'dr_grpo' advantage, which"
+                       r" .* scale_rewards='group' does not compute; set"
+                       r" GRPOConfig\(scale_rewards='none'\)$"):  # fmt: skip
+        EntropyCallback(preset="dr-grpo").attach(
+            grpo_trainer(model_dir, tmp_path, args_kw={"loss_type": "dr_grpo"})
+        )
+    with pytest.raises(ValueError, match=r"^preset 'rate-clip' brings its own controller"):
+        EntropyCallback(preset="rate-clip", controller=PIEntropyController(1.0))
+    with pytest.raises(ValueError, match=r"^preset 'rate-clip' sets the loss: leave out"
+                       r" entropy_loss$"):  # fmt: skip
+        EntropyGRPOTrainer(preset="rate-clip", entropy_loss="ppo")
+    # TRL's own adaptive entropy owns entropy_coef
+    adaptive = grpo_trainer(model_dir, tmp_path, args_kw={"use_adaptive_entropy": True})
+    with pytest.raises(ValueError, match=r"sets entropy_coef, which TRL's GRPOTrainer with"
+                       r" loss_type='dapo' and use_adaptive_entropy on cannot express"):  # fmt: skip
+        EntropyCallback(controller=PIEntropyController(1.0)).attach(adaptive)
+
+
+def test_entropic_preset_in_the_trainer_subclass_moves_the_loss_weights(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    trainer = grpo_trainer(
+        model_dir, tmp_path, EntropyGRPOTrainer, preset="entropic",
+        callback_kwargs={"print_events": False},
+    )  # fmt: skip
+    cb = trainer.entropy_callback
+    assert cb is not None and trainer.callback_handler.callbacks[0] is cb
+    assert (trainer.entropy_loss, trainer.entropy_loss_agg) == ("entropic", "token-mean")
+    assert trainer._loss_hparams() == {"eps_low": 0.2, "eps_high": 0.2, "prob_threshold": 0.95}
+    assert cb.controller is not None  # built at attach: max_steps is 4
+    # EntroPIC, target 1.0, kp 1, ki 0.01: H 1.3 -> e 0.3, I 0.3, alpha 0.303 (tests/unit)
+    cb.on_train_begin(trainer.args, trainer.state, trainer.control)
+    trainer.state.global_step = 1
+    logs = {"entropy": 1.3}
+    cb.on_log(trainer.args, trainer.state, trainer.control, logs=logs)
+    hp = trainer._loss_hparams()
+    assert (hp["pos_weight"], hp["neg_weight"]) == pytest.approx((1.303, 0.697), abs=1e-12)
+    assert logs["control/pos_weight"] == pytest.approx(1.303, abs=1e-12)
+    assert logs["control/eps_high"] == 0.2 and logs["control/entropic_alpha"] == pytest.approx(
+        0.303, abs=1e-12
+    )
+
+
+def test_rate_clip_preset_trains_and_moves_the_clip(model_dir: Path, tmp_path: Path) -> None:
+    """A real run: the callback built from the preset sets both clip bounds every step."""
+    cb = EntropyCallback(tmp_path / "erl", preset="rate-clip", print_events=False)
+    trainer = grpo_trainer(model_dir, tmp_path / "out", callbacks=[cb])
+    cb.attach(trainer)
+    torch.set_num_threads(1)
+    trainer.train()
+    rows = [json.loads(x) for x in (tmp_path / "erl" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["control/eps_high"] == 0.2  # the first step only records H (init 0.2)
+    for r in rows:
+        assert r["control/eps_low"] == r["control/eps_high"]
+        assert 0.02 <= r["control/eps_high"] <= 0.2
+        assert r["control/target_entropy"] == pytest.approx(1.5 - (r["step"] / 4))
+    assert (trainer.epsilon_low, trainer.epsilon_high) == (
+        rows[-1]["control/eps_low"],
+        rows[-1]["control/eps_high"],
+    )

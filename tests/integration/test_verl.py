@@ -221,6 +221,102 @@ def test_controller_adapter_entropy_coef() -> None:
     assert cfg.entropy_coeff == pytest.approx(0.011, abs=1e-12) and cfg.clip_ratio_high == 0.2
 
 
+def verl_run_config(**kw: Any) -> dict[str, Any]:
+    """The parts of verl 0.9's trainer config that from_verl_config reads (a Hydra config
+    reads the same through attribute or key access)."""
+    actor = {
+        "policy_loss": {"loss_mode": kw.pop("loss_mode", "erl_ppo")},
+        "loss_agg_mode": kw.pop("agg", "token-mean"),
+        "calculate_entropy": kw.pop("calculate_entropy", True),
+    }
+    algo = {"adv_estimator": kw.pop("adv", "grpo"), "norm_adv_by_std_in_grpo": kw.pop("std", True)}
+    return {
+        "actor_rollout_ref": {"actor": actor},
+        "algorithm": algo,
+        "trainer": {"total_training_steps": kw.pop("steps", 10)},
+        "entropy_rl": {"preset": kw.pop("preset", "rate-clip")},
+    }
+
+
+def test_preset_from_the_config_entry_and_its_refusals() -> None:
+    assert VerlEntropyControl.from_verl_config({"trainer": {}}) is None  # no entry, no control
+    ctl = VerlEntropyControl.from_verl_config(verl_run_config())
+    assert ctl is not None and ctl.settings == {"eps_low": 0.2, "eps_high": 0.2}
+    assert ctl.overrides == {
+        "actor_rollout_ref.actor.clip_ratio_low": 0.2,
+        "actor_rollout_ref.actor.clip_ratio_high": 0.2,
+    }
+    # linear 1.5 -> 0.5 over the config's 10 steps: target 1.4 at step 1
+    assert ctl.update(1, {"actor/entropy": 1.2})["control/target_entropy"] == pytest.approx(1.4)
+    refusals = {
+        "loss_mode": (
+            {"loss_mode": "vanilla"},
+            "preset 'rate-clip' uses our 'ppo' loss, but the run has verl's loss_mode 'vanilla';"
+            " set actor_rollout_ref.actor.policy_loss.loss_mode=erl_ppo (after"
+            " register_with_verl())",
+        ),
+        "agg": (
+            {"agg": "seq-mean-token-mean"},
+            "preset 'rate-clip' aggregates with token-mean, the run with 'seq-mean-token-mean';"
+            " set actor_rollout_ref.actor.loss_agg_mode=token-mean",
+        ),
+        "advantage": (
+            {"preset": "dr-grpo", "agg": "seq-mean-token-sum-norm"},
+            "preset 'dr-grpo' uses the 'dr_grpo' advantage, which verl's adv_estimator='grpo'"
+            " (norm_adv_by_std_in_grpo=True) does not compute; set algorithm.adv_estimator=grpo"
+            " algorithm.norm_adv_by_std_in_grpo=False",
+        ),
+        "extras": (
+            {"preset": "dapo"},
+            "preset 'dapo' sets rollout.dynamic_sampling, rollout.overlong_shaping, which verl's"
+            " loss_mode 'erl_ppo' cannot express (it applies none); verl has its own options for"
+            " these; set them there",
+        ),
+        "entropy": (
+            {"preset": "target-schedule", "calculate_entropy": False},
+            "preset 'target-schedule' sets entropy_coef, which verl's loss_mode 'erl_ppo'"
+            " without calculate_entropy cannot express (it applies eps_high, eps_low); set"
+            " actor_rollout_ref.actor.calculate_entropy=True",
+        ),
+    }
+    for what, (kw, message) in refusals.items():
+        with pytest.raises(ValueError) as info:
+            VerlEntropyControl.from_verl_config(verl_run_config(**kw))
+        assert str(info.value) == message, what
+    # a controller's clip on a loss without one: refused by the same check
+    ctl = VerlEntropyControl(PIEntropyController(1.0, actuator="eps"))
+    with pytest.raises(ValueError, match=r"^the controller \(PIEntropyController\) sets eps_low,"
+                       r" eps_high, which verl's loss_mode 'erl_gpg' cannot express"):  # fmt: skip
+        ctl.check(verl_run_config(loss_mode="erl_gpg"))
+    with pytest.raises(ValueError, match="leave out controller="):
+        VerlEntropyControl(PIEntropyController(1.0), preset="rate-clip")
+
+
+def test_entropic_preset_weights_reach_the_registered_loss() -> None:
+    register_with_verl(stub_register_policy_loss)
+    ctl = VerlEntropyControl.from_verl_config(
+        verl_run_config(preset="entropic", loss_mode="erl_entropic")
+    )
+    assert ctl is not None
+    # EntroPIC target 1.0 (preset), kp 1, ki 0.01: H 1.3 -> alpha 0.303: weights 1.303 / 0.697
+    ctl.update(1, {"actor/entropy": 1.3})
+    assert ctl.settings == pytest.approx(
+        {"eps_low": 0.2, "eps_high": 0.2, "prob_threshold": 0.95, "pos_weight": 1.303,
+         "neg_weight": 0.697}
+    )  # fmt: skip
+    cfg = FrozenConfig()
+    ctl.apply_to(cfg)
+    ctl.apply_to(cfg)  # again: erl_settings is replaced, not frozen
+    # one confident token (p 0.97 > 0.95) with A = +1 and r = 1: loss -pos_weight * r * A
+    old = torch.log(torch.tensor([[0.97]]))
+    one = torch.ones(1, 1)
+    loss, _ = call("erl_entropic", cfg, old, old.clone(), one, one)
+    assert float(loss) == pytest.approx(-1.303, abs=1e-6)
+    cfg2 = FrozenConfig()  # without the hook: plain weights
+    loss, _ = call("erl_entropic", cfg2, old, old.clone(), one, one)
+    assert float(loss) == pytest.approx(-1.0, abs=1e-6)
+
+
 # --------------------------------------------------------------------------- real verl (slow)
 
 VERL_PY = Path(os.environ.get("ENTROPY_RL_VERL_PYTHON", "/tmp/verl-venv/bin/python"))
