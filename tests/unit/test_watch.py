@@ -399,3 +399,41 @@ def test_make_loggers_jsonl_and_errors(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     with pytest.raises(MissingExtraError, match=r"entropy-rl\[tensorboard\]"):
         make_loggers(["tensorboard"], tmp_path, {})
+
+
+def test_watch_prints_what_would_act_on_each_event_in_that_host(tmp_path: Path) -> None:
+    from entropy_rl.control.detector import RULES
+    from entropy_rl.integrations._hints import HOSTS, event_hint
+
+    run = tmp_path / "trl-out"
+    write_trl_dir(run, trl_rows())
+    out = io.StringIO()
+    assert watch(run, follow=False, out=out) == 2
+    lines = out.getvalue().splitlines()
+    i = next(k for k, ln in enumerate(lines) if "entropy_drop" in ln)
+    assert lines[i + 1] == (
+        '              -> in TRL: EntropyCallback(preset="rate-clip") narrows the clip while'
+        " entropy falls faster than scheduled; or"
+        ' EntropyCallback(detector_kwargs={"entropy_drop_action": "raise_eps_high"})'
+    )
+    assert "entropy_floor" in lines[i + 2]
+    assert lines[i + 3].endswith('EntropyCallback(preset="target-schedule") raises the entropy'
+                                 " bonus while entropy is under its target; or"
+                                 ' EntropyCallback(detector_kwargs={"entropy_floor_action":'
+                                 ' "raise_entropy_coef"})')  # fmt: skip
+    path = tmp_path / "verl.jsonl"
+    path.write_text("".join(json.dumps({"step": k, "actor/entropy": h}) + "\n"
+                            for k, h in enumerate(ENTROPY, 1)))  # fmt: skip
+    out = io.StringIO()
+    watch(path, follow=False, out=out)
+    assert "-> in verl: +entropy_rl.preset=target-schedule raises the entropy bonus" in (
+        out.getvalue()
+    )
+    assert event_hint("repetition_rise", "entropy_rl") == (
+        "in entropy-rl: control.detector_kwargs.repetition_rise_action=stop"
+    )
+    for rule in RULES:  # every rule has a line in every host
+        for naming in HOSTS:
+            assert event_hint(rule, naming).startswith(f"in {HOSTS[naming]}: ")
+    with pytest.raises(ValueError, match="no hint"):
+        event_hint("entropy_drop", "openrlhf")

@@ -2,7 +2,10 @@
 
 Reads a run's metrics while they are written, maps their names onto ours
 (``integrations._names``), feeds each new step to :class:`~entropy_rl.control.detector.
-CollapseDetector`, and prints one line per event as it fires. Sources, detected from the path:
+CollapseDetector`, and prints one line per event as it fires, with a line under it naming the
+preset or detector setting that would act on it in the run's framework (``integrations._hints``:
+``EntropyCallback(preset=...)`` for TRL, ``+entropy_rl.preset=...`` for verl). Sources,
+detected from the path:
 
 * our ``metrics.jsonl`` (a run directory or the file);
 * a TRL output directory: ``trainer_state.json``'s ``log_history``, from the output dir or
@@ -40,6 +43,7 @@ import yaml
 
 from entropy_rl.control.detector import CollapseDetector, DetectorConfig, Event
 from entropy_rl.errors import ConfigError, MissingExtraError, UserError
+from entropy_rl.integrations._hints import event_hint
 from entropy_rl.integrations._names import detect_naming, map_metrics
 
 __all__ = ["FORMATS", "MetricStream", "detect_format", "format_event", "parse_stream", "watch"]
@@ -397,6 +401,8 @@ class _Session:
             for event in events:
                 self.events += 1
                 self.say(format_event(event))
+                hint = event_hint(event.rule, self.stream.naming or "entropy_rl")
+                self.say(f"{'':>14}-> {hint}")  # what would act on it in the run's framework
                 if self.report_dir is not None:
                     _jsonl_append(self.report_dir / "events.jsonl", event.to_dict())
 
