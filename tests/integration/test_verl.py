@@ -383,3 +383,13 @@ def test_erl_losses_match_verl_losses_in_verl_venv() -> None:
         assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6), key
         assert r["grad_diff"] <= 1e-5 * max(1.0, r["grad_norm"]), key
         assert "ratio/abs_dev" in r["our_metrics"], key
+
+
+def test_preset_schedule_length_from_the_trainer_when_the_config_has_none() -> None:
+    cfg = verl_run_config(steps=-1)  # verl's default: the trainer computes the length
+    with pytest.raises(ValueError, match="total_steps"):
+        VerlEntropyControl.from_verl_config(cfg)
+    ctl = VerlEntropyControl.from_verl_config(cfg, total_steps=4)
+    assert ctl is not None
+    # linear 1.5 -> 0.5 over 4 steps: target 1.25 at step 1
+    assert ctl.update(1, {"actor/entropy": 1.0})["control/target_entropy"] == pytest.approx(1.25)

@@ -217,7 +217,7 @@ class EntropyCallback(TrainerCallback):
     @property
     def source(self) -> str:
         """What the settings come from, for error messages."""
-        if self.preset is not None:
+        if self.preset is not None and self.preset.controller != "none":
             return self.preset.source
         return f"the controller ({type(self.controller).__name__})"
 

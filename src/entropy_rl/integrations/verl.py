@@ -291,9 +291,13 @@ class VerlEntropyControl:
         self.events: list[Event] = []
 
     @classmethod
-    def from_verl_config(cls, config: Any) -> VerlEntropyControl | None:
+    def from_verl_config(
+        cls, config: Any, total_steps: int | None = None
+    ) -> VerlEntropyControl | None:
         """The preset named by the config entry ``entropy_rl.preset`` (Hydra:
         ``+entropy_rl.preset=rate-clip``), checked against the run's config; None without it.
+        ``total_steps`` (verl's ``RayPPOTrainer.total_training_steps``) defaults to the
+        config's ``trainer.total_training_steps`` when that is set.
 
         Raises:
             ValueError: the run's config cannot express the preset (one line: preset, verl,
@@ -302,7 +306,7 @@ class VerlEntropyControl:
         name = _get(_get(config, "entropy_rl"), "preset")
         if name is None:
             return None
-        steps = _get(_get(config, "trainer"), "total_training_steps")
+        steps = total_steps or _get(_get(config, "trainer"), "total_training_steps")
         steps = int(steps) if steps is not None and int(steps) > 0 else None
         control = cls(preset=str(name), total_steps=steps)
         control.check(config)
