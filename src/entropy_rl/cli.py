@@ -119,6 +119,11 @@ def _compare(args: argparse.Namespace) -> int:
     extra = args.metric or list(get_task(args.task).summary_metrics)
     common = [f"data.task={args.task}", *args.set]
     out = Path(args.out)
+    if args.no_train and not out.is_dir():
+        raise UserError(
+            f"--no-train summarises the runs under --out {out}, which is not a folder; "
+            "give the --out of an earlier compare"
+        )
     md, _ = compare(
         settings, seeds=args.seeds, out_dir=out, common=common, steps=args.steps, jobs=args.jobs,
         extra=extra, train=not args.no_train,

@@ -89,7 +89,40 @@ def check_model_dir(path: str | Path) -> Path:
             f"model.path {path}: no tokenizer there ({', '.join(TOKENIZER_FILES[:2])}, ...); "
             "write one with tokenizer.save_pretrained(DIR)"
         )
+    kind = cfg.get("model_type")
+    if isinstance(kind, str) and "auto_map" not in cfg:  # custom code names its own classes
+        from transformers import CONFIG_MAPPING
+
+        if kind not in CONFIG_MAPPING:
+            raise UserError(
+                f"{cfg_file}: model_type {kind!r} is not one this transformers knows; fix the "
+                "model_type, or upgrade transformers if the architecture is newer than it"
+            )
+    for f in sorted(d.glob("*.safetensors")):
+        if problem := _safetensors_problem(f):
+            raise UserError(f"{f} is damaged ({problem}); download or save the model again")
     return d
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file's framing, from its header alone (None: nothing):
+    an 8-byte little-endian header length, a JSON header, then exactly the bytes the header's
+    data_offsets cover."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 0 or 8 + n > size:
+            return f"{size} bytes, too short for its header"
+        try:
+            header = json.loads(f.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                      default=0)  # fmt: skip
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            return f"unreadable header ({e})"
+    if 8 + n + end != size:
+        return f"{size} bytes, its header describes {8 + n + end}"
+    return None
 
 
 def _is_network_error(e: BaseException) -> bool:

@@ -340,3 +340,20 @@ def test_an_out_that_is_a_file_or_below_one_is_named_as_such(tmp_path: Path):
         RunDir(tool, resume=False).check(Config())
     with pytest.raises(UserError, match=rf"run directory {tool}/x/y cannot be made: {tool} is a"):
         RunDir(tool / "x" / "y", resume=False).check(Config())
+
+
+def test_rows_a_resume_cannot_read_are_set_aside_not_fatal(tmp_path: Path):
+    from entropy_rl.train.logging import JsonlLogger
+
+    log = tmp_path / "metrics.jsonl"
+    rows = ['{"step": 0}', '{"step": 1}', '{"step": "x"}', '{"step": 2}', '{"step": 1.5}',
+            "[1]", '{"step": 3, "reward/me']  # fmt: skip
+    log.write_text("\n".join(rows))  # the last line torn by a kill: no newline
+    assert JsonlLogger.truncate_after(log, 2) == 4
+    assert log.read_text() == '{"step": 0}\n{"step": 1}\n{"step": 2}\n'
+    assert (tmp_path / "metrics.jsonl.orphaned").read_text().splitlines() == [
+        '{"step": "x"}',
+        '{"step": 1.5}',
+        "[1]",
+        '{"step": 3, "reward/me',
+    ]

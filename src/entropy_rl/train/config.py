@@ -391,6 +391,14 @@ class Config:
     preset: str | None = None
     """Name of the preset this config started from (informational)."""
 
+    def __post_init__(self) -> None:
+        rows = self.rollout.prompts_per_step * self.rollout.group_size
+        if self.algo.mini_batches > rows:  # the update would cap it, silently
+            raise ConfigError(
+                f"algo.mini_batches={self.algo.mini_batches} exceeds the {rows} completions of a "
+                f"step (rollout.prompts_per_step x rollout.group_size); use at most {rows}"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -449,6 +457,8 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         return tuple(_coerce(key, a, v) for a, v in zip(args, value, strict=True))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if tp in (int, float, str) and (not isinstance(value, tp) or isinstance(value, bool)):
@@ -513,7 +523,14 @@ def parse_override(item: str) -> dict[str, Any]:
     keys = path.strip().split(".")
     if len(keys) < 2 or not all(keys):
         raise ConfigError(f"override {item!r} needs a section and a key, e.g. algo.lr=1e-4")
-    value: Any = yaml_load(raw) if raw.strip() else None
+    try:
+        value: Any = yaml_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:  # an unclosed bracket, or a tag such as !!python/... (refused)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(
+            f"override {item!r}: the value is not valid YAML ({problem}); write plain values, "
+            "e.g. algo.betas=[0.9,0.99] (quote the whole override for the shell)"
+        ) from e
     out: dict[str, Any] = {keys[-1]: value}
     for k in reversed(keys[:-1]):
         out = {k: out}
@@ -549,7 +566,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     try:
-        d = yaml_load(p.read_text())
+        d = yaml_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {p} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+            f"{e.start}); save it as UTF-8"
+        ) from e
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
     if d is None:

@@ -69,11 +69,17 @@ def _record_to_example(
         raise ConfigError(
             f"{where} has no {prompt_col!r} column (columns: {sorted(rec)}); set data.prompt_column"
         )
-    meta = {k: v for k, v in rec.items() if k not in (prompt_col, answer_col)}
+    prompt = rec[prompt_col]
+    if not isinstance(prompt, (str, int, float)) or isinstance(prompt, bool):
+        raise ConfigError(
+            f"{where}: the prompt column {prompt_col!r} holds {json.dumps(prompt)[:60]}; every "
+            "record needs a prompt text (a string)"
+        )
+    # every column under its own name (the prompt column too, unless it is `prompt`), and the
+    # answer column also as `answer`: names the reward's positional arguments take are left out
+    meta = {k: v for k, v in rec.items() if k not in ("prompt", "completion", "answer")}
     answer = rec.get(answer_col)
-    return Example(
-        prompt=str(rec[prompt_col]), answer=None if answer is None else str(answer), meta=meta
-    )
+    return Example(prompt=str(prompt), answer=None if answer is None else str(answer), meta=meta)
 
 
 def load_jsonl(
@@ -83,8 +89,16 @@ def load_jsonl(
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"prompt file {p} does not exist")
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = data[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{p}:{at} is not UTF-8 text (byte {data[e.start]:#04x}); save the file as UTF-8"
+        ) from e
     out = []
-    for i, line in enumerate(p.read_text().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -105,7 +119,14 @@ def load_hf_dataset(cfg: DataConfig) -> list[Example]:
             "data.dataset needs the datasets extra: pip install 'entropy-rl[datasets]'"
         ) from e
     assert cfg.dataset is not None
-    ds = datasets.load_dataset(cfg.dataset, cfg.dataset_config, split=cfg.dataset_split)
+    try:
+        ds = datasets.load_dataset(cfg.dataset, cfg.dataset_config, split=cfg.dataset_split)
+    except (FileNotFoundError, ConnectionError) as e:  # no such data set, or the hub unreachable
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(
+            f"data.dataset={cfg.dataset!r} could not be loaded ({why}); check the name, that the "
+            "hub is reachable, or give a local path (or data.prompts=FILE.jsonl)"
+        ) from e
     return [
         _record_to_example(dict(rec), f"{cfg.dataset}[{i}]", cfg.prompt_column, cfg.answer_column)
         for i, rec in enumerate(ds)

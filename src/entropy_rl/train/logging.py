@@ -75,11 +75,14 @@ class JsonlLogger:
             return 0
         keep: list[str] = []
         moved: list[str] = []
-        for line in path.read_text().splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 s = json.loads(line).get("step", 0)
             except (json.JSONDecodeError, AttributeError):
                 moved.append(line)  # a torn last line from a kill
+                continue
+            if not isinstance(s, int) or isinstance(s, bool):  # not a row we wrote
+                moved.append(line)
                 continue
             (keep if s <= step else moved).append(line)
         if moved:

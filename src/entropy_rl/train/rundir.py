@@ -302,7 +302,7 @@ def _count_steps(path: Path) -> int:
     if not path.is_file():
         return 0
     n = 0
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             n += int(json.loads(line).get("step", 0) >= 1)
         except (ValueError, AttributeError, TypeError):

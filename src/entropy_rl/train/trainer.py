@@ -109,8 +109,9 @@ def validate_algo(cfg: Config, controller: Any = None) -> None:
         raise ConfigError(f"control: {e}") from e
     one = torch.zeros(2, 1)
     try:
+        g = cfg.rollout.group_size  # one group of the configured size (grpo needs >= 2)
         compute_advantages(
-            cfg.algo.advantage, torch.tensor([0.0, 1.0]), group_size=2, **cfg.algo.advantage_kwargs
+            cfg.algo.advantage, torch.arange(float(g)), group_size=g, **cfg.algo.advantage_kwargs
         )
         policy_loss(
             cfg.algo.loss, logprobs=one, old_logprobs=one, advantages=torch.zeros(2), mask=torch.ones(2, 1),
@@ -118,6 +119,8 @@ def validate_algo(cfg: Config, controller: Any = None) -> None:
         )  # fmt: skip
     except (ValueError, TypeError) as e:
         hint = f" (control.controller={ctl.controller!r} sets {sorted(sets)})" if sets else ""
+        if "group_size" in str(e):
+            hint += f" (rollout.group_size={cfg.rollout.group_size})"
         raise ConfigError(f"algo: {e}{hint}") from e
 
 
