@@ -424,3 +424,32 @@ def test_a_second_signal_stops_at_once_and_the_resume_goes_on_from_the_last_chec
     assert "Traceback" not in err, err
     assert ckpt.latest_checkpoint(out) is None  # the first save is step 4's
     _resume_equals(unbroken, out)
+
+
+def test_disk_full_while_logging_ends_in_one_line_without_a_torn_line(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    out = tmp_path / "run"
+    trainer = _trainer(tiny_model_dir, out, 4)
+    fd, real = trainer.loggers[0]._fd, os.write
+
+    def filling(f: int, data: bytes) -> int:  # step 3's row: half of it fits, then ENOSPC
+        if f == fd and data.startswith(b'{"step": 3,'):
+            real(f, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, data)
+
+    monkeypatch.setattr(os, "write", filling)
+    with pytest.raises(ckpt.DiskFullError) as info:
+        trainer.fit()  # the loggers' close in fit's finally no longer hides it
+    monkeypatch.undo()
+    assert str(info.value) == (
+        f"no space left on device (ENOSPC) writing {out / 'metrics.jsonl'}: free space, then "
+        f"continue with entropy-rl train --resume {out} (it goes on from the last checkpoint)"
+    )
+    assert (out / "metrics.jsonl").read_text().endswith("\n")  # whole lines only
+    assert [r["step"] for r in _rows(out / "metrics.jsonl")] == [0, 1, 2]
+    resumed = _trainer(tiny_model_dir, out, 4, resume=True)  # from step 2 (run.save_every=2)
+    assert resumed.step == 2
+    resumed.fit()
+    assert [r["step"] for r in _rows(out / "metrics.jsonl")] == [0, 1, 2, 3, 4]

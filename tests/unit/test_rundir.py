@@ -357,3 +357,48 @@ def test_rows_a_resume_cannot_read_are_set_aside_not_fatal(tmp_path: Path):
         "[1]",
         '{"step": 3, "reward/me',
     ]
+
+
+def test_samples_rows_are_written_once_each_even_beyond_the_prompts_of_a_step(tmp_path: Path):
+    from types import SimpleNamespace
+
+    pytest.importorskip("transformers")
+    from entropy_rl.train.trainer import Trainer
+
+    cfg = build_config(overrides=["run.log_samples=5", "rollout.group_size=3"])
+    examples = [SimpleNamespace(prompt=f"p{k}") for k in range(2)]  # 2 prompts x 3 completions
+    samples = SimpleNamespace(examples=examples, texts=[f"c{i}" for i in range(6)],
+                              rewards=[float(i) for i in range(6)])  # fmt: skip
+    host = SimpleNamespace(cfg=cfg, run_dir=tmp_path, step=7)
+    Trainer._write_samples(host, samples)  # type: ignore[arg-type]
+    rows = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    # rows 0, 3 (each prompt's first), then 1, 4 (each one's second), then 2
+    assert [(r["prompt"], r["completion"], r["reward"]) for r in rows] == [
+        ("p0", "c0", 0.0), ("p1", "c3", 3.0), ("p0", "c1", 1.0), ("p1", "c4", 4.0),
+        ("p0", "c2", 2.0),
+    ]  # fmt: skip
+    assert {r["step"] for r in rows} == {7}
+
+
+def test_a_log_line_is_appended_whole_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from entropy_rl.train.logging import JsonlLogger, append_lines
+
+    log = JsonlLogger(tmp_path / "m.jsonl")
+    log.log(1, {"step": 1})
+    real = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        real(fd, data[:3])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError) as info:
+        log.log(2, {"step": 2})
+    assert info.value.filename == str(tmp_path / "m.jsonl")
+    with pytest.raises(OSError):
+        append_lines(tmp_path / "m.jsonl", ['{"step": 3}'])
+    monkeypatch.undo()
+    log.close()  # nothing buffered: no second error from closing
+    assert (tmp_path / "m.jsonl").read_text() == '{"step": 1}\n'

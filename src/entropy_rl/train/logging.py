@@ -17,6 +17,7 @@ The terminal's view of the same metrics, the tqdm bar of ``Trainer.fit``, is `Pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -36,6 +37,7 @@ __all__ = [
     "ProgressBar",
     "TensorBoardLogger",
     "WandbLogger",
+    "append_lines",
     "default_loggers",
     "make_loggers",
     "mlflow_key",
@@ -50,22 +52,53 @@ class Logger(Protocol):
     def close(self) -> None: ...
 
 
+def _append(fd: int, data: bytes, path: Path) -> None:
+    """Append ``data`` to the file open as ``fd``, whole or not at all: a write that fails part
+    way (disk full) is cut back off, so the file never ends in a torn line, and the OSError is
+    raised (Trainer.fit makes ENOSPC one line)."""
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        done = 0
+        while done < len(data):  # a regular file writes short only when the disk fills
+            done += os.write(fd, data[done:])
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        e.filename = e.filename or str(path)  # the one-line error names the file
+        raise
+
+
+def append_lines(path: Path, lines: list[str], *, fsync: bool = False) -> None:
+    """Append ``lines`` (each without its newline) to ``path`` in one write, whole or not at all."""
+    if not lines:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        _append(fd, "".join(line + "\n" for line in lines).encode(), path)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class JsonlLogger:
-    """One JSON object per line, flushed every step, so a crash loses at most the current step."""
+    """One JSON object per line, written whole (never a torn line, even on a full disk) and
+    fsynced every step, so a crash loses at most the current step."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._f = open(path, "a")  # noqa: SIM115
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        self._f.write(
-            json.dumps(metrics) + "\n"
-        )  # an OSError (disk full) ends Trainer.fit in one line
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        if self._fd is None:
+            raise ValueError(f"{self.path}: log() after close()")
+        _append(self._fd, (json.dumps(metrics) + "\n").encode(), self.path)
+        os.fsync(self._fd)
 
-    def close(self) -> None:
-        self._f.close()
+    def close(self) -> None:  # nothing buffered: closing cannot fail on a full disk
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     @staticmethod
     def truncate_after(path: Path, step: int) -> int:

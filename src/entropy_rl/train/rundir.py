@@ -54,7 +54,7 @@ import yaml
 from entropy_rl.errors import UserError
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.config import Config, yaml_load
-from entropy_rl.train.logging import JsonlLogger
+from entropy_rl.train.logging import JsonlLogger, append_lines
 
 LOCK_FILE = "run.lock"
 CONFIG_FILE = "config.yaml"
@@ -465,8 +465,7 @@ class RunDir:
         warnings.warn(msg, RunDirWarning, stacklevel=4)
         event = {"step": step, "rule": "reward_changed", "severity": "warning", "values": {},
                  "message": msg, "action": None, "files": changed}  # fmt: skip
-        with open(self.path / "events.jsonl", "a") as f:
-            f.write(json.dumps(event) + "\n")
+        append_lines(self.path / "events.jsonl", [json.dumps(event)])
 
     def _check_claim(self) -> None:
         done = ckpt.step_dirs(self.path)
@@ -620,8 +619,7 @@ class RunDir:
                            "(--allow-config-change): the trajectory changes from here",
                 "action": None, "changes": {c.key: [c.old, c.new] for c in altering},
             }  # fmt: skip
-            with open(self.path / "events.jsonl", "a") as f:
-                f.write(json.dumps(event) + "\n")
+            append_lines(self.path / "events.jsonl", [json.dumps(event)])
 
     def release(self) -> None:
         self.lock.release()

@@ -56,7 +56,13 @@ from entropy_rl.train.distributed import all_gather_rows, all_reduce, init_from_
 from entropy_rl.train.encoding import Encoder, stop_token_ids
 from entropy_rl.train.evaluate import evaluate, start_metrics
 from entropy_rl.train.forecast import capture_head_inputs, forecast_due, same_batch_entropy_change
-from entropy_rl.train.logging import Logger, ProgressBar, default_loggers, quiet_progress_bars
+from entropy_rl.train.logging import (
+    Logger,
+    ProgressBar,
+    append_lines,
+    default_loggers,
+    quiet_progress_bars,
+)
 from entropy_rl.train.precision import LossScaler, compute_dtype, to_master_weights
 from entropy_rl.train.rollout import collect
 from entropy_rl.train.rundir import RunDir, disk_error, restore_rng
@@ -496,8 +502,7 @@ class Trainer:
     def _on_event(self, event: Any) -> None:
         record = event.to_dict()
         if self.dist.is_main:
-            with open(self.run_dir / "events.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_lines(self.run_dir / "events.jsonl", [json.dumps(record)])
             print(f"[step {self.step}] {record['rule']}: {record['message']}", file=sys.stderr)
         action = record.get("action")
         if action == "stop":
@@ -532,13 +537,15 @@ class Trainer:
         if n <= 0:
             return
         g = self.cfg.rollout.group_size
-        with open(self.run_dir / "samples.jsonl", "a") as f:
-            for i in range(min(n, len(samples.texts))):
-                row = i * g % len(samples.texts)
-                ex = samples.examples[row // g]
-                rec = {"step": self.step, "prompt": ex.prompt, "completion": samples.texts[row],
-                       "reward": samples.rewards[row]}  # fmt: skip
-                f.write(json.dumps(rec) + "\n")
+        groups = len(samples.texts) // g
+        lines = []  # each group's first completion, then each one's second, ...: once each
+        for i in range(min(n, len(samples.texts))):
+            row = (i % groups) * g + i // groups
+            ex = samples.examples[row // g]
+            rec = {"step": self.step, "prompt": ex.prompt, "completion": samples.texts[row],
+                   "reward": samples.rewards[row]}  # fmt: skip
+            lines.append(json.dumps(rec))
+        append_lines(self.run_dir / "samples.jsonl", lines)  # whole lines, even on a full disk
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
