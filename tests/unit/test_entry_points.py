@@ -58,3 +58,30 @@ def test_loggers_have_one_home() -> None:
         assert getattr(integrations, name) is getattr(logging_, name), name
     source = (ROOT / "src/entropy_rl/train/logging.py").read_text()
     assert "entropy_rl.integrations" not in source  # no import back: no cycle
+
+
+def test_help_and_version_import_neither_torch_nor_transformers() -> None:
+    """``entropy-rl --help`` / ``--version`` answer at once: the public API loads on use."""
+    code = (
+        "import sys, contextlib, io\nfrom entropy_rl import cli\n"
+        "for argv in (['--version'], ['--help'], ['train', '--help'], ['compare', '--help']):\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        cli.main(argv)\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120, check=True)  # fmt: skip
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_every_public_name_resolves_lazily() -> None:
+    from entropy_rl.ops.losses import policy_loss
+    from entropy_rl.train.trainer import Trainer
+
+    assert entropy_rl.policy_loss is policy_loss and entropy_rl.Trainer is Trainer
+    for name in entropy_rl.__all__:
+        assert getattr(entropy_rl, name).__name__ == name, name
+    assert set(entropy_rl.__all__) <= set(dir(entropy_rl))
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        _ = entropy_rl.nope
