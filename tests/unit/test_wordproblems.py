@@ -74,9 +74,26 @@ def test_levels_number_ranges():
         assert all(2 <= x <= 50 for x in _numbers(ex.prompt))
     mixed = get_task("word_problems", level=[1, 3]).sample_train(200, random.Random(0))
     assert {ex.meta["level"] for ex in mixed} == {1, 3}
-    for bad in (0, 4, [1, 5], [], True):
-        with pytest.raises(ValueError, match="level must be 1, 2 or 3"):
+    for bad in (-1, 4, [1, 5], [], True):
+        with pytest.raises(ValueError, match="level must be 0, 1, 2 or 3"):
             WordProblemsTask(level=bad)
+
+
+def test_level_zero_bare_questions_and_every_held_out_problem():
+    # "What is a + b?" (a, b in 1..20) or "What is a - b?" (20 >= a > b >= 1); answers checked
+    task = get_task("word_problems", level=0)
+    for ex in task.sample_train(200, random.Random(0)):
+        a, b = _numbers(ex.prompt)
+        plus = ex.prompt.startswith(f"What is {a} + {b}?")
+        assert plus or ex.prompt.startswith(f"What is {a} - {b}?")
+        assert 1 <= a <= 20 and 1 <= b <= 20 and (plus or a > b)
+        assert int(ex.answer) == (a + b if plus else a - b)
+    # 400 sums + 190 differences = 590 keys; the default eval_size takes every held-out one
+    # (67 at held_out_frac 0.1) instead of failing to find 128; an explicit 128 still fails
+    held = task.eval_set()
+    assert len(held) == 67 == len({ex.prompt for ex in held})
+    with pytest.raises(ValueError, match="found only 67 held-out problems"):
+        WordProblemsTask(level=0, eval_size=128)
 
 
 def test_deterministic():

@@ -207,6 +207,33 @@ def draw_clip(fig: FigureBase, runs: Runs) -> list[str]:
 # 4. the entropy forecast: report.forecast (draw_forecast, needs_forecast) -------------------
 
 
+# 4b. completion length and truncation -------------------------------------------------------
+
+
+def draw_length(fig: FigureBase, runs: Runs) -> list[str]:
+    """Mean completion length (left) and the share cut at max_new_tokens (right): where most
+    completions are cut, the reward scores unfinished answers (detector rule ``truncation``)."""
+    keys = [k for k in ("length/mean", "length/truncated_frac") if any(r.has(k) for r in runs)]
+    axes = list(np.atleast_1d(fig.subplots(1, len(keys))))
+    for ax, key in zip(axes, keys, strict=True):
+        scale = 100.0 if key == "length/truncated_frac" else 1.0
+        for run in runs:
+            steps, y = run.series(key)
+            if steps.size:
+                ax.plot(steps, scale * y, color=color(run), lw=1.6)
+        ax.set_ylim(bottom=0)
+        if key == "length/truncated_frac":
+            ax.set_ylim(top=100)
+            ax.axhline(50, color="0.6", ls=":", lw=1)
+            ax.set_title("cut at max_new_tokens")
+            ax.set_ylabel("% of completions")
+        else:
+            ax.set_title("completion length")
+            ax.set_ylabel("tokens (mean)")
+        time_axis(ax, runs, label=ax is axes[0])
+    return _missing_note(runs, ["length/mean", "length/truncated_frac"], "length metrics")
+
+
 # 5. entropy by position ---------------------------------------------------------------------
 
 _POS = r"entropy/pos_(\d+)"
@@ -443,6 +470,13 @@ PANELS: tuple[Panel, ...] = (
         "Clipping: which side of the trust region binds, and how big the updates are",
         _need_any(*(s[0] for s in _CLIP_SIDES), "ratio/abs_dev"),
         draw_clip,
+    ),
+    Panel(
+        "length",
+        "Completion length: a share cut at the token budget above half means the reward "
+        "scores unfinished answers",
+        _need_any("length/mean", "length/truncated_frac"),
+        draw_length,
     ),
     Panel(
         "entropy_delta",

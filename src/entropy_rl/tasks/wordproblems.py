@@ -2,9 +2,11 @@
 
 A problem is a template (a story with number slots), numbers drawn for its slots, and surface
 words (names, objects, containers, units) that change the text but not the arithmetic. The
-answer is always a non-negative integer. Three levels (``task_kwargs: {level: 1|2|3}``, or a
+answer is always a non-negative integer. Four levels (``task_kwargs: {level: 0|1|2|3}``, or a
 list such as ``[1, 2, 3]`` to mix them):
 
+0. a bare question, addition or subtraction, numbers 1..20 ("What is 7 + 12?" -> 19): what a
+   135M instruct model learns on a CPU in minutes (``--preset small-instruct``);
 1. one step, addition or subtraction, numbers 2..20 ("Ava has 7 marbles. She buys 5
    more. How many marbles does Ava have now?" -> 12);
 2. two steps of addition / subtraction, numbers 2..50;
@@ -99,6 +101,10 @@ def _two_step(kind: str) -> Callable[[random.Random], Numbers]:
 
 
 _LEVELS: dict[int, tuple[_Template, ...]] = {
+    0: (
+        _Template("What is {a} + {b}?", _pair(1, 20), lambda n: n["a"] + n["b"]),
+        _Template("What is {a} - {b}?", _minus_pair(1, 20), lambda n: n["a"] - n["b"]),
+    ),
     1: (
         _Template("{name} has {a} {obj}. {He} buys {b} more. How many {obj} does {name} have now?",
                   _pair(2, 20), lambda n: n["a"] + n["b"]),
@@ -204,8 +210,9 @@ class WordProblemsTask(Task):
     """Arithmetic word problems with an integer answer, for pretrained instruct models.
 
     Args:
-        level: 1, 2 or 3, or a list of them (each problem's level drawn uniformly).
-        eval_size: number of held-out problems in `eval_set`.
+        level: 0, 1, 2 or 3, or a list of them (each problem's level drawn uniformly).
+        eval_size: number of held-out problems in `eval_set`; None: 128, or every held-out
+            problem where there are fewer (level 0 alone holds about 60).
         held_out_frac: share of problem keys held out (never trained on), in (0, 0.5].
         seed: seed of the held-out set's draw (which keys, and their surface words).
         instruction: appended to every problem (empty string: none).
@@ -219,33 +226,37 @@ class WordProblemsTask(Task):
         self,
         *,
         level: int | Sequence[int] = 1,
-        eval_size: int = 128,
+        eval_size: int | None = None,
         held_out_frac: float = 0.1,
         seed: int = 1234,
         instruction: str = DEFAULT_INSTRUCTION,
     ) -> None:
         levels = (level,) if isinstance(level, int) else tuple(level)
         if not levels or any(isinstance(x, bool) or x not in _LEVELS for x in levels):
-            raise ValueError(f"level must be 1, 2 or 3 or a list of them, got {level!r}")
+            raise ValueError(f"level must be 0, 1, 2 or 3 or a list of them, got {level!r}")
         if not 0.0 < held_out_frac <= 0.5:
             raise ValueError(f"held_out_frac must be in (0, 0.5], got {held_out_frac}")
-        if eval_size < 1:
+        if eval_size is not None and eval_size < 1:
             raise ValueError(f"eval_size must be >= 1, got {eval_size}")
         self.levels = levels
         self.held_out_frac = held_out_frac
         self.instruction = instruction
         rng = random.Random(seed)
         held: dict[tuple[int, int, tuple[int, ...]], Example] = {}
+        want = 128 if eval_size is None else eval_size
         # ~eval_size / held_out_frac draws find eval_size keys in a large space; the bound
         # leaves 20x for coupon collecting in a small one (level 1 holds ~250 held-out keys)
-        for _ in range(max(10_000, int(20 * eval_size / held_out_frac))):
+        for _ in range(max(10_000, int(20 * want / held_out_frac))):
             level_, t, numbers = self._draw_key(rng)
             key = problem_key(level_, t, numbers)
             if self.is_held_out(key) and key not in held:
                 held[key] = self._render(rng, level_, t, numbers)
-                if len(held) == eval_size:
+                if len(held) == want:
                     break
         else:
+            if eval_size is None and held:  # a small space: every held-out problem found
+                want = len(held)
+        if len(held) < want:
             raise ValueError(
                 f"found only {len(held)} held-out problems for level {level!r}; lower eval_size "
                 f"(asked {eval_size}) or raise held_out_frac ({held_out_frac})"
