@@ -288,3 +288,17 @@ def test_rate_clip_preset_trains_and_moves_the_clip(model_dir: Path, tmp_path: P
         rows[-1]["control/eps_low"],
         rows[-1]["control/eps_high"],
     )
+
+
+def test_preset_controller_kwargs_replace_the_schedule(model_dir: Path, tmp_path: Path) -> None:
+    schedule = {"kind": "linear", "start": 1.6, "end": 1.4}
+    cb = EntropyCallback(preset="rate-clip", controller_kwargs={"schedule": schedule})
+    cb.attach(grpo_trainer(model_dir, tmp_path))  # max_steps 4: target 1.6 - 0.2 * k / 4
+    assert cb.controller is not None
+    out = cb.controller.update(1, {"entropy/mean": 1.5})
+    assert out["control/target_entropy"] == pytest.approx(1.55, abs=1e-12)
+    assert out["control/target_rate"] == pytest.approx(-0.05, abs=1e-12)
+    with pytest.raises(
+        ValueError, match="controller_kwargs goes with a preset that has a controller"
+    ):
+        EntropyCallback(preset="ppo", controller_kwargs={"schedule": 1.0})

@@ -393,3 +393,7 @@ def test_preset_schedule_length_from_the_trainer_when_the_config_has_none() -> N
     assert ctl is not None
     # linear 1.5 -> 0.5 over 4 steps: target 1.25 at step 1
     assert ctl.update(1, {"actor/entropy": 1.0})["control/target_entropy"] == pytest.approx(1.25)
+    cfg["entropy_rl"]["controller_kwargs"] = {"schedule": {"kind": "constant", "start": 2.0}}
+    ctl = VerlEntropyControl.from_verl_config(cfg)  # a constant target needs no length
+    assert ctl is not None
+    assert ctl.update(1, {"actor/entropy": 1.0})["control/target_entropy"] == 2.0

@@ -53,11 +53,14 @@ class HostPreset:
     def source(self) -> str:
         return f"preset {self.name!r}"
 
-    def make_controller(self, total_steps: int | None) -> EntropyController:
-        """The preset's controller for a run of ``total_steps`` optimizer steps."""
-        return make_controller(
-            self.controller, total_steps=total_steps, **dict(self.controller_kwargs)
-        )
+    def make_controller(
+        self, total_steps: int | None, overrides: Mapping[str, Any] | None = None
+    ) -> EntropyController:
+        """The preset's controller for a run of ``total_steps`` optimizer steps; ``overrides``
+        replace entries of its ``controller_kwargs`` (as ``control.controller_kwargs.*=`` does
+        on our command line, e.g. the target schedule for your model)."""
+        kwargs = {**self.controller_kwargs, **dict(overrides or {})}
+        return make_controller(self.controller, total_steps=total_steps, **kwargs)
 
     def refuse_extras(self, host: str, expressible: Iterable[str] = (), fix: str = "") -> None:
         """Refuse (ValueError, one line) the extras the host cannot express."""

@@ -161,6 +161,8 @@ class EntropyCallback(TrainerCallback):
         run_dir: where ``metrics.jsonl`` / ``events.jsonl`` go (our names); default
             ``<output_dir>/entropy-rl``. Written by the main process only.
         preset: one of our presets, or None.
+        controller_kwargs: entries replacing the preset controller's arguments (e.g.
+            ``{"schedule": {"kind": "linear", "start": 1.6, "end": 1.4}}`` for your model).
         detector_kwargs: :class:`DetectorConfig` fields. ``accuracy_keys`` default to ours plus
             ``reward/mean`` (TRL logs no accuracy).
         controller: an entropy controller, or None (not together with a preset's).
@@ -173,6 +175,7 @@ class EntropyCallback(TrainerCallback):
         run_dir: str | Path | None = None,
         *,
         preset: str | None = None,
+        controller_kwargs: Mapping[str, Any] | None = None,
         detector_kwargs: Mapping[str, Any] | None = None,
         controller: EntropyController | None = None,
         eps_high_step: float = 0.05,
@@ -182,6 +185,11 @@ class EntropyCallback(TrainerCallback):
         print_events: bool = True,
     ) -> None:
         self.preset: HostPreset | None = None if preset is None else host_preset(preset)
+        if controller_kwargs is not None and (
+            self.preset is None or self.preset.controller == "none"
+        ):
+            raise ValueError("controller_kwargs goes with a preset that has a controller")
+        self.controller_kwargs = dict(controller_kwargs or {})
         kw = dict(detector_kwargs or {})
         if self.preset is not None:
             if controller is not None and self.preset.controller != "none":
@@ -248,7 +256,7 @@ class EntropyCallback(TrainerCallback):
             self._apply_preset(trainer)
             steps = int(getattr(trainer.args, "max_steps", -1) or -1)
             if steps > 0 and self.preset.controller != "none":
-                self.controller = self.preset.make_controller(steps)
+                self.controller = self.preset.make_controller(steps, self.controller_kwargs)
         self._check_settings()
         callbacks = trainer.callback_handler.callbacks
         if self in callbacks:
@@ -316,7 +324,7 @@ class EntropyCallback(TrainerCallback):
             )
         total = state.max_steps if state.max_steps and state.max_steps > 0 else 1
         if self.preset is not None and self.controller is None and self.preset.controller != "none":
-            self.controller = self.preset.make_controller(int(total))
+            self.controller = self.preset.make_controller(int(total), self.controller_kwargs)
             self._check_settings()
         self.detector = CollapseDetector(self.detector_config, total_steps=int(total))
         self._main = bool(state.is_world_process_zero)

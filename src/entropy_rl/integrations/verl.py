@@ -262,6 +262,7 @@ class VerlEntropyControl:
         controller: from ``entropy_rl.control.controllers.make_controller``, or None.
         preset: one of our presets (its controller, built for ``total_steps``, and its
             detector), or None; not together with ``controller``.
+        controller_kwargs: entries replacing the preset controller's arguments.
         total_steps: verl's ``trainer.total_training_steps``, for the preset's schedule.
         print_events: print one line per detector event.
     """
@@ -271,6 +272,7 @@ class VerlEntropyControl:
         controller: EntropyController | None = None,
         *,
         preset: str | None = None,
+        controller_kwargs: Mapping[str, Any] | None = None,
         total_steps: int | None = None,
         print_events: bool = True,
     ) -> None:
@@ -280,7 +282,7 @@ class VerlEntropyControl:
             if controller is not None:
                 raise ValueError(f"preset {preset!r} brings its controller: leave out controller=")
             if self.preset.controller != "none":
-                controller = self.preset.make_controller(total_steps)
+                controller = self.preset.make_controller(total_steps, controller_kwargs)
             if self.preset.detector:
                 cfg = DetectorConfig.from_dict(self.preset.detector_kwargs)
                 self.detector = CollapseDetector(cfg, total_steps=max(int(total_steps or 1), 1))
@@ -295,7 +297,8 @@ class VerlEntropyControl:
         cls, config: Any, total_steps: int | None = None
     ) -> VerlEntropyControl | None:
         """The preset named by the config entry ``entropy_rl.preset`` (Hydra:
-        ``+entropy_rl.preset=rate-clip``), checked against the run's config; None without it.
+        ``+entropy_rl.preset=rate-clip``, and optionally ``+entropy_rl.controller_kwargs``),
+        checked against the run's config; None without it.
         ``total_steps`` (verl's ``RayPPOTrainer.total_training_steps``) defaults to the
         config's ``trainer.total_training_steps`` when that is set.
 
@@ -308,7 +311,9 @@ class VerlEntropyControl:
             return None
         steps = total_steps or _get(_get(config, "trainer"), "total_training_steps")
         steps = int(steps) if steps is not None and int(steps) > 0 else None
-        control = cls(preset=str(name), total_steps=steps)
+        kwargs = _get(_get(config, "entropy_rl"), "controller_kwargs")
+        kwargs = None if kwargs is None else {str(k): v for k, v in dict(kwargs).items()}
+        control = cls(preset=str(name), controller_kwargs=kwargs, total_steps=steps)
         control.check(config)
         return control
 
