@@ -304,3 +304,27 @@ def test_no_train_summarises_only_finished_runs(tmp_path):
     assert [len(results["ppo"]), len(results["narrow"])] == [1, 1]
     assert results["narrow"][0]["steps_to_ref_reward"] == 3.0  # 0.2 = ppo's trailing mean at 3
     assert "| ppo | 1 |" in md and (tmp_path / "compare.md").read_text() == md + "\n"
+
+
+def test_non_finite_metrics_are_named_not_averaged_quietly():
+    nan_run = [{"step": s, "reward/mean": None, "entropy/mean": None} for s in (1, 2, 3)]
+    ok_run = [{"step": s, "reward/mean": 0.5, "entropy/mean": 1.0} for s in (1, 2, 3)]
+    half = [{"step": 1, "reward/mean": 0.5, "entropy/mean": float("nan")},
+            {"step": 2, "reward/mean": 0.5, "entropy/mean": 1.0}]  # fmt: skip
+    rows = {"ppo": [nan_run, nan_run], "narrow": [ok_run, half]}
+    results = {label: [summarise_run(r) for r in runs] for label, runs in rows.items()}
+    assert [r["nonfinite_steps"] for r in results["narrow"]] == [0.0, 1.0]
+    add_learning_speed(results, rows)
+    lines = table(results).splitlines()
+    # the reference logged no finite reward: no target to reach, not "never (0/2 seeds)"
+    assert "| steps to ppo's final reward (n/a: its runs logged no finite reward) |" in lines[0]
+    speed = lines[0].split(" | ").index("steps to ppo's final reward (n/a: its runs logged no "
+                                        "finite reward)")  # fmt: skip
+    assert [line.split(" | ")[speed] for line in lines[2:4]] == ["n/a", "n/a"]
+    assert "never" not in "\n".join(lines)
+    assert [x for x in lines if x.startswith("note: ")] == [
+        "note: ppo: 6 step(s) in 2 of its 2 seed(s) logged a non-finite reward or entropy (NaN / "
+        "inf, null in metrics.jsonl); the means leave those steps out",
+        "note: narrow: 1 step(s) in 1 of its 2 seed(s) logged a non-finite reward or entropy (NaN "
+        "/ inf, null in metrics.jsonl); the means leave those steps out",
+    ]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from entropy_rl.errors import ConfigError
-from entropy_rl.tasks.base import example_fields
-from entropy_rl.train.data import load_jsonl
+from entropy_rl.tasks.base import Example, example_fields
+from entropy_rl.train.data import RecordsSource, check_prompts, load_jsonl
 
 
 def _jsonl(tmp_path: Path, *records: object) -> Path:
@@ -38,3 +38,35 @@ def test_a_record_without_a_prompt_text_is_refused(tmp_path: Path, value: object
     with pytest.raises(ConfigError, match=rf"data.jsonl:2: the prompt column 'prompt' holds "
                        rf"{re.escape(json.dumps(value))}; every record needs a prompt text"):  # fmt: skip
         load_jsonl(p)
+
+
+class _CharEncoder:
+    """One id per character; '?' is the unknown token (id 0)."""
+
+    def __call__(self, ex: Example) -> list[int]:
+        return [0 if ch == "?" else ord(ch) for ch in ex.prompt]
+
+
+def _source(*prompts: str) -> RecordsSource:
+    return RecordsSource([Example(prompt=p, answer="1") for p in prompts], [])
+
+
+def test_a_prompt_that_leaves_no_room_for_the_completion_is_refused() -> None:
+    kw = {"unk_id": None, "context": 16}
+    check_prompts(_source("a" * 4, "b" * 12), _CharEncoder(), max_new_tokens=4, **kw)  # 12 + 4
+    with pytest.raises(ConfigError, match=r"^the longest prompt is 12 tokens, and with "
+                       r"rollout.max_new_tokens=5 that exceeds the model's context of 16 tokens; "
+                       r"shorten or drop long prompts, or lower rollout.max_new_tokens to at "
+                       r"most 4$"):  # fmt: skip
+        check_prompts(_source("a" * 4, "b" * 12), _CharEncoder(), max_new_tokens=5, **kw)
+    with pytest.raises(ConfigError, match=r"drop long prompts$"):  # no room at all: no lower value
+        check_prompts(_source("c" * 16), _CharEncoder(), max_new_tokens=1, **kw)
+
+
+def test_characters_the_tokenizer_lacks_are_a_warning() -> None:
+    with pytest.warns(UserWarning, match=r"^1 prompt\(s\) hold characters the tokenizer does not "
+                      r"know .* e.g. 'x\?y'"):  # fmt: skip
+        check_prompts(_source("ab", "x?y"), _CharEncoder(), max_new_tokens=1, context=None,
+                      unk_id=0)  # fmt: skip
+    check_prompts(_source("ab", "x?y"), _CharEncoder(), max_new_tokens=1, context=None,
+                  unk_id=None)  # no unknown token: nothing to say  # fmt: skip

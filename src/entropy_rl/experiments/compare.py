@@ -93,9 +93,15 @@ def summarise_run(
     (k = the largest logged; nan for a key it lacks).
     clip fractions and |ratio - 1|: means over all steps with an update.
     """
-    train = [r for r in rows if r.get("step", 0) >= 1 and r.get("entropy/mean") is not None]
+    trained = [r for r in rows if r.get("step", 0) >= 1]
+    train = [r for r in trained if r.get("entropy/mean") is not None]
     evals = [r for r in rows if r.get("acc/eval") is not None]
     out: dict[str, float] = {}
+    # steps whose reward or entropy was not a finite number (the trainer logs NaN as null)
+    out["nonfinite_steps"] = float(sum(
+        any(k in r and not math.isfinite(_num(r[k])) for k in ("reward/mean", "entropy/mean"))
+        for r in trained
+    ))  # fmt: skip
     if train:
         ent = [_num(r["entropy/mean"]) for r in train]
         out["start_entropy"] = ent[0]
@@ -312,8 +318,10 @@ def table(results: dict[str, list[dict[str, float]]], *, extra: Sequence[str] = 
                 for label in labels[1:] for m in judged}  # fmt: skip
     adjust_family(list(verdicts.values()))
     target = next((r["ref_reward"] for r in results[labels[0]] if "ref_reward" in r), None)
+    known = target is not None and math.isfinite(target)  # nan: no finite reward in its runs
     speed = [] if target is None else [
-        f"steps to {labels[0]}'s final reward ({target:.3g}, {REWARD_WINDOW}-step mean)"]  # fmt: skip
+        f"steps to {labels[0]}'s final reward ({target:.3g}, {REWARD_WINDOW}-step mean)" if known
+        else f"steps to {labels[0]}'s final reward (n/a: its runs logged no finite reward)"]  # fmt: skip
     head = ["setting", "seeds", *columns, *speed, *(f"vs {labels[0]}: {m}" for m in judged)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label in labels:
@@ -325,12 +333,19 @@ def table(results: dict[str, list[dict[str, float]]], *, extra: Sequence[str] = 
             fmt = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.3g}")
             cells.append("n/a" if not math.isfinite(mean) else f"{fmt(mean)} ± {fmt(std)}")
         if speed:
-            cells.append(format_reach([r.get("steps_to_ref_reward", math.nan) for r in runs]))
+            reach = [r.get("steps_to_ref_reward", math.nan) for r in runs]
+            cells.append(format_reach(reach) if known else "n/a")
         for m in judged:
             cells.append("(reference)" if label == labels[0]
                          else format_comparison(verdicts[label, m]))  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     m_tests = sum(math.isfinite(c["p"]) for c in verdicts.values())
+    for label in labels:  # say where numbers are missing rather than average around them quietly
+        bad = [int(r.get("nonfinite_steps", 0)) for r in results[label]]
+        if any(bad):
+            lines.append(f"\nnote: {label}: {sum(bad)} step(s) in {sum(map(bool, bad))} of its "
+                         f"{len(bad)} seed(s) logged a non-finite reward or entropy (NaN / inf, "
+                         "null in metrics.jsonl); the means leave those steps out")  # fmt: skip
     lines.append(f"\nHolm: p adjusted over the {m_tests} comparisons of this table; a perm "
                  f"verdict needs Holm p < {ALPHA}, a range verdict a gap beyond both seed ranges.")  # fmt: skip
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -147,6 +148,42 @@ def build_prompt_source(cfg: DataConfig, task: Task | None, seed: int) -> Prompt
     random.Random(seed).shuffle(shuffled)
     n_eval = max(1, len(shuffled) // 20) if len(shuffled) >= 20 else 0
     return RecordsSource(shuffled[n_eval:] or shuffled, shuffled[:n_eval])
+
+
+def check_prompts(
+    source: PromptSource,
+    encode: Callable[[Example], list[int]],
+    *,
+    context: int | None,
+    max_new_tokens: int,
+    unk_id: int | None,
+) -> None:
+    """Records the model cannot read as written: a prompt that leaves no room in the model's
+    context for rollout.max_new_tokens is refused (ConfigError); a prompt with characters the
+    tokenizer lacks (they become its unknown token) is a warning. Built-in tasks are not
+    checked (their prompts are the tokenizer's own)."""
+    if not isinstance(source, RecordsSource):
+        return
+    longest, unknown = 0, []
+    for ex in [*source.train, *source.eval_set()]:
+        ids = encode(ex)
+        longest = max(longest, len(ids))
+        if unk_id is not None and unk_id in ids:
+            unknown.append(ex.prompt)
+    if context is not None and longest + max_new_tokens > context:
+        room = context - longest
+        fix = f", or lower rollout.max_new_tokens to at most {room}" if room > 0 else ""
+        raise ConfigError(
+            f"the longest prompt is {longest} tokens, and with rollout.max_new_tokens="
+            f"{max_new_tokens} that exceeds the model's context of {context} tokens; shorten or "
+            f"drop long prompts{fix}"
+        )
+    if unknown:
+        warnings.warn(
+            f"{len(unknown)} prompt(s) hold characters the tokenizer does not know (they become "
+            f"its unknown token), e.g. {unknown[0][:60]!r}; the model never sees them",
+            UserWarning, stacklevel=3,
+        )  # fmt: skip
 
 
 def build_reward(cfg: DataConfig, task: Task | None) -> RewardFn:

@@ -51,6 +51,7 @@ from entropy_rl.train.data import (
     build_prompt_source,
     build_reward,
     build_task,
+    check_prompts,
 )
 from entropy_rl.train.distributed import all_gather_rows, all_reduce, init_from_env, reduce_metrics
 from entropy_rl.train.encoding import Encoder, stop_token_ids
@@ -202,6 +203,9 @@ class Trainer:
         )  # fmt: skip
         default_len = self.task.default_max_new_tokens if self.task is not None else 256
         self.max_new_tokens = c.rollout.max_new_tokens or default_len
+        check_prompts(self.source, self.encoder.encode, max_new_tokens=self.max_new_tokens,
+                      context=getattr(self.model.config, "max_position_embeddings", None),
+                      unk_id=getattr(tokenizer, "unk_token_id", None))  # fmt: skip
         self.ref_model = None
         if c.algo.kl_coef > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
