@@ -141,6 +141,10 @@ def test_series_skips_missing_null_nan_and_keeps_last_duplicate(tmp_path: Path) 
     assert run.series("acc/eval")[1].tolist() == [0.4, 0.7]
     assert not run.has("entropy/p10")
     assert any("step 4 logged twice" in n for n in run.notes)
+    assert run.notes[-1] == (  # steps 2 and 3: null and NaN ("n/a", a string, is not a number)
+        "metrics.jsonl: 2 step(s) hold non-finite values (NaN / inf, null in the file), first "
+        "entropy/mean at step 2; the figures leave those points out"
+    )
 
 
 def test_labels_from_config_and_collisions(tmp_path: Path) -> None:

@@ -437,3 +437,20 @@ def test_watch_prints_what_would_act_on_each_event_in_that_host(tmp_path: Path) 
             assert event_hint(rule, naming).startswith(f"in {HOSTS[naming]}: ")
     with pytest.raises(ValueError, match="no hint"):
         event_hint("entropy_drop", "openrlhf")
+
+
+def test_a_file_that_is_no_metric_stream_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Binary data, text without line breaks, and lines none of which is a metrics row: each
+    is a UserError naming the file and what it holds (it was "0 steps read", exit 0)."""
+    binary = tmp_path / "blob.jsonl"
+    binary.write_bytes(b"\x89PNG\r\n" + bytes(range(256)) * 4)  # 6 bytes, then the NUL
+    with pytest.raises(UserError, match=r"blob.jsonl: binary data \(a NUL byte at offset 6\); not a metric stream"):  # fmt: skip
+        watch(binary, follow=False, out=io.StringIO())
+    one_line = tmp_path / "one.jsonl"
+    one_line.write_bytes(b"x" * ((1 << 20) + 1))  # no newline, longer than any metrics row
+    with pytest.raises(UserError, match=r"one.jsonl: more than 1048576 bytes without a line break"):
+        watch(one_line, follow=False, out=io.StringIO())
+    prose = tmp_path / "notes.jsonl"
+    prose.write_text("hello\nworld\n[1, 2]\n")
+    with pytest.raises(UserError, match=r"notes.jsonl: none of its 3 line\(s\) is a metrics row"):
+        watch(prose, follow=False, out=io.StringIO())

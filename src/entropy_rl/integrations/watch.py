@@ -124,13 +124,26 @@ def _parse_line(line: str) -> dict[str, Any] | None:
 
 
 class _JsonlReader:
-    """New complete lines of a JSONL file since the last poll (a torn last line waits)."""
+    """New complete lines of a JSONL file since the last poll (a torn last line waits).
+
+    A file that is not text is refused (UserError): a NUL byte, a "line" longer than
+    ``MAX_LINE`` bytes, or, when reading ends, text of which no line is a metrics row."""
+
+    MAX_LINE = 1 << 20  # 1 MiB: a metrics row is a few kB
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = 0
         self.lineno = 0
         self.tail = b""
+        self.rows = 0
+        self.other = 0  # non-empty lines that held no metrics
+
+    def _not_a_stream(self, why: str) -> UserError:
+        return UserError(
+            f"{self.path}: {why}; not a metric stream: give watch a metrics JSONL, a run or TRL "
+            "output directory, or a TensorBoard log directory"
+        )
 
     def poll(self, final: bool) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -138,10 +151,19 @@ class _JsonlReader:
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             chunk = f.read()
+        if (nul := chunk.find(b"\0")) >= 0:
+            raise self._not_a_stream(f"binary data (a NUL byte at offset {self.offset + nul})")
         self.offset += len(chunk)
         lines = (self.tail + chunk).split(b"\n")
         self.tail = lines.pop()
-        rows = [r for r in (self._parse(raw) for raw in lines) if r is not None]
+        if len(self.tail) > self.MAX_LINE or any(len(x) > self.MAX_LINE for x in lines):
+            raise self._not_a_stream(f"more than {self.MAX_LINE} bytes without a line break")
+        parsed = [self._parse(raw) for raw in lines]
+        rows = [r for r in parsed if r is not None]
+        self.rows += len(rows)
+        self.other += sum(
+            r is None and raw.strip() != b"" for r, raw in zip(parsed, lines, strict=True)
+        )
         if final and self.tail.strip():
             try:  # a last line without its newline: use it if it is whole, else skip it
                 row = _parse_line(self.tail.decode("utf-8", errors="replace"))
@@ -150,6 +172,12 @@ class _JsonlReader:
             self.tail = b""
             if row is not None:
                 rows.append(row)
+                self.rows += 1
+        if final and self.rows == 0 and self.other:
+            raise self._not_a_stream(
+                f"none of its {self.other} line(s) is a metrics row (a JSON object or a verl "
+                "console line)"
+            )
         return rows
 
     def _parse(self, raw: bytes) -> dict[str, Any] | None:

@@ -117,6 +117,13 @@ def as_finite(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _not_finite(value: Any) -> bool:
+    """None, NaN or inf (what a non-finite metric looks like in metrics.jsonl)."""
+    if value is None:
+        return True
+    return isinstance(value, float) and not math.isfinite(value)
+
+
 def _read_jsonl(path: Path, notes: list[str]) -> list[dict[str, Any]]:
     """Parse one JSON object per line; skip blank lines and a cut-off last line (with a warning)."""
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -234,6 +241,13 @@ def load_run(run_dir: str | Path) -> RunData:
     records = _read_metrics(metrics_path, notes)
     if not records:
         raise UserError(f"{metrics_path} holds no complete step yet; nothing to report")
+    bad = [(r["step"], k) for r in records for k, v in r.items() if _not_finite(v)]
+    if bad:  # the trainer writes NaN / inf as null: say so instead of plotting around them
+        steps = sorted({s for s, _ in bad})
+        notes.append(
+            f"{METRICS_FILE}: {len(steps)} step(s) hold non-finite values (NaN / inf, null in the "
+            f"file), first {bad[0][1]} at step {bad[0][0]}; the figures leave those points out"
+        )
     events_path = run_dir / EVENTS_FILE
     events = _read_events(events_path, notes) if events_path.is_file() else []
     config_path = run_dir / CONFIG_FILE
