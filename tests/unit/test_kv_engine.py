@@ -441,3 +441,56 @@ def test_shared_prefill_samples_what_repeated_prompts_sample(name: str):
         assert a == pytest.approx(b, abs=1e-5)
     for a, b in zip(shared.sampler_entropy or [], repeated.sampler_entropy or [], strict=True):
         assert a == pytest.approx(b, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["qwen2", "llama"])
+def test_compacting_finished_rows_keeps_every_rows_statistics_exact(name: str):
+    """Rows that stopped are dropped from the decoding batch (compact_finished): each kept
+    row's cache is carried over, so every sampled token's statistics still equal the policy's
+    teacher-forced forward, and completions still end at EOS or the budget."""
+    model = MODELS[name]()
+    torch.manual_seed(3)
+    eng = _engine(model, compact_finished=True)
+    rows_per_forward: list[int] = []
+    forward = eng._forward
+
+    def spy(ids: torch.Tensor, *args: Any) -> torch.Tensor:
+        rows_per_forward.append(ids.shape[0])
+        return forward(ids, *args)
+
+    eng._forward = spy  # type: ignore[method-assign]
+    gen = eng.generate(
+        _prompts(model.config.vocab_size), n=4, temperature=1.0, top_p=1.0, max_new_tokens=10
+    )
+    assert rows_per_forward[:2] == [5, 20], rows_per_forward  # prefill of 5 prompts, 20 rows
+    assert min(rows_per_forward[2:]) < 20  # the batch shrank
+    lengths = [len(c) for c in gen.completion_ids]
+    assert min(lengths) < 5 and max(lengths) == 10  # rows stopped early while others went on
+    assert all(
+        c[-1] == EOS for c, t in zip(gen.completion_ids, gen.truncated, strict=True) if not t
+    )
+    batch = _batch_of(gen)
+    with torch.no_grad():
+        lp, ent, top1 = policy_token_stats(
+            model, batch, temperature=1.0, mode="full", with_top1=True
+        )
+    assert top1 is not None
+    seen = batch.targets != -1
+    for mine, ref in ((batch.sampler_logprobs, lp), (batch.sampler_entropy, ent),
+                      (batch.sampler_top1, top1)):  # fmt: skip
+        assert mine is not None
+        torch.testing.assert_close(mine[seen], ref[seen], atol=1e-5, rtol=0)
+
+
+def test_compaction_changes_nothing_when_no_row_stops_early():
+    """Without an EOS draw every row runs to the budget: the same uniforms reach the same rows,
+    so both settings sample the same tokens with the same statistics."""
+    model = _qwen2()
+    gens = []
+    for compact in (True, False):
+        torch.manual_seed(11)
+        eng = KVCacheEngine(model, pad_token_id=PAD, eos_token_id=[-1], compact_finished=compact)
+        gens.append(eng.generate(_prompts(19), n=3, temperature=1.0, top_p=1.0, max_new_tokens=7))
+    assert _fields(gens[0]) == _fields(gens[1])
+    assert {len(c) for c in gens[0].completion_ids} == {7}
+    assert gens[0].sampler_logprobs == gens[1].sampler_logprobs

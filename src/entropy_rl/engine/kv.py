@@ -156,6 +156,7 @@ class KVCacheEngine:
     def __init__(
         self, model: Any, *, pad_token_id: int, eos_token_id: int | list[int], batch_size: int = 256,
         compute_dtype: torch.dtype | None = None, share_prefill: bool = True,
+        compact_finished: bool = True,
     ) -> None:  # fmt: skip
         why = _unsupported(model)
         if why:
@@ -173,6 +174,11 @@ class KVCacheEngine:
         """Run each prompt's forward once and copy its cache to its n samples (the G samples of
         a group share the prompt): prefill costs P tokens per prompt instead of n x P. False:
         the prompt is repeated n times first (the path before; benchmarks/kv_prefill.py)."""
+        self.compact_finished = compact_finished
+        """Drop rows that have stopped (EOS) from the decoding batch once they are a quarter of
+        it: their cache rows are copied out once, and the remaining steps run on fewer rows.
+        The same tokens for the same uniforms; fewer uniforms are drawn per step, so a seeded
+        run samples other tokens than with False (benchmarks/decode.py measures the effect)."""
 
     @property
     def exact_logprobs(self) -> bool:
@@ -373,6 +379,7 @@ class KVCacheEngine:
         ``with_stats`` each drawn token's log-prob, entropy and top-1 probability under
         softmax(z), z = logits / T (B, <= max_new) each."""
         device, dtype = w.embed.device, w.embed.dtype
+        compact = self.compact_finished
         rep = n if self.share_prefill else 1  # copies made after the prompt's forward
         ids, att = self._left_pad(chunk, n // rep, device)  # (B / rep, P)
         width = ids.shape[1]
@@ -388,32 +395,43 @@ class KVCacheEngine:
         dec_bias[:, 0, 0, :width] = bias[:, 0, -1, :]
         next_pos = pos[:, -1:] + 1  # (B, 1)
         eos = torch.tensor(self.eos_ids, device=device)
-        done = torch.zeros(b, dtype=torch.bool, device=device)
-        sampled: list[Tensor] = []
-        stats: dict[str, list[Tensor]] = {"logprobs": [], "entropy": [], "top1": []}
+        # rows still sampling (indices into the B rows); finished rows are dropped from the
+        # batch once they are a quarter of it (``compact``), so they stop costing matmuls
+        active = torch.arange(b, device=device)
+        done = torch.zeros(b, dtype=torch.bool, device=device)  # over the active rows
+        tokens = torch.full((b, max_new), self.pad_token_id, dtype=torch.long, device=device)
+        names = ("logprobs", "entropy", "top1") if with_stats else ()
+        stats = {k: torch.zeros((b, max_new), device=device) for k in names}
+        steps = 0
         for step in range(max_new):
-            logits = F.linear(hid, w.head_w, w.head_b).float()  # (B, V)
+            logits = F.linear(hid, w.head_w, w.head_b).float()  # (b_active, V)
             if greedy:
                 tok = logits.argmax(-1)
             else:
                 z = logits if temperature == 1.0 else logits / temperature
-                probs = torch.softmax(z, dim=-1)  # (B, V)
+                probs = torch.softmax(z, dim=-1)  # (b_active, V)
                 tok = inverse_cdf_sample(_nucleus(probs, top_p) if top_p < 1.0 else probs)
                 if with_stats:
-                    lse = torch.logsumexp(z, dim=-1)  # (B,)
-                    stats["logprobs"].append(z.gather(1, tok[:, None]).squeeze(1) - lse)
-                    stats["entropy"].append(lse - (probs * z).sum(-1))  # H = lse - E_p[z]
-                    stats["top1"].append(probs.amax(-1))
+                    lse = torch.logsumexp(z, dim=-1)  # (b_active,)
+                    stats["logprobs"][active, step] = z.gather(1, tok[:, None]).squeeze(1) - lse
+                    stats["entropy"][active, step] = lse - (probs * z).sum(-1)  # lse - E_p[z]
+                    stats["top1"][active, step] = probs.amax(-1)
             tok = tok.masked_fill(done, self.pad_token_id)
-            sampled.append(tok)
+            tokens[active, step] = tok
+            steps = step + 1
             done = done | torch.isin(tok, eos)
             if step == max_new - 1 or bool(done.all()):
                 break
+            if compact and 4 * int(done.sum()) >= len(done):
+                keep = ~done
+                active, done, tok, hid = active[keep], done[keep], tok[keep], hid[keep]
+                next_pos, dec_bias = next_pos[keep], dec_bias[keep]
+                kv = (kv[0][:, keep], kv[1][:, keep])
             s = width + step
             hid = self._forward(tok[:, None], next_pos, s, kv, dec_bias[..., : s + 1], w)
             next_pos = next_pos + 1
-        out = {k: torch.stack(v, 1).tolist() for k, v in stats.items() if v}
-        return torch.stack(sampled, 1).tolist(), out
+        out = {k: v[:, :steps].tolist() for k, v in stats.items()}
+        return tokens[:, :steps].tolist(), out
 
 
 def _nucleus(probs: Tensor, top_p: float) -> Tensor:
