@@ -28,9 +28,16 @@ Settings (--setting):
             smollm2``) through its chat template: "What is a + b? Answer with just the number."
             (a, b in 1..29), 8 prompts x 4 samples, <= 20 new tokens; reward = last number in
             the completion equals a + b (1 / 0). Sampling stops at the template's end of turn.
+  real-words  the same model on ``word_problems`` level 1 (its default instruction: the final
+            number at the end), 8 prompts x 4 samples, <= 48 new tokens
+  real-short  word problems level 1 answered "with just the number": 16 prompts x 8 samples,
+            <= 8 new tokens (the prompt, ~50 tokens with the template, much longer than the
+            answer: where running each prompt once pays most)
 
 Variants (--variants): ours (the defaults: rollout.engine=auto, here engine.kv.KVCacheEngine,
-whose sampler log-probs/entropy/top-1 are pi_old's, so no second forward), ours-hf
+whose sampler log-probs/entropy/top-1 are pi_old's, so no second forward; each prompt once in
+the update's forwards, train.shared_prompt), ours-plain (the same with model.shared_prompt=false:
+every row runs its prompt), ours-hf
 (rollout.engine=hf: transformers generate + the pi_old forward, the path before engine.kv),
 ours-full (model.logits=full), trl (GRPOConfig defaults, which include gradient
 checkpointing), trl-nogc (gradient_checkpointing=False, the same memory/compute trade as ours),
@@ -151,6 +158,23 @@ def build_setting(name: str, root: Path, model: str | None = None) -> Setting:
     (``real``: the pretrained model directory ``model``, used as it is)."""
     path = root / name
     rng = random.Random(0)
+    if name in ("real-words", "real-short"):
+        if model is None:
+            raise ValueError(f"--setting {name} needs --model DIR (entropy-rl get-model smollm2)")
+        from transformers import AutoConfig
+
+        conf = AutoConfig.from_pretrained(model)
+        short = name == "real-short"
+        task = get_task("word_problems", level=1,
+                        **({"instruction": "Answer with just the number."} if short else {}))  # fmt: skip
+        p, g, t = (16, 8, 8) if short else (8, 4, 48)
+        desc = (
+            f"{name}: {Path(model).name} ({conf.model_type}, vocab {conf.vocab_size}), chat "
+            f"template, word problems level 1{' answered with just the number' if short else ''},"
+            f" {p} prompts x {g} samples, <= {t} new tokens, reward last_number"
+        )
+        return Setting(name, Path(model), task.sample_train(2048, rng), last_number_reward, desc,
+                       prompts_per_step=p, group=g, max_new=t, chat=True)  # fmt: skip
     if name == "real":
         if model is None:
             raise ValueError("--setting real needs --model DIR (entropy-rl get-model smollm2)")
@@ -177,7 +201,9 @@ def build_setting(name: str, root: Path, model: str | None = None) -> Setting:
         ]
         reward = odd_word_share
     else:
-        raise ValueError(f"unknown setting {name!r}; available: char, vocab32k, real")
+        raise ValueError(
+            f"unknown setting {name!r}; available: char, vocab32k, real, real-words, real-short"
+        )
     net.save_pretrained(path)
     tok.save_pretrained(path)
     desc = (
@@ -314,7 +340,8 @@ def make_ours(
 
     cfg = config_from_dict({
         "model": {"path": str(setting.model_dir),
-                  "logits": "full" if variant == "ours-full" else "auto"},
+                  "logits": "full" if variant == "ours-full" else "auto",
+                  "shared_prompt": False if variant == "ours-plain" else None},
         "data": {"chat_template": setting.chat},
         "rollout": {"prompts_per_step": setting.prompts_per_step, "group_size": setting.group,
                     "temperature": 1.0, "max_new_tokens": setting.max_new,
@@ -524,10 +551,11 @@ def _std(xs: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--setting", default="char", choices=["char", "vocab32k", "real"])
+    p.add_argument("--setting", default="char",
+                   choices=["char", "vocab32k", "real", "real-words", "real-short"])  # fmt: skip
     p.add_argument("--model", help="--setting real: a pretrained model directory")
     p.add_argument("--variants", nargs="+", default=["ours", "trl"],
-                   choices=["ours", "ours-hf", "ours-full", "trl", "trl-nogc",
+                   choices=["ours", "ours-plain", "ours-hf", "ours-full", "trl", "trl-nogc",
                             "trl-nogc-mb32"])  # fmt: skip
     p.add_argument(
         "--micro-batch",

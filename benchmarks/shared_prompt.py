@@ -1,0 +1,133 @@
+"""Benchmark: the shared-prompt update (train.shared_prompt) against the plain layout, time and
+peak memory of one forward + backward over a GRPO-shaped micro-batch.
+
+P prompts x G completions of a model's real shapes: its weights from ``--model DIR`` (e.g.
+``entropy-rl get-model smollm2``), or ``--random-config NAME_OR_DIR`` (a config only, random
+weights: GPU shapes without shipping weights). Each prompt has ``--prompt-len`` tokens and
+each completion ``--completion-len`` (random token ids: the work does not depend on them).
+The two layouts run in interleaved rounds (A B, B A, ...), each measuring the wall time of
+``policy_token_stats`` (fused log-probs and entropy) plus the backward of their sum, and the
+peak memory in between: on CUDA ``max_memory_allocated`` above what was allocated before; on
+CPU the process's RSS high-water mark (``/proc``, reset before each measurement) above the
+RSS before. Medians over the rounds after a dropped warm-up round; the values are checked
+equal (max |d log-prob|) so the speed-up is not bought with a different answer.
+
+    python benchmarks/shared_prompt.py --model DIR [--prompts 8] [--group 8]
+        [--prompt-len 50] [--completion-len 8] [--rounds 3] [--device cpu|cuda] [--dtype float32]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see vs_trl.py
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from entropy_rl.train.batch import RolloutBatch, build_batch, policy_token_stats
+from procmem import proc_status_kb, reset_peak
+
+
+def grpo_batch(vocab: int, prompts: int, group: int, p_len: int, c_len: int) -> RolloutBatch:
+    g = torch.Generator().manual_seed(0)
+    rows_p, rows_c = [], []
+    for _ in range(prompts):
+        p = torch.randint(100, vocab, (p_len,), generator=g).tolist()
+        for _ in range(group):
+            rows_p.append(p)
+            rows_c.append(torch.randint(100, vocab, (c_len,), generator=g).tolist())
+    adv = torch.randn(len(rows_p), generator=g)
+    return build_batch(rows_p, rows_c, rewards=adv, advantages=adv, pad_token_id=0)
+
+
+def measure(model: Any, batch: RolloutBatch, shared: bool, autocast: Any) -> dict[str, Any]:
+    """Seconds and peak memory (bytes) of one forward + backward; the log-probs."""
+    dev = next(model.parameters()).device
+    model.zero_grad(set_to_none=True)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        reset_peak()
+        base = (proc_status_kb("VmRSS") or 0) * 1024
+    t0 = time.perf_counter()
+    lp, ent, _ = policy_token_stats(model, batch, temperature=1.0, mode="fused", chunk_size=512,
+                                    skip_pad_mask=True, shared_prompt=shared, autocast=autocast)  # fmt: skip
+    mask = batch.mask.to(lp.device)
+    ((lp * mask).sum() + (ent * mask).sum()).backward()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = (proc_status_kb("VmHWM") or 0) * 1024 - base
+    return {"s": time.perf_counter() - t0, "peak": peak, "logp": (lp * mask).detach().cpu()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="a model directory (its weights)")
+    src.add_argument("--random-config", help="a config name or directory (random weights)")
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--group", type=int, default=8)
+    p.add_argument("--prompt-len", type=int, default=50)
+    p.add_argument("--completion-len", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="autocast dtype of the forward (weights stay float32)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.set_num_threads(args.threads)
+    if args.model:
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+        name = args.model
+    else:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.random_config))
+        name = f"{args.random_config} (random weights)"
+    model = model.float().to(args.device).eval()
+    autocast = None if args.dtype == "float32" else torch.bfloat16
+    vocab = model.get_output_embeddings().weight.shape[0]
+    batch = grpo_batch(vocab, args.prompts, args.group, args.prompt_len, args.completion_len)
+    rows = len(batch)
+    print(f"{name}: {args.prompts} prompts x {args.group} completions = {rows} rows, prompt "
+          f"{args.prompt_len} + completion {args.completion_len} tokens, {args.device} "
+          f"{args.dtype}, threads {args.threads}, {args.rounds} rounds after a warm-up")  # fmt: skip
+    ways = {"shared": True, "plain": False}
+    res: dict[str, list[dict[str, Any]]] = {k: [] for k in ways}
+    for r in range(args.rounds + 1):
+        for k in list(ways) if r % 2 == 0 else list(ways)[::-1]:
+            out = measure(model, batch, ways[k], autocast)
+            if r:
+                res[k].append(out)
+    diff = float((res["shared"][0]["logp"] - res["plain"][0]["logp"]).abs().max())
+    med = {k: statistics.median(x["s"] for x in v) for k, v in res.items()}
+    mem = {k: statistics.median(x["peak"] for x in v) for k, v in res.items()}
+    positions = {"shared": args.prompts * args.prompt_len + rows * (args.completion_len - 1),
+                 "plain": rows * (args.prompt_len + args.completion_len - 1)}  # fmt: skip
+    for k in ways:
+        rounds = ", ".join(f"{x['s']:.3f}" for x in res[k])
+        print(f"  {k:6s} forward+backward {med[k]:7.3f} s   peak +{mem[k] / 2**20:8.1f} MiB   "
+              f"positions run {positions[k]:6d}   (rounds: "
+              f"{rounds})")  # fmt: skip
+    print(
+        f"  shared / plain: x{med['plain'] / med['shared']:.2f} faster, peak memory "
+        f"x{mem['plain'] / max(mem['shared'], 1):.2f} smaller; max |d log-prob| {diff:.1e}"
+    )
+
+
+if __name__ == "__main__":
+    main()
