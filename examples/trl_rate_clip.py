@@ -1,6 +1,7 @@
 """TRL's GRPOTrainer with entropy-rl's ``rate-clip`` preset, on a small instruct model (CPU).
 
-    python examples/trl_rate_clip.py --model /work/models/smollm2 --out runs/trl-rate-clip
+    entropy-rl get-model smollm2 --out models/smollm2
+    python examples/trl_rate_clip.py --model models/smollm2 --out runs/trl-rate-clip
 
 The three lines that matter are marked ``# entropy-rl``: the callback brings the preset's clip
 widths, its controller (the clip width set each step from the rate of entropy change) and
