@@ -207,8 +207,8 @@ def test_resume_with_a_trajectory_change_needs_the_flag_and_keeps_every_segment(
     _trainer(tiny_model_dir, out, 3, resume=True, allow=True, **{"rollout.group_size": 8}).fit()
     assert "group_size: 4" in (out / "config.yaml").read_text()
     assert "group_size: 8" in (out / "config.step_2.yaml").read_text()
-    (event,) = _rows(out / "events.jsonl")
-    assert (event["step"], event["rule"]) == (2, "config_change")
+    (event,) = [e for e in _rows(out / "events.jsonl") if e["rule"] == "config_change"]
+    assert event["step"] == 2  # (the random model also trips the detector's truncation rule)
     assert event["changes"] == {"rollout.group_size": [4, 8]}  # run.steps 2 -> 3 is free
 
 
