@@ -402,3 +402,19 @@ def test_a_log_line_is_appended_whole_or_not_at_all(
     monkeypatch.undo()
     log.close()  # nothing buffered: no second error from closing
     assert (tmp_path / "m.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_a_full_disk_while_recording_the_start_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    run = tmp_path / "run"
+    d = RunDir(run, resume=False)
+    d._open(Config())
+
+    def full(path: Path, text: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(ckpt, "atomic_write_text", full)
+    with pytest.raises(ckpt.DiskFullError, match=rf"\(ENOSPC\) writing {run}/manifest.json: free"):
+        d.record(Config(), 0)
+    d.release()

@@ -566,16 +566,20 @@ class RunDir:
 
     # -- after the trainer state is loaded
     def record(self, cfg: Config, step: int) -> None:
-        """Truncate the logs of lost steps, write this segment's config, create events.jsonl."""
-        for bad, _ in self._damaged:
-            dest = bad.with_name(f"damaged-{bad.name}")
-            shutil.rmtree(dest, ignore_errors=True)
-            os.replace(bad, dest)
-        if step == 0:
-            self._start_afresh(cfg)
-        else:
-            self._continue(cfg, step)
-        (self.path / "events.jsonl").touch()
+        """Truncate the logs of lost steps, write this segment's config, create events.jsonl.
+        A full or read-only disk is the one-line error of :func:`disk_error`."""
+        try:
+            for bad, _ in self._damaged:
+                dest = bad.with_name(f"damaged-{bad.name}")
+                shutil.rmtree(dest, ignore_errors=True)
+                os.replace(bad, dest)
+            if step == 0:
+                self._start_afresh(cfg)
+            else:
+                self._continue(cfg, step)
+            (self.path / "events.jsonl").touch()
+        except OSError as e:
+            _setup_failed(e, self.path)
 
     def _start_afresh(self, cfg: Config) -> None:
         lost = _count_steps(self.path / "metrics.jsonl")
