@@ -297,7 +297,10 @@ def test_config_reward_keys_validated():
         (["data.reward_weights=[1]"], "data.reward_weights needs data.reward"),
         (["data.reward=last_number", "data.correct_reward=boxed"], "not one of the rewards"),
         (["data.reward=[a:s,b:s]"], "two rewards are named 's'"),
-        (["data.reward=last_number", "data.reward_weights=[.nan]"], "data.reward_weights must be a finite number, got nan"),
+        (
+            ["data.reward=last_number", "data.reward_weights=[.nan]"],
+            "data.reward_weights must be a finite number, got nan",
+        ),
     ]:
         with pytest.raises(ConfigError, match=match):
             build_config(overrides=bad)
