@@ -375,7 +375,9 @@ class CollapseDetector:
         return n
 
     def _record(self, key: str, step: int, value: float) -> None:
-        tracked = key in (ENTROPY, TRUNCATED) or key in self.config.accuracy_keys or key in PASS1_KEYS
+        tracked = (
+            key in (ENTROPY, TRUNCATED) or key in self.config.accuracy_keys or key in PASS1_KEYS
+        )
         if tracked or _PASS_AT.match(key):
             hist = self._history.setdefault(key, deque(maxlen=self._maxlen(key)))
             hist.append((step, value))
