@@ -432,6 +432,7 @@ def test_watch_prints_what_would_act_on_each_event_in_that_host(tmp_path: Path) 
     assert event_hint("repetition_rise", "entropy_rl") == (
         "in entropy-rl: control.detector_kwargs.repetition_rise_action=stop"
     )
+    assert event_hint("truncation", "verl") == "in verl: raise data.max_response_length"
     for rule in RULES:  # every rule has a line in every host
         for naming in HOSTS:
             assert event_hint(rule, naming).startswith(f"in {HOSTS[naming]}: ")

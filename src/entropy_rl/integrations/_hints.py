@@ -40,6 +40,14 @@ _LEVERS: dict[str, tuple[str | None, str, str]] = {
     ),
 }
 _NO_PRESET = (None, "", "stop")  # a rule no preset answers (repetition_rise): stop the run
+# rules a host's own option answers, not a preset
+_HOST_OPTION = {
+    "truncation": {
+        "trl": "raise GRPOConfig(max_completion_length=...), or mask_truncated_completions=True",
+        "verl": "raise data.max_response_length",
+        "entropy_rl": "raise rollout.max_new_tokens, or rollout.overlong_shaping=true",
+    },
+}
 
 
 def _preset_text(host: str, preset: str) -> str:
@@ -67,6 +75,8 @@ def event_hint(rule: str, naming: str) -> str:
     """
     if rule not in RULES or naming not in HOSTS:
         raise ValueError(f"no hint for rule {rule!r} in {naming!r}")
+    if rule in _HOST_OPTION:
+        return f"in {HOSTS[naming]}: {_HOST_OPTION[rule][naming]}"
     preset, why, action = _LEVERS.get(rule, _NO_PRESET)
     setting = _setting_text(naming, rule, action)
     if preset is None:
