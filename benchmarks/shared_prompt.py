@@ -5,12 +5,13 @@ P prompts x G completions of a model's real shapes: its weights from ``--model D
 ``entropy-rl get-model smollm2``), or ``--random-config NAME_OR_DIR`` (a config only, random
 weights: GPU shapes without shipping weights). Each prompt has ``--prompt-len`` tokens and
 each completion ``--completion-len`` (random token ids: the work does not depend on them).
-The two layouts run in interleaved rounds (A B, B A, ...), each measuring the wall time of
-``policy_token_stats`` (fused log-probs and entropy) plus the backward of their sum, and the
-peak memory in between: on CUDA ``max_memory_allocated`` above what was allocated before; on
-CPU the process's RSS high-water mark (``/proc``, reset before each measurement) above the
-RSS before. Medians over the rounds after a dropped warm-up round; the values are checked
-equal (max |d log-prob|) so the speed-up is not bought with a different answer.
+The two layouts run in interleaved rounds (A B, B A, ...), each in a fresh subprocess (so
+that one measurement's freed memory cannot hide the next one's peak), measuring the wall time
+of ``policy_token_stats`` (fused log-probs and entropy) plus the backward of their sum after
+a warm-up call on one group, and the peak memory of that call: on CUDA ``max_memory_allocated`` above
+what was allocated before; on CPU the process's RSS high-water mark (``/proc``, reset before)
+above the RSS before. Medians over the rounds; the values are checked equal (max |d
+log-prob|) so the speed-up is not bought with a different answer.
 
     python benchmarks/shared_prompt.py --model DIR [--prompts 8] [--group 8]
         [--prompt-len 50] [--completion-len 8] [--rounds 3] [--device cpu|cuda] [--dtype float32]
@@ -23,8 +24,11 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see vs_trl.py
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -73,6 +77,28 @@ def measure(model: Any, batch: RolloutBatch, shared: bool, autocast: Any) -> dic
     return {"s": time.perf_counter() - t0, "peak": peak, "logp": (lp * mask).detach().cpu()}
 
 
+def child(args: argparse.Namespace) -> None:
+    """One layout, one process: a warm-up call, then the measured one; JSON on stdout."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.set_num_threads(args.threads)
+    if args.model:
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    else:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.random_config))
+    model = model.float().to(args.device).eval()
+    autocast = None if args.dtype == "float32" else torch.bfloat16
+    vocab = model.get_output_embeddings().weight.shape[0]
+    batch = grpo_batch(vocab, args.prompts, args.group, args.prompt_len, args.completion_len)
+    shared = args.child == "shared"
+    measure(model, batch.rows(torch.arange(args.group)), shared, autocast)  # warm-up: one group
+    model.zero_grad(set_to_none=True)
+    out = measure(model, batch, shared, autocast)
+    torch.save(out["logp"], args.logp_out)
+    print(json.dumps({"s": out["s"], "peak": out["peak"]}))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     src = p.add_mutually_exclusive_group(required=True)
@@ -87,33 +113,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="autocast dtype of the forward (weights stay float32)")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--child", choices=["shared", "plain"], help=argparse.SUPPRESS)
+    p.add_argument("--logp-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    torch.set_num_threads(args.threads)
-    if args.model:
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-        name = args.model
-    else:
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.random_config))
-        name = f"{args.random_config} (random weights)"
-    model = model.float().to(args.device).eval()
-    autocast = None if args.dtype == "float32" else torch.bfloat16
-    vocab = model.get_output_embeddings().weight.shape[0]
-    batch = grpo_batch(vocab, args.prompts, args.group, args.prompt_len, args.completion_len)
-    rows = len(batch)
+    if args.child:
+        child(args)
+        return
+    name = args.model or f"{args.random_config} (random weights)"
+    rows = args.prompts * args.group
     print(f"{name}: {args.prompts} prompts x {args.group} completions = {rows} rows, prompt "
           f"{args.prompt_len} + completion {args.completion_len} tokens, {args.device} "
-          f"{args.dtype}, threads {args.threads}, {args.rounds} rounds after a warm-up")  # fmt: skip
-    ways = {"shared": True, "plain": False}
+          f"{args.dtype}, threads {args.threads}, {args.rounds} rounds, a process each")  # fmt: skip
+    ways = ("shared", "plain")
     res: dict[str, list[dict[str, Any]]] = {k: [] for k in ways}
-    for r in range(args.rounds + 1):
-        for k in list(ways) if r % 2 == 0 else list(ways)[::-1]:
-            out = measure(model, batch, ways[k], autocast)
-            if r:
-                res[k].append(out)
-    diff = float((res["shared"][0]["logp"] - res["plain"][0]["logp"]).abs().max())
+    passed = list(argv if argv is not None else sys.argv[1:])
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for k in ways if r % 2 == 0 else ways[::-1]:
+                logp = str(Path(tmp) / f"{k}.pt")
+                cmd = [sys.executable, __file__, *passed, "--child", k, "--logp-out", logp]
+                done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                res[k].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        diff = float((torch.load(Path(tmp) / "shared.pt") - torch.load(Path(tmp) / "plain.pt"))
+                     .abs().max())  # fmt: skip
     med = {k: statistics.median(x["s"] for x in v) for k, v in res.items()}
     mem = {k: statistics.median(x["peak"] for x in v) for k, v in res.items()}
     positions = {"shared": args.prompts * args.prompt_len + rows * (args.completion_len - 1),
@@ -121,8 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     for k in ways:
         rounds = ", ".join(f"{x['s']:.3f}" for x in res[k])
         print(f"  {k:6s} forward+backward {med[k]:7.3f} s   peak +{mem[k] / 2**20:8.1f} MiB   "
-              f"positions run {positions[k]:6d}   (rounds: "
-              f"{rounds})")  # fmt: skip
+              f"positions run {positions[k]:6d}   (rounds: {rounds})")  # fmt: skip
     print(
         f"  shared / plain: x{med['plain'] / med['shared']:.2f} faster, peak memory "
         f"x{mem['plain'] / max(mem['shared'], 1):.2f} smaller; max |d log-prob| {diff:.1e}"
