@@ -115,3 +115,21 @@ def test_validate_algo_checks_an_injected_controller_too() -> None:
 
     with pytest.raises(ConfigError, match=r"Bad sets \['temperature'\], which no host knows"):
         validate_algo(cfg, Bad())
+
+
+def test_detector_actions_go_through_the_same_path() -> None:
+    from types import SimpleNamespace
+
+    from entropy_rl.control.detector import Event
+
+    t = _bare_trainer(None, eps_low=0.2, eps_high=0.2)
+    t.dist = SimpleNamespace(is_main=False)  # no events.jsonl written
+
+    def event(action: str) -> Event:
+        return Event(5, "entropy_floor", "critical", {}, "low", action)
+
+    t._on_event(event("raise_eps_high"))  # + 0.05
+    t._on_event(event("raise_entropy_coef"))  # 0 -> max(0 * 2, 1e-3)
+    t._on_event(event("raise_entropy_coef"))  # 1e-3 -> 2e-3
+    assert t.loss_kwargs == pytest.approx({"eps_low": 0.2, "eps_high": 0.25}, abs=1e-15)
+    assert t.entropy_coef == 2e-3

@@ -511,10 +511,10 @@ class Trainer:
         action = record.get("action")
         if action == "stop":
             self.stop_reason = f"collapse detector rule {record['rule']} (action=stop)"
-        elif action == "raise_eps_high":
-            self.loss_kwargs["eps_high"] = float(self.loss_kwargs.get("eps_high", 0.2)) + 0.05
+        elif action == "raise_eps_high":  # through the controllers' path (apply_settings)
+            self.apply_settings({"eps_high": float(self.loss_kwargs.get("eps_high", 0.2)) + 0.05})
         elif action == "raise_entropy_coef":
-            self.entropy_coef = max(self.entropy_coef * 2.0, 1e-3)
+            self.apply_settings({"entropy_coef": max(self.entropy_coef * 2.0, 1e-3)})
         elif action == "rollback":
             self._rollback()
 
