@@ -385,6 +385,68 @@ def test_erl_losses_match_verl_losses_in_verl_venv() -> None:
         assert "ratio/abs_dev" in r["our_metrics"], key
 
 
+VERL_PRESET_SCRIPT = r"""
+import json, torch
+from importlib import resources
+from omegaconf import OmegaConf
+from verl.trainer.ppo import core_algos as ca
+from verl.workers.config import ActorConfig, PolicyLossConfig
+from entropy_rl.integrations.verl import VerlEntropyControl, register_with_verl
+
+register_with_verl()
+cfg = OmegaConf.load(str(resources.files("verl") / "trainer/config/_generated_ppo_trainer.yaml"))
+entries = ["entropy_rl.preset=entropic", "actor_rollout_ref.actor.policy_loss.loss_mode=erl_entropic",
+           "actor_rollout_ref.actor.calculate_entropy=true", "algorithm.adv_estimator=grpo",
+           "trainer.total_training_steps=10"]
+cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(entries))
+ctl = VerlEntropyControl.from_verl_config(cfg)
+ctl.update(1, {"actor/entropy": 1.3})
+actor = ActorConfig(strategy="fsdp", policy_loss=PolicyLossConfig(loss_mode="erl_entropic"),
+                    ppo_micro_batch_size_per_gpu=1, rollout_n=1)
+ctl.apply_to(actor)
+ctl.apply_to(actor)  # a second step: the frozen config takes it again
+old, one = torch.log(torch.tensor([[0.97]])), torch.ones(1, 1)
+loss, _ = ca.get_policy_loss_fn("erl_entropic")(old_log_prob=old, log_prob=old.clone(), advantages=one,
+    response_mask=one, loss_agg_mode="token-mean", config=actor, rollout_is_weights=None)
+out = {"loss": float(loss), "settings": dict(actor.erl_settings)}
+vanilla = OmegaConf.merge(cfg, OmegaConf.from_dotlist(["actor_rollout_ref.actor.policy_loss.loss_mode=vanilla"]))
+try:
+    VerlEntropyControl.from_verl_config(vanilla)
+    out["refused"] = None
+except ValueError as e:
+    out["refused"] = str(e)
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_preset_hook_on_real_verl_config_and_actor_config() -> None:
+    """verl 0.9.1's own generated trainer config (an OmegaConf DictConfig) with the
+    +entropy_rl.preset entry, and its frozen ActorConfig taking erl_settings twice."""
+    if not VERL_PY.is_file():
+        pytest.skip(
+            f"no verl venv at {VERL_PY}: bash scripts/verl_venv.sh (or set ENTROPY_RL_VERL_PYTHON)"
+        )
+    env = os.environ | {"PYTHONPATH": str(ROOT / "src"), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [str(VERL_PY), "-c", VERL_PRESET_SCRIPT], capture_output=True, text=True, env=env,
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    out = json.loads(line[len("RESULT ") :])
+    # EntroPIC (target 1.0, kp 1, ki 0.01): H 1.3 -> alpha 0.303: a confident token's loss is
+    # -pos_weight * r * A = -1.303
+    assert out["loss"] == pytest.approx(-1.303, abs=1e-6)
+    assert out["settings"] == pytest.approx(
+        {"eps_low": 0.2, "eps_high": 0.2, "prob_threshold": 0.95, "pos_weight": 1.303,
+         "neg_weight": 0.697}
+    )  # fmt: skip
+    assert out["refused"].startswith(
+        "preset 'entropic' uses our 'entropic' loss, but the run has verl's loss_mode 'vanilla'"
+    )
+
+
 def test_preset_schedule_length_from_the_trainer_when_the_config_has_none() -> None:
     cfg = verl_run_config(steps=-1)  # verl's default: the trainer computes the length
     with pytest.raises(ValueError, match="total_steps"):
