@@ -123,9 +123,11 @@ def test_chat_path_training_steps_and_run_info(
     assert info["threads"] == torch.get_num_threads() == 1  # < 20M parameters on CPU
     assert info["device"] == "cpu" and info["chat_template"] is True
     assert info["stop_token_ids"] == trainer.stop_ids
+    assert info["shared_prompt"] is True  # Qwen2 / Llama: each prompt once per forward
     assert trainer.tokenizer.convert_ids_to_tokens(eot) in info["stop_tokens"]
     line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("entropy-rl:")]
-    assert len(line) == 1 and f"engine={engine} logits=full dtype=float32 threads=1" in line[0]
+    assert len(line) == 1
+    assert f"engine={engine} logits=full dtype=float32 shared_prompt=on threads=1" in line[0]
     trainer.fit()
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
@@ -143,7 +145,8 @@ def test_the_stop_token_is_the_last_trained_token(chat_model_dir: Path, tmp_path
     batch, metrics = trainer.rollout()
     assert batch is not None
     lens = batch.mask.sum(1).long()  # every row is in the loss (mask_truncated is off)
-    stopped = [i for i in range(len(batch)) if batch.targets[i, lens[i] - 1] == eot]
+    stops = set(trainer.stop_ids)  # eot, and the tokenizer's EOS: either ends a completion
+    stopped = [i for i in range(len(batch)) if int(batch.targets[i, lens[i] - 1]) in stops]
     assert 0 < len(stopped) < len(batch)  # both kinds present
     assert metrics["length/truncated_frac"] == pytest.approx(1 - len(stopped) / len(batch))
     for i in range(len(batch)):

@@ -213,7 +213,10 @@ def test_support_and_resolution() -> None:
     assert shared_prompt_unsupported(model) is None
     assert resolve_shared_prompt(None, model) is True
     assert resolve_shared_prompt(False, model) is False
-    on = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    on = (
+        getattr(model, "activation_checkpointing_enable", None)
+        or model.gradient_checkpointing_enable
+    )
     on()
     assert "gradient checkpointing" in str(shared_prompt_unsupported(model))
     assert resolve_shared_prompt(None, model) is False

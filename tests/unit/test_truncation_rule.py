@@ -21,7 +21,8 @@ def test_fires_once_after_three_steps_above_half() -> None:
     # steps 1-2 above 0.5, step 3 at 0.4 breaks the run; steps 4, 5, 6 above: fires at step 6
     fired = _feed([0.9, 0.8, 0.4, 0.7, 0.6, 0.97, 0.95, 0.99])
     assert [f[0] for f in fired] == [6]  # once: the rule stays silent while it holds
-    step, values, msg = fired[0]
+    assert fired[0][0] == 6
+    _, values, msg = fired[0]
     assert values == {"truncated_frac": 0.97, "min_over_steps": 0.6, "steps": 3}
     assert msg.startswith("97% of completions hit max_new_tokens (60% or more for 3 steps)")
     assert "rollout.max_new_tokens" in msg and "overlong_shaping" in msg

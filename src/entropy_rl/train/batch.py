@@ -148,8 +148,10 @@ def response_inputs(
     ids = batch.input_ids.to(device)
     drop = skip_pad_mask and is_right_padded(batch.attention_mask)
     att = None if drop else batch.attention_mask.to(device)
-    out = model(input_ids=ids, attention_mask=att) if logits else model.base_model(
-        input_ids=ids, attention_mask=att
+    out = (
+        model(input_ids=ids, attention_mask=att)
+        if logits
+        else model.base_model(input_ids=ids, attention_mask=att)
     )
     x = out.logits if logits else out.last_hidden_state  # (B, L, X)
     index = _response_index(batch).to(device)  # (B, T)
