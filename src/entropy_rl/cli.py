@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -329,6 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # OpenMP worker threads that spin while waiting take the cores from everything else on a
+    # shared machine, and from each other: a SmolLM2 step ran 5-15x slower here beside other
+    # jobs (benchmarks/README.md). Passive waiting costs nothing measurable on big matmuls, and
+    # the small built-in models run on one thread. Set before torch loads; a user's value wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # `train --preset p a.b=1 --steps 5 c.d=2`: argparse gives the positional overrides only
