@@ -6,7 +6,8 @@ narrow clip, or only a smaller step, that keeps the rare answer alive?
 
 For every finished run of OUT/<setting>/seed<k> it reads the mean over all training steps of
 `kl/old_approx` (the k3 estimate of KL(pi_old || pi_theta) on the rollout's tokens, averaged
-over each step's mini-batches: the per-step update size a trust region bounds), the final
+over each step's mini-batches: the per-step update size a trust region bounds) and its mean
+over steps 1-40 (the early phase of scripts/trap_reading.py), the final
 entropy (mean `entropy/mean` of the last 3 steps) and the exact P mass on the final checkpoint
 (`trap/p_prob_eval`), and prints one row per setting: mean +- std of the P mass with its
 per-seed values, and mean (min-max over seeds) of the KL and the entropy.
@@ -41,14 +42,20 @@ from entropy_rl.experiments.compare import (  # noqa: E402
     read_rows,
 )
 
+EARLY = 40  # trap_reading.py's early phase: steps 1-40
+
 
 def run_numbers(rows: list[dict]) -> dict[str, float]:
-    """mean KL per step, final entropy and final exact P mass of one run's metrics rows."""
+    """mean KL per step (over all steps, and over steps 1-EARLY), final entropy and final exact
+    P mass of one run's metrics rows."""
     train = [r for r in rows if r.get("step", 0) >= 1 and r.get("kl/old_approx") is not None]
     evals = [r for r in rows if r.get("trap/p_prob_eval") is not None]
     ent = [r["entropy/mean"] for r in train if r.get("entropy/mean") is not None]
     return {
         "kl": statistics.fmean(r["kl/old_approx"] for r in train) if train else math.nan,
+        "early_kl": statistics.fmean(r["kl/old_approx"] for r in train[:EARLY])
+        if train
+        else math.nan,
         "entropy": statistics.fmean(ent[-3:]) if ent else math.nan,
         "p_mass": evals[-1]["trap/p_prob_eval"] if evals else math.nan,
         "steps": float(max((r.get("step", 0) for r in rows), default=0)),
@@ -96,14 +103,15 @@ def main(argv: list[str] | None = None) -> None:
                                                      [r["p_mass"] for r in runs])  # fmt: skip
     adjust_family(list(verdicts.values()))
     head = ["setting", "seeds", "exact P mass", "P mass by seed", "mean KL per step",
-            "final entropy", *(f"P mass vs {ref}" for ref in refs)]  # fmt: skip
+            f"mean KL, steps 1-{EARLY}", "final entropy",
+            *(f"P mass vs {ref}" for ref in refs)]  # fmt: skip
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for label, runs in by_setting.items():
         pm = [r["p_mass"] for r in runs]
         std = statistics.stdev(pm) if len(pm) > 1 else 0.0
         cells = [label, str(len(runs)), f"{statistics.fmean(pm):.3f} ± {std:.3f}",
                  " ".join(f"{v:.2f}" for v in pm)]  # fmt: skip
-        for key, fmt in (("kl", ".4f"), ("entropy", ".3f")):
+        for key, fmt in (("kl", ".4f"), ("early_kl", ".4f"), ("entropy", ".3f")):
             v = [r[key] for r in runs]
             cells.append(f"{statistics.fmean(v):{fmt}} ({min(v):{fmt}}-{max(v):{fmt}})")
         for ref in refs:
