@@ -222,6 +222,9 @@ def test_support_and_resolution() -> None:
     assert resolve_shared_prompt(None, model) is False
     with pytest.raises(ValueError, match=r"model.shared_prompt=true.*gradient checkpointing"):
         resolve_shared_prompt(True, model)
+    fresh = _model("qwen2")  # sharded by the trainer (FSDP2 keeps the class name): plain
+    assert shared_prompt_unsupported(fresh, sharded=True) == "an FSDP-sharded model"
+    assert resolve_shared_prompt(None, fresh, sharded=True) is False
     other = _model("qwen2")
     other.config.model_type = "falcon"
     assert "model_type='falcon'" in str(shared_prompt_unsupported(other))

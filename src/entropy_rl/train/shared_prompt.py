@@ -54,9 +54,11 @@ __all__ = [
 _MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 
 
-def shared_prompt_unsupported(model: Any) -> str | None:
-    """Why ``model`` must take the plain layout, or None when the shared-prompt layout applies."""
-    if "FullyShardedDataParallel" in type(model).__name__ or hasattr(model, "_fsdp_wrapped_module"):
+def shared_prompt_unsupported(model: Any, *, sharded: bool = False) -> str | None:
+    """Why ``model`` must take the plain layout, or None when the shared-prompt layout applies.
+    ``sharded``: the trainer shards it (train.sharding: FSDP2 keeps the class's name)."""
+    name = type(model).__name__
+    if sharded or "FullyShardedDataParallel" in name or hasattr(model, "_fsdp_wrapped_module"):
         return "an FSDP-sharded model"
     kind = getattr(getattr(model, "config", None), "model_type", None)
     if kind not in _MODEL_TYPES:
@@ -67,10 +69,10 @@ def shared_prompt_unsupported(model: Any) -> str | None:
     return None
 
 
-def resolve_shared_prompt(setting: bool | None, model: Any) -> bool:
+def resolve_shared_prompt(setting: bool | None, model: Any, *, sharded: bool = False) -> bool:
     """``model.shared_prompt`` for ``model``: None (auto) -> on where supported; True -> on, a
     ValueError naming the reason where unsupported; False -> off."""
-    why = shared_prompt_unsupported(model)
+    why = shared_prompt_unsupported(model, sharded=sharded)
     if setting and why:
         raise ValueError(
             f"model.shared_prompt=true, but this model takes the plain layout: {why}. "

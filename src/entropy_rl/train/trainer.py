@@ -215,7 +215,9 @@ class Trainer:
             self.model, self.ref_model, self.engine
         )  # sharded: the engine generates with a full-weight replica
         try:  # each prompt once per forward where the model allows (train.shared_prompt)
-            self.shared_prompt = resolve_shared_prompt(c.model.shared_prompt, self.model)
+            self.shared_prompt = resolve_shared_prompt(
+                c.model.shared_prompt, self.model, sharded=self.sharding.enabled
+            )
         except ValueError as e:
             raise ConfigError(str(e)) from e
         self.advantage_fn = advantage_fn
