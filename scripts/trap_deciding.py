@@ -6,11 +6,12 @@ narrow clip, or only a smaller step, that keeps the rare answer alive?
 
 For every finished run of OUT/<setting>/seed<k> it reads the mean over all training steps of
 `kl/old_approx` (the k3 estimate of KL(pi_old || pi_theta) on the rollout's tokens, averaged
-over each step's mini-batches: the per-step update size a trust region bounds) and its mean
-over steps 1-40 (the early phase of scripts/trap_reading.py), the final
-entropy (mean `entropy/mean` of the last 3 steps) and the exact P mass on the final checkpoint
-(`trap/p_prob_eval`), and prints one row per setting: mean +- std of the P mass with its
-per-seed values, and mean (min-max over seeds) of the KL and the entropy.
+over each step's mini-batches: the per-step update size a trust region bounds; 0 by
+construction with one epoch of one mini-batch, whose only pass runs before the update) and
+its mean over steps 1-40 (the early phase of scripts/trap_reading.py), the final entropy (mean
+`entropy/mean` of the last 3 steps), and the exact P mass and the held-out reward on the final
+checkpoint (`trap/p_prob_eval`, `trap/reward_eval`). It prints one row per setting: mean +- std
+of the P mass with its per-seed values, and mean (min-max over seeds) of the others.
 
 Each `--vs SETTING` adds a column: the P mass of every other setting against SETTING's, by
 `compare`'s rules (`compare_seeds`: the range rule, the exact permutation p), with the p
@@ -58,6 +59,7 @@ def run_numbers(rows: list[dict]) -> dict[str, float]:
         else math.nan,
         "entropy": statistics.fmean(ent[-3:]) if ent else math.nan,
         "p_mass": evals[-1]["trap/p_prob_eval"] if evals else math.nan,
+        "reward": evals[-1].get("trap/reward_eval", math.nan) if evals else math.nan,
         "steps": float(max((r.get("step", 0) for r in rows), default=0)),
     }
 
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
                                                      [r["p_mass"] for r in runs])  # fmt: skip
     adjust_family(list(verdicts.values()))
     head = ["setting", "seeds", "exact P mass", "P mass by seed", "mean KL per step",
-            f"mean KL, steps 1-{EARLY}", "final entropy",
+            f"mean KL, steps 1-{EARLY}", "final entropy", "held-out reward",
             *(f"P mass vs {ref}" for ref in refs)]  # fmt: skip
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for label, runs in by_setting.items():
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         std = statistics.stdev(pm) if len(pm) > 1 else 0.0
         cells = [label, str(len(runs)), f"{statistics.fmean(pm):.3f} ± {std:.3f}",
                  " ".join(f"{v:.2f}" for v in pm)]  # fmt: skip
-        for key, fmt in (("kl", ".4f"), ("early_kl", ".4f"), ("entropy", ".3f")):
+        for key, fmt in (("kl", ".4f"), ("early_kl", ".4f"), ("entropy", ".3f"), ("reward", ".3f")):
             v = [r[key] for r in runs]
             cells.append(f"{statistics.fmean(v):{fmt}} ({min(v):{fmt}}-{max(v):{fmt}})")
         for ref in refs:
