@@ -97,6 +97,29 @@ def gemm_gflops(shapes: list[tuple[int, int, int]], repeats: int = 5) -> float:
     return flops / statistics.median(ts) / 1e9
 
 
+def chat_model(
+    path: str, n_prompts: int, question: str, high: int = 21
+) -> tuple[Any, list[list[int]], list[int], int]:
+    """(model in float32, eval mode; ``n_prompts`` chat-encoded prompts of ``question`` with
+    a, b in 1..high-1 filled in, seed 0; the template's stop ids; the pad id). Shared with
+    kv_prefill.py."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from entropy_rl.tasks.base import Example
+    from entropy_rl.train.encoding import Encoder, stop_token_ids
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    enc = Encoder(tok, chat_template=True)
+    rng = random.Random(0)
+    texts = [question.format(a=rng.randrange(1, high), b=rng.randrange(1, high))
+             for _ in range(n_prompts)]  # fmt: skip
+    prompts = [enc.encode(Example(prompt=q)) for q in texts]
+    stops = stop_token_ids(tok, model, chat_template=True)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
+    return model, prompts, stops, pad
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--model", required=True, help="a pretrained chat model directory")
@@ -106,22 +129,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from entropy_rl.engine.kv import KVCacheEngine
-    from entropy_rl.tasks.base import Example
-    from entropy_rl.train.encoding import Encoder, stop_token_ids
 
     torch.set_num_threads(args.threads)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(args.model)
-    enc = Encoder(tok, chat_template=True)
-    rng = random.Random(0)
-    questions = [f"What is {rng.randrange(1, 21)} + {rng.randrange(1, 21)}? Give the final "
-                 "answer as a single number at the end." for _ in range(args.prompts)]  # fmt: skip
-    prompts = [enc.encode(Example(prompt=q)) for q in questions]
-    stops = stop_token_ids(tok, model, chat_template=True)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
+    question = "What is {a} + {b}? Give the final answer as a single number at the end."
+    model, prompts, stops, pad = chat_model(args.model, args.prompts, question)
     g, t = args.group, args.max_new
     rows = len(prompts) * g
     print(f"{args.model}: {len(prompts)} prompts ({min(map(len, prompts))}-"

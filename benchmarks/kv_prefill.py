@@ -17,11 +17,14 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see vs_trl.py
 
 import argparse
-import random
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,22 +36,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    from decode import chat_model
     from entropy_rl.engine.kv import KVCacheEngine
-    from entropy_rl.tasks.base import Example
-    from entropy_rl.train.encoding import Encoder, stop_token_ids
 
     torch.set_num_threads(args.threads)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(args.model)
-    enc = Encoder(tok, chat_template=True)
-    rng = random.Random(0)
-    questions = [f"What is {rng.randrange(1, 30)} + {rng.randrange(1, 30)}? Answer with just "
-                 "the number." for _ in range(args.prompts)]  # fmt: skip
-    prompts = [enc.encode(Example(prompt=q)) for q in questions]
-    stops = stop_token_ids(tok, model, chat_template=True)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
+    question = "What is {a} + {b}? Answer with just the number."
+    model, prompts, stops, pad = chat_model(args.model, args.prompts, question, high=30)
     ways = {"shared": True, "repeated": False}
     engines = {k: KVCacheEngine(model, pad_token_id=pad, eos_token_id=stops, share_prefill=v)
                for k, v in ways.items()}  # fmt: skip
