@@ -240,9 +240,17 @@ def test_resume_refuses_a_state_file_that_carries_code(tiny_model_dir: Path, tmp
 # ----------------------------------------------------------------------------- real kills
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """The child starts with SIGINT at its default, as a command typed in a terminal does
+    (Python then turns it into KeyboardInterrupt). A test run started in the background by a
+    shell without job control inherits SIGINT ignored, and a child would keep ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(args: list[str]) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "entropy_rl.cli", "train", "--no-progress", *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_in_a_terminal)  # fmt: skip
 
 
 def _lines(path: Path) -> int:
