@@ -20,7 +20,6 @@ from entropy_rl.train.shared_prompt import (
     SharedPromptLayout,
     resolve_shared_prompt,
     shared_prompt_unsupported,
-    shares_prompts,
 )
 from entropy_rl.train.update import UpdateSettings, by_length, ppo_update, record_old_logprobs
 
@@ -101,8 +100,8 @@ def test_layout_hand_case() -> None:
     assert lay.prompt_lens_B.tolist() == [2, 1, 2]
     # the completion pass reads tokens 0 .. T-2 (T = 3); -1 padding becomes token 0
     assert lay.completion_ids_B_Tc.tolist() == [[9, 10], [11, 0], [12, 13]]
-    assert shares_prompts(b)
-    assert not shares_prompts(b.rows(torch.tensor([0, 1])))
+    assert lay.shares
+    assert not SharedPromptLayout.of(b.rows(torch.tensor([0, 1]))).shares
 
 
 def test_by_prompt_keeps_a_prompts_rows_together() -> None:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from entropy_rl.ops.token_stats import fused_logprobs_entropy, token_entropy, token_logprobs
 from entropy_rl.train.precision import autocast as amp_autocast
-from entropy_rl.train.shared_prompt import shared_response_inputs, shares_prompts
+from entropy_rl.train.shared_prompt import SharedPromptLayout, shared_response_inputs
 
 
 @dataclass
@@ -142,8 +142,8 @@ def response_inputs(
     states (``logits=False``) or (B, T, V) the model's own logits (``logits=True``), column j the
     output at position ``prompt_len - 1 + j``. ``skip_pad_mask`` and ``shared_prompt``: see
     ``policy_token_stats``; neither changes the values at completion tokens."""
-    if shared_prompt and shares_prompts(batch):
-        return shared_response_inputs(model, batch, logits=logits)
+    if shared_prompt and (lay := SharedPromptLayout.of(batch)).shares:
+        return shared_response_inputs(model, lay, logits=logits)
     device = next(model.parameters()).device
     ids = batch.input_ids.to(device)
     drop = skip_pad_mask and is_right_padded(batch.attention_mask)

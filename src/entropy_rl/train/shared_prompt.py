@@ -46,7 +46,6 @@ __all__ = [
     "resolve_shared_prompt",
     "shared_prompt_unsupported",
     "shared_response_inputs",
-    "shares_prompts",
 ]
 
 # Architectures whose forward takes ``position_ids`` and a DynamicCache and whose shared-prompt
@@ -81,16 +80,11 @@ def resolve_shared_prompt(setting: bool | None, model: Any, *, sharded: bool = F
     return why is None if setting is None else setting
 
 
-def prompt_keys(batch: RolloutBatch) -> list[tuple[int, ...]]:
-    """Each row's prompt tokens, as a hashable key (rows with equal keys share a prompt)."""
-    ids, lens = batch.input_ids.tolist(), batch.prompt_lens.tolist()
+def prompt_keys(input_ids: Tensor, prompt_lens: Tensor) -> list[tuple[int, ...]]:
+    """Each row's prompt tokens (``input_ids`` (B, L), ``prompt_lens`` (B,)), as a hashable key:
+    rows with equal keys share a prompt."""
+    ids, lens = input_ids.tolist(), prompt_lens.tolist()
     return [tuple(row[:n]) for row, n in zip(ids, lens, strict=True)]
-
-
-def shares_prompts(batch: RolloutBatch) -> bool:
-    """True when at least two rows of ``batch`` have the same prompt (else nothing is saved)."""
-    keys = prompt_keys(batch)
-    return len(set(keys)) < len(keys)
 
 
 @dataclass
@@ -103,9 +97,14 @@ class SharedPromptLayout:
     prompt_lens_B: Tensor  # (B,)
     completion_ids_B_Tc: Tensor  # (B, T - 1) completion tokens 0 .. T-2, right-padded with 0
 
+    @property
+    def shares(self) -> bool:
+        """True when at least two rows have the same prompt (P < B; else nothing is saved)."""
+        return self.prompt_ids_P_Tp.shape[0] < self.prompt_of_B.shape[0]
+
     @classmethod
     def of(cls, batch: RolloutBatch) -> SharedPromptLayout:
-        keys = prompt_keys(batch)
+        keys = prompt_keys(batch.input_ids, batch.prompt_lens)
         index: dict[tuple[int, ...], int] = {}
         prompt_of = [index.setdefault(k, len(index)) for k in keys]
         prompts = list(index)  # insertion order: prompt p is index p
@@ -131,13 +130,12 @@ def _cache_keyword(fwd: Any) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def shared_response_inputs(model: Any, batch: RolloutBatch, *, logits: bool) -> Tensor:
-    """The head inputs at ``batch``'s completion positions, computed in the shared-prompt layout:
+def shared_response_inputs(model: Any, lay: SharedPromptLayout, *, logits: bool) -> Tensor:
+    """The head inputs at the completion positions of a batch in the shared-prompt layout ``lay``:
     (B, T, D) last hidden states (``logits=False``, for the fused head) or (B, T, V) the model's
     own logits (``logits=True``). Same values as the plain layout's gather at
     ``prompt_len - 1 + j`` (train.batch), and differentiable through both passes. Runs under
     whatever autocast / grad mode the caller set."""
-    lay = SharedPromptLayout.of(batch)
     device = next(model.parameters()).device
     fwd = model if logits else model.base_model
     padded = bool((lay.prompt_mask_P_Tp == 0).any())

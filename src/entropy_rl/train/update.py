@@ -312,7 +312,7 @@ def by_length(
     lengths = batch.attention_mask[idx].sum(1)  # (n,)
     if not by_prompt:
         return idx[torch.sort(lengths, stable=True).indices]
-    keys = prompt_keys(batch.rows(idx))
+    keys = prompt_keys(batch.input_ids[idx], batch.prompt_lens[idx])
     longest: dict[tuple[int, ...], int] = {}
     for k, n in zip(keys, lengths.tolist(), strict=True):
         longest[k] = max(longest.get(k, 0), n)
