@@ -177,8 +177,9 @@ class KVCacheEngine:
         self.compact_finished = compact_finished
         """Drop rows that have stopped (EOS) from the decoding batch once they are a quarter of
         it: their cache rows are copied out once, and the remaining steps run on fewer rows.
-        The same tokens for the same uniforms; fewer uniforms are drawn per step, so a seeded
-        run samples other tokens than with False (benchmarks/decode.py measures the effect)."""
+        Every row samples from the same distribution; fewer uniforms are drawn per step once
+        rows leave, so a seeded run draws other tokens than with False (benchmarks/decode.py
+        measures the effect)."""
 
     @property
     def exact_logprobs(self) -> bool:
