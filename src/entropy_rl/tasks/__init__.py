@@ -31,6 +31,7 @@ from entropy_rl.tasks.rewards import (
     overlong_penalty,
 )
 from entropy_rl.tasks.trap import TrapTask
+from entropy_rl.tasks.trapchat import TrapChatTask
 from entropy_rl.tasks.wordpick import WordPickTask
 from entropy_rl.tasks.wordproblems import WordProblemsTask
 
@@ -47,6 +48,7 @@ __all__ = [
     "DigitSumTask",
     "Example",
     "Task",
+    "TrapChatTask",
     "TrapTask",
     "WordPickTask",
     "WordProblemsTask",

@@ -132,17 +132,20 @@ class Task(abc.ABC):
         completions: Sequence[Sequence[str]],
         *,
         temperature: float = 1.0,
+        encoder: Any = None,
     ) -> dict[str, float]:
         """Task metrics of a held-out evaluation: ``completions[i]`` are the samples of
         ``examples[i]`` at `temperature`; `model` / `tokenizer` are the current policy, for
-        metrics computed exactly rather than sampled. Default: none."""
+        metrics computed exactly rather than sampled; ``encoder`` (train.encoding.Encoder) the
+        prompt encoding the trainer samples with (chat template, response prefix). Default:
+        none."""
         return {}
 
     def start_metrics(
-        self, model: Any, tokenizer: Any, *, temperature: float = 1.0
+        self, model: Any, tokenizer: Any, *, temperature: float = 1.0, encoder: Any = None
     ) -> dict[str, float]:
         """Measured once on the start policy, before the first step (logged at step 0 and
-        printed as one line). Default: none."""
+        printed as one line); arguments as `eval_metrics`. Default: none."""
         return {}
 
     def build_tokenizer(self) -> Any:

@@ -36,13 +36,14 @@ in ``trap/valid_frac``. Exact masses use softmax(logits / T) without top-p trunc
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from entropy_rl.tasks.base import Example, register_task
 from entropy_rl.tasks.digitsum import DigitSumTask
 
 __all__ = [
     "RARE_PROPERTIES",
+    "RareAnswerMetrics",
     "TrapTask",
     "completion_logprobs",
     "trap_sample_stats",
@@ -169,8 +170,87 @@ def trap_sample_stats(
     }
 
 
+class RareAnswerMetrics:
+    """The metrics of a task with a finite answer set, a partial reward for any valid answer
+    and a rare best property P (`trap`, `trap-chat`). A subclass provides ``classify(example,
+    completion) -> (valid, has P, answer)``, ``exact_masses(model, tokenizer, examples, *,
+    temperature, encoder)`` (per prompt, the exact probability of a P answer and of any valid
+    answer) and ``eval_set()`` (the prompts whose exact masses are the start prior)."""
+
+    if TYPE_CHECKING:  # provided by the task class (defined here, they would shadow its bases')
+
+        def classify(self, example: Example, completion: str) -> tuple[bool, bool, str | None]: ...
+
+        def exact_masses(
+            self, model: Any, tokenizer: Any, examples: Sequence[Example], *,
+            temperature: float = 1.0, encoder: Any = None,
+        ) -> tuple[list[float], list[float]]: ...  # fmt: skip
+
+    def _sample_stats(
+        self, examples: Sequence[Example], groups: Sequence[Sequence[str]]
+    ) -> dict[str, float]:
+        rows = [
+            [self.classify(e, t) for t in texts] for e, texts in zip(examples, groups, strict=True)
+        ]
+        return trap_sample_stats(
+            [[v for v, _, _ in r] for r in rows],
+            [[p for _, p, _ in r] for r in rows],
+            [[a for _, _, a in r] for r in rows],
+        )
+
+    def rollout_metrics(
+        self, examples: Sequence[Example], texts: Sequence[str], rewards: Sequence[float]
+    ) -> dict[str, float]:
+        """``trap/p_frac`` and ``trap/valid_frac`` of the step's samples."""
+        g = len(texts) // max(len(examples), 1)
+        if not examples or g == 0:
+            return {}
+        stats = self._sample_stats(
+            examples, [texts[i * g : (i + 1) * g] for i in range(len(examples))]
+        )
+        return {"trap/p_frac": stats["p_frac"], "trap/valid_frac": stats["valid_frac"]}
+
+    def eval_metrics(
+        self,
+        model: Any,
+        tokenizer: Any,
+        examples: Sequence[Example],
+        completions: Sequence[Sequence[str]],
+        *,
+        temperature: float = 1.0,
+        encoder: Any = None,
+    ) -> dict[str, float]:
+        """The sampled stats (`trap_sample_stats`) of the held-out samples as
+        ``trap/{p_frac,valid_frac,trapped,never_p,distinct_p,reward}_eval``, and the exact masses
+        ``trap/p_prob_eval`` / ``trap/valid_prob_eval`` (means over the prompts)."""
+        if not examples:
+            return {}
+        out = {f"trap/{k}_eval": v for k, v in self._sample_stats(examples, completions).items()}
+        p_mass, v_mass = self.exact_masses(
+            model, tokenizer, examples, temperature=temperature, encoder=encoder
+        )
+        out["trap/p_prob_eval"] = sum(p_mass) / len(p_mass)
+        out["trap/valid_prob_eval"] = sum(v_mass) / len(v_mass)
+        return out
+
+    def start_metrics(
+        self, model: Any, tokenizer: Any, *, temperature: float = 1.0, encoder: Any = None
+    ) -> dict[str, float]:
+        """The exact prior of P on the training prompts (each N once): ``trap/prior_p`` (mean
+        over prompts), ``trap/prior_p_min`` / ``_max``, and ``trap/prior_valid``."""
+        p_mass, v_mass = self.exact_masses(
+            model, tokenizer, cast(Any, self).eval_set(), temperature=temperature, encoder=encoder
+        )
+        return {
+            "trap/prior_p": sum(p_mass) / len(p_mass),
+            "trap/prior_p_min": min(p_mass),
+            "trap/prior_p_max": max(p_mass),
+            "trap/prior_valid": sum(v_mass) / len(v_mass),
+        }
+
+
 @register_task
-class TrapTask(DigitSumTask):
+class TrapTask(RareAnswerMetrics, DigitSumTask):
     """Digit sum with a rare best answer (module docstring), from digitsum's checkpoint.
 
     Args:
@@ -221,21 +301,10 @@ class TrapTask(DigitSumTask):
         valid, has_p, _ = self.classify(example, completion)
         return 1.0 if has_p else 0.5 if valid else 0.0
 
-    def _sample_stats(
-        self, examples: Sequence[Example], groups: Sequence[Sequence[str]]
-    ) -> dict[str, float]:
-        rows = [
-            [self.classify(e, t) for t in texts] for e, texts in zip(examples, groups, strict=True)
-        ]
-        return trap_sample_stats(
-            [[v for v, _, _ in r] for r in rows],
-            [[p for _, p, _ in r] for r in rows],
-            [[a for _, _, a in r] for r in rows],
-        )
-
     def exact_masses(
-        self, model: Any, tokenizer: Any, examples: Sequence[Example], *, temperature: float = 1.0
-    ) -> tuple[list[float], list[float]]:
+        self, model: Any, tokenizer: Any, examples: Sequence[Example], *, temperature: float = 1.0,
+        encoder: Any = None,
+    ) -> tuple[list[float], list[float]]:  # fmt: skip
         """Per prompt, the exact probability that the policy answers with P, and with any valid
         answer: the sum over those answers a of pi(a <eos> | N=) (`completion_logprobs`). Only
         the valid answers are scored (28-75 of the 1,000 per prompt): the other answers add
@@ -250,50 +319,3 @@ class TrapTask(DigitSumTask):
             v_mass[i] += prob
             p_mass[i] += prob if self._has_p(answer) else 0.0
         return p_mass, v_mass
-
-    def rollout_metrics(
-        self, examples: Sequence[Example], texts: Sequence[str], rewards: Sequence[float]
-    ) -> dict[str, float]:
-        """``trap/p_frac`` and ``trap/valid_frac`` of the step's samples."""
-        g = len(texts) // max(len(examples), 1)
-        if not examples or g == 0:
-            return {}
-        stats = self._sample_stats(
-            examples, [texts[i * g : (i + 1) * g] for i in range(len(examples))]
-        )
-        return {"trap/p_frac": stats["p_frac"], "trap/valid_frac": stats["valid_frac"]}
-
-    def eval_metrics(
-        self,
-        model: Any,
-        tokenizer: Any,
-        examples: Sequence[Example],
-        completions: Sequence[Sequence[str]],
-        *,
-        temperature: float = 1.0,
-    ) -> dict[str, float]:
-        """The sampled stats (`trap_sample_stats`) of the held-out samples as
-        ``trap/{p_frac,valid_frac,trapped,never_p,distinct_p,reward}_eval``, and the exact masses
-        ``trap/p_prob_eval`` / ``trap/valid_prob_eval`` (means over the prompts)."""
-        if not examples:
-            return {}
-        out = {f"trap/{k}_eval": v for k, v in self._sample_stats(examples, completions).items()}
-        p_mass, v_mass = self.exact_masses(model, tokenizer, examples, temperature=temperature)
-        out["trap/p_prob_eval"] = sum(p_mass) / len(p_mass)
-        out["trap/valid_prob_eval"] = sum(v_mass) / len(v_mass)
-        return out
-
-    def start_metrics(
-        self, model: Any, tokenizer: Any, *, temperature: float = 1.0
-    ) -> dict[str, float]:
-        """The exact prior of P on the training prompts (each N once): ``trap/prior_p`` (mean
-        over prompts), ``trap/prior_p_min`` / ``_max``, and ``trap/prior_valid``."""
-        p_mass, v_mass = self.exact_masses(
-            model, tokenizer, self.eval_set(), temperature=temperature
-        )
-        return {
-            "trap/prior_p": sum(p_mass) / len(p_mass),
-            "trap/prior_p_min": min(p_mass),
-            "trap/prior_p_max": max(p_mass),
-            "trap/prior_valid": sum(v_mass) / len(v_mass),
-        }

@@ -141,9 +141,16 @@ class Encoder:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def encode(self, example: Example) -> list[int]:
-        """``encode_prompt`` of an example, with its own ``meta["system"]`` if it has one."""
+        """``encode_prompt`` of an example, with its own ``meta["system"]`` if it has one, then
+        the tokens of its ``meta["response_prefix"]`` if it has one: text the model's answer
+        starts with (after the chat template's generation prompt), which the completion
+        continues and which is not part of the completion."""
         system = example.meta.get("system")
-        return self.encode_prompt(example.prompt, system=None if system is None else str(system))
+        ids = self.encode_prompt(example.prompt, system=None if system is None else str(system))
+        prefix = example.meta.get("response_prefix")
+        if prefix:
+            ids += list(self.tokenizer(str(prefix), add_special_tokens=False)["input_ids"])
+        return ids
 
     def decode(self, ids: list[list[int]]) -> list[str]:
         """Completion texts without special tokens (EOS and end-of-turn removed)."""

@@ -94,8 +94,9 @@ def _evaluate(trainer: Any) -> dict[str, float]:
     out = eval_summary(correct, answers, comps, ks=ks, greedy_correct=greedy, tokenize=unit)
     if trainer.task is not None:  # the task's own metrics (exact ones from the current weights)
         out |= trainer.task.eval_metrics(
-            trainer.model, trainer.tokenizer, examples, comps, temperature=c.rollout.temperature
-        )
+            trainer.model, trainer.tokenizer, examples, comps, temperature=c.rollout.temperature,
+            encoder=trainer.encoder,
+        )  # fmt: skip
     h = trainer.last_entropy
     if h is not None:  # the entropy-performance law R = -a exp(H) + b, refit on every eval
         trainer.entropy_fit.add(h, out["acc/eval"])
@@ -110,8 +111,9 @@ def start_metrics(trainer: Any) -> dict[str, float]:
         return {}
     t0 = time.perf_counter()
     out = trainer.task.start_metrics(
-        trainer.model, trainer.tokenizer, temperature=trainer.cfg.rollout.temperature
-    )
+        trainer.model, trainer.tokenizer, temperature=trainer.cfg.rollout.temperature,
+        encoder=trainer.encoder,
+    )  # fmt: skip
     if out and trainer.dist.is_main:
         line = ", ".join(f"{k} {v:.4g}" for k, v in out.items())
         print(f"start: {line} ({time.perf_counter() - t0:.2f} s)", file=sys.stderr)
