@@ -21,8 +21,8 @@ from entropy_rl.train.data import build_task
 transformers = pytest.importorskip("transformers")
 
 
-def _ex(high: int) -> Example:
-    return Example(prompt=QUESTION.format(high=high), meta={"high": high})
+def _ex(low: int, high: int) -> Example:
+    return Example(prompt=QUESTION.format(low=low, high=high), meta={"low": low, "high": high})
 
 
 def _load(d: Path) -> tuple[Any, Any]:
@@ -32,51 +32,60 @@ def _load(d: Path) -> tuple[Any, Any]:
 
 # ---------------------------------------------------------------- task and reward
 @pytest.mark.parametrize(
-    ("high", "completion", "reward"),
+    ("window", "completion", "reward"),
     [
-        (20, " 18.", 1.0),  # a multiple of 9 in range, with the period
-        (20, "9", 1.0),
-        (20, " 12", 0.5),  # valid, not a multiple of 9
-        (20, " 20. ", 0.5),  # the upper bound is in range; whitespace is cleaned
-        (20, " 12.<eos>junk", 0.5),  # cleaned up to a literal <eos>
-        (20, " 27.", 0.0),  # a multiple of 9 out of range
-        (20, " 21.", 0.0),
-        (30, " 27.", 1.0),
-        (20, " 0", 0.0),  # 1..high only
-        (20, "07", 0.0),  # no leading zero
-        (20, " 12 apples", 0.0),  # more text after the number
-        (20, "12..", 0.0),
-        (20, "twelve", 0.0),
-        (20, "", 0.0),
+        ((12, 20), " 18.", 1.0),  # the window's multiple of 9, with the period
+        ((12, 20), "18", 1.0),
+        ((12, 20), " 14", 0.5),  # valid, not a multiple of 9
+        ((12, 20), " 12. ", 0.5),  # both bounds are in the window; whitespace is cleaned
+        ((12, 20), " 20", 0.5),
+        ((12, 20), " 14.<eos>junk", 0.5),  # cleaned up to a literal <eos>
+        ((12, 20), " 27.", 0.0),  # a multiple of 9 outside the window
+        ((12, 20), " 9", 0.0),
+        ((12, 20), " 11", 0.0),
+        ((21, 29), " 27.", 1.0),
+        ((21, 29), " 18.", 0.0),
+        ((147, 155), " 153", 1.0),
+        ((12, 20), "014", 0.0),  # no leading zero
+        ((12, 20), " 14 apples", 0.0),  # more text after the number
+        ((12, 20), "14..", 0.0),
+        ((12, 20), "fourteen", 0.0),
+        ((12, 20), "", 0.0),
     ],
 )
-def test_reward_values(high: int, completion: str, reward: float):
-    assert get_task("trap-chat").reward(_ex(high), completion) == reward
+def test_reward_values(window: tuple[int, int], completion: str, reward: float):
+    assert get_task("trap-chat").reward(_ex(*window), completion) == reward
 
 
 def test_prompts_answers_and_prefix():
-    task = get_task("trap-chat", highs=(20, 23), divisor=7)
-    ev = task.eval_set()
-    assert [e.meta["high"] for e in ev] == [20, 21, 22, 23]
-    assert ev[1].prompt == "Pick a number between 1 and 21. Reply with the number only."
+    ev = get_task("trap-chat").eval_set()
+    assert [(e.meta["low"], e.meta["high"]) for e in ev[:2]] == [(12, 20), (21, 29)]
+    assert (ev[-1].meta["low"], ev[-1].meta["high"]) == (147, 155) and len(ev) == 16
+    assert ev[1].prompt == "Pick a number between 21 and 29. Reply with the number only."
     assert ev[1].meta["response_prefix"] == RESPONSE_PREFIX == "My number is"
-    assert task.classify(ev[0], " 14.") == (True, True, "14")  # 7 divides 14
-    assert task.classify(ev[0], " 9") == (True, False, "9")
+    task = get_task("trap-chat", first=10, prompts=3, width=5, divisor=4)
+    assert [(e.meta["low"], e.meta["high"]) for e in task.eval_set()] == [
+        (10, 14), (15, 19), (20, 24),
+    ]  # fmt: skip
+    assert task.classify(_ex(10, 14), " 12.") == (True, True, "12")  # 4 divides 12
+    assert task.classify(_ex(10, 14), " 13") == (True, False, "13")
+    assert task.classify(_ex(10, 14), " 16") == (False, False, "16")
     train = task.sample_train(200, __import__("random").Random(0))
-    assert {e.meta["high"] for e in train} == {20, 21, 22, 23}
-    assert task.canonical_answers(2) == [(1, " 1"), (1, " 1."), (2, " 2"), (2, " 2.")]
+    assert {e.meta["low"] for e in train} == {10, 15, 20}
+    assert task.canonical_answers(3, 4) == [(3, " 3"), (3, " 3."), (4, " 4"), (4, " 4.")]
     bare = get_task("trap-chat", response_prefix="")
     assert "response_prefix" not in bare.eval_set()[0].meta
-    assert bare.canonical_answers(1) == [(1, "1"), (1, "1.")]
+    assert bare.canonical_answers(1, 1) == [(1, "1"), (1, "1.")]
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"highs": (1, 5)}, "2 <= low <= high"),
-        ({"highs": (9, 8)}, "2 <= low <= high"),
-        ({"divisor": 21}, r"divisor must be in 2\.\.20"),
-        ({"divisor": 1}, r"divisor must be in 2\.\.20"),
+        ({"first": 0}, "first >= 1"),
+        ({"prompts": 0}, "prompts >= 1"),
+        ({"width": 1}, "width >= 2"),
+        ({"divisor": 10}, r"divisor must be in 2\.\.9"),
+        ({"divisor": 1}, r"divisor must be in 2\.\.9"),
     ],
 )
 def test_bad_arguments_are_config_errors(kwargs: dict[str, Any], match: str):
@@ -86,8 +95,8 @@ def test_bad_arguments_are_config_errors(kwargs: dict[str, Any], match: str):
 
 def test_rollout_metrics_by_hand():
     task = get_task("trap-chat")
-    texts = [" 18.", " 12", " 9", "Sure! 9"]  # G = 2 per prompt
-    out = task.rollout_metrics([_ex(20), _ex(20)], texts, [1.0, 0.5, 1.0, 0.0])
+    texts = [" 18.", " 12", " 27", "Sure! 27"]  # G = 2 per prompt
+    out = task.rollout_metrics([_ex(12, 20), _ex(21, 29)], texts, [1.0, 0.5, 1.0, 0.0])
     assert out == {"trap/p_frac": 0.5, "trap/valid_frac": 0.75}
 
 
@@ -145,9 +154,9 @@ def test_exact_masses_sum_the_canonical_answers_by_hand(monkeypatch: pytest.Monk
         chat_template = True
 
         def encode(self, e: Example) -> list[int]:
-            return [100 + int(e.meta["high"])]
+            return [100 + int(e.meta["low"])]
 
-    # pi(" n") = 0.1 n for the prompt high = 3, pi(" n.") = 0.01 n; high = 2: 0.2 each form
+    # window 1..2: pi(" n") = pi(" n.") = 0.2; window 3..4: pi(" n") = 0.1 n, pi(" n.") = 0.01 n
     def fake(model, prompts, completions, *, pad_token_id, temperature=1.0, chunk=512):
         assert pad_token_id == 0 and temperature == 0.5
         out = []
@@ -155,17 +164,17 @@ def test_exact_masses_sum_the_canonical_answers_by_hand(monkeypatch: pytest.Monk
             assert c[-1] == 2 and chr(c[0]) == " "  # the end token, the space after the prefix
             text = "".join(chr(x) for x in c[1:-1])
             n = int(text.rstrip("."))
-            prob = 0.2 if p == [102] else (0.01 if text.endswith(".") else 0.1) * n
+            prob = 0.2 if p == [101] else (0.01 if text.endswith(".") else 0.1) * n
             out.append(float(torch.tensor(prob).log()))
         return torch.tensor(out)
 
     monkeypatch.setattr(trapchat, "sequence_logprobs", fake)
-    task = get_task("trap-chat", highs=(2, 3), divisor=2)
+    task = get_task("trap-chat", first=1, prompts=2, width=2, divisor=2)
     p_mass, v_mass = task.exact_masses(None, Tok(), task.eval_set(), temperature=0.5, encoder=Enc())
-    # high 2: answers 1, 2, two forms each at 0.2: valid 0.8, P (n = 2) 0.4
-    # high 3: valid 0.11 (1 + 2 + 3) = 0.66, P (n = 2) 0.11 * 2 = 0.22
-    assert p_mass == pytest.approx([0.4, 0.22], abs=1e-6)
-    assert v_mass == pytest.approx([0.8, 0.66], abs=1e-6)
+    # window 1..2: answers 1, 2, two forms each at 0.2: valid 0.8, P (n = 2) 0.4
+    # window 3..4: valid 0.11 (3 + 4) = 0.77, P (n = 4) 0.11 * 4 = 0.44
+    assert p_mass == pytest.approx([0.4, 0.44], abs=1e-6)
+    assert v_mass == pytest.approx([0.8, 0.77], abs=1e-6)
     with pytest.raises(ConfigError, match=r"data\.chat_template=true"):
         task.exact_masses(None, Tok(), task.eval_set(), encoder=None)
 
@@ -179,7 +188,7 @@ def test_a_training_step_and_the_start_prior(chat_model_dir: Path, tmp_path: Pat
         preset="grpo",
         overrides=[
             f"model.path={chat_model_dir}", "data.task=trap-chat", "data.chat_template=true",
-            "data.task_kwargs={highs: [9, 10]}", "rollout.prompts_per_step=2",
+            "data.task_kwargs={first: 10, prompts: 2, width: 3, divisor: 3}", "rollout.prompts_per_step=2",
             "rollout.group_size=2", "eval.every=1", "eval.samples=2", "run.steps=1",
             f"run.out_dir={out}", "run.progress=false", "run.save_every=0",
         ],

@@ -6,27 +6,33 @@ samples per N = 6 / 14 / 20: a valid answer in 1.6% / 0 / 0, most samples are pr
 never earns the partial reward that the trap needs to lock into. This task keeps the trap's
 shape with a question the model already answers:
 
-    user:       "Pick a number between 1 and {high}. Reply with the number only."
-    assistant:  "My number is" + the completion, e.g. " 12." <end of turn>
+    user:       "Pick a number between {low} and {high}. Reply with the number only."
+    assistant:  "My number is" + the completion, e.g. " 14." <end of turn>
 
-``high`` in `highs` (default 20..35, 16 prompts). The assistant turn starts with the
-*response prefix* "My number is" (``Example.meta["response_prefix"]``, which the trainer's
-encoder appends after the chat template's generation prompt), so the model answers in a
-few tokens. The reward ranks the valid answers, as `trap` does:
+The prompts are 16 windows of 9 numbers, one after the other (`first`, `prompts`, `width`):
+12..20, 21..29, ..., 147..155. The assistant turn starts with the *response prefix* "My number
+is" (``Example.meta["response_prefix"]``, which the trainer's encoder appends after the chat
+template's generation prompt), so the model answers in a few tokens. The reward ranks the
+valid answers, as `trap` does:
 
     r = 1.0   a valid answer that is a multiple of `divisor` (the rare property P; 9 by default:
-              9, 18, 27 in range)
-        0.5   any other valid answer: the whole completion is one integer 1..high, optionally
-              followed by a period ("12", " 12.")
-        0.0   anything else (prose, out of range, a number followed by more text)
+              exactly one number of each window, 18, 27, ..., 153)
+        0.5   any other valid answer: the whole completion is one integer in low..high,
+              optionally followed by a period ("14", " 14.")
+        0.0   anything else (prose, out of the window, a number followed by more text)
 
-Measured on SmolLM2-135M-Instruct (``entropy-rl get-model smollm2``), T = 1: the exact mass of
-the valid answers is ~0.32-0.35 per prompt and of P ~0.02 (docs/experiments.md#trap-chat), the
-regime of the built-in trap (valid ~0.3, P ~0.01): the partial reward comes often, the best
-answer is rare, and a policy that sharpens on what paid first can stop sampling P.
+Each window has its own P answer, so no single answer pays 1.0 everywhere: with windows that
+all held 18 (numbers 1..high), PPO learned to say "18" to every prompt within 10 steps and no
+trap was left to measure (docs/experiments.md#trap-chat).
+
+Measured on SmolLM2-135M-Instruct (``entropy-rl get-model smollm2``) at T = 1: the exact mass
+of the valid answers is ~0.1-0.25 per prompt and of P ~0.3-1% (the start prior is logged at
+step 0 as ``trap/prior_*``), the regime of the built-in trap (valid ~0.3, P ~1.25%): the
+partial reward comes often, the best answer is rare, and a policy that sharpens on what paid
+first (the window's bounds are the model's favourite answers) can stop sampling P.
 
 Exact masses: the answer set is finite, so `exact_masses` scores every canonical valid answer
-(" n" and " n." then the end-of-turn token, n = 1..high) under the policy with the trainer's
+(" n" and " n." then the end-of-turn token, n = low..high) under the policy with the trainer's
 own prompt encoding, all of a prompt's answers against one pass over its tokens
 (`sequence_logprobs`, the shared-prompt layout). Other spellings that `extract_answer` accepts
 (no space after the prefix, a trailing space, another tokenization of the same text) are not
@@ -49,7 +55,7 @@ from entropy_rl.tasks.trap import RareAnswerMetrics
 
 __all__ = ["QUESTION", "RESPONSE_PREFIX", "TrapChatTask", "sequence_logprobs"]
 
-QUESTION = "Pick a number between 1 and {high}. Reply with the number only."
+QUESTION = "Pick a number between {low} and {high}. Reply with the number only."
 RESPONSE_PREFIX = "My number is"
 _ANSWER = re.compile(r"([1-9][0-9]*)\.?")
 
@@ -117,8 +123,10 @@ class TrapChatTask(RareAnswerMetrics, Task):
     """The exploration trap as a chat question with a finite answer set (module docstring).
 
     Args:
-        highs: inclusive (low, high) range of the prompts' upper bounds; one prompt each.
-        divisor: P is "a multiple of `divisor`"; every prompt's range needs one.
+        first: the lowest number of the first window.
+        prompts: the number of windows (prompts), each `width` numbers, one after the other.
+        width: the numbers per window.
+        divisor: P is "a multiple of `divisor`" (2..width: every window holds one).
         response_prefix: the text the assistant's turn starts with ("" for none).
     """
 
@@ -136,37 +144,41 @@ class TrapChatTask(RareAnswerMetrics, Task):
     def __init__(
         self,
         *,
-        highs: tuple[int, int] = (20, 35),
+        first: int = 12,
+        prompts: int = 16,
+        width: int = 9,
         divisor: int = 9,
         response_prefix: str = RESPONSE_PREFIX,
     ) -> None:
-        low, high = highs
-        if not 2 <= low <= high:
-            raise ValueError(f"highs must be (low, high) with 2 <= low <= high, got {highs}")
-        if not 2 <= divisor <= low:
+        if first < 1 or prompts < 1 or width < 2:
             raise ValueError(
-                f"divisor must be in 2..{low} so every prompt has a multiple in range, got "
-                f"{divisor}"
+                f"need first >= 1, prompts >= 1 and width >= 2; got first={first}, "
+                f"prompts={prompts}, width={width}"
             )
-        self.highs = (low, high)
+        if not 2 <= divisor <= width:
+            raise ValueError(
+                f"divisor must be in 2..{width} (the width) so every window holds a multiple of "
+                f"it, got {divisor}"
+            )
+        self.windows = [(first + k * width, first + (k + 1) * width - 1) for k in range(prompts)]
         self.divisor = divisor
         self.response_prefix = response_prefix
 
-    def _example(self, high: int) -> Example:
-        meta: dict[str, Any] = {"high": high}
+    def _example(self, low: int, high: int) -> Example:
+        meta: dict[str, Any] = {"low": low, "high": high}
         if self.response_prefix:
             meta["response_prefix"] = self.response_prefix
-        return Example(prompt=QUESTION.format(high=high), meta=meta)
+        return Example(prompt=QUESTION.format(low=low, high=high), meta=meta)
 
     def sample_train(self, n: int, rng: random.Random) -> list[Example]:
-        """`n` prompts with ``high`` uniform in `highs`."""
+        """`n` prompts, each window uniformly."""
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
-        return [self._example(rng.randint(*self.highs)) for _ in range(n)]
+        return [self._example(*rng.choice(self.windows)) for _ in range(n)]
 
     def eval_set(self) -> list[Example]:
-        """Every prompt once (the training prompts: the study is about the policy on them)."""
-        return [self._example(h) for h in range(self.highs[0], self.highs[1] + 1)]
+        """Every window once (the training prompts: the study is about the policy on them)."""
+        return [self._example(low, high) for low, high in self.windows]
 
     def extract_answer(self, completion: str) -> str | None:
         """The integer when the whole completion is one (no leading zero), optionally followed
@@ -175,26 +187,26 @@ class TrapChatTask(RareAnswerMetrics, Task):
         return m.group(1) if m else None
 
     def is_correct(self, example: Example, completion: str) -> bool:
-        """Whether the completion is one integer in 1..``meta["high"]``."""
-        answer = self.extract_answer(completion)
-        return answer is not None and int(answer) <= int(example.meta["high"])
+        """Whether the completion is one integer in ``meta["low"]..meta["high"]``."""
+        return self.classify(example, completion)[0]
 
     def classify(self, example: Example, completion: str) -> tuple[bool, bool, str | None]:
         """(valid, has P, extracted answer) of one completion."""
         answer = self.extract_answer(completion)
-        valid = answer is not None and int(answer) <= int(example.meta["high"])
-        return valid, valid and int(answer or 0) % self.divisor == 0, answer
+        n = -1 if answer is None else int(answer)
+        valid = int(example.meta["low"]) <= n <= int(example.meta["high"])
+        return valid, valid and n % self.divisor == 0, answer
 
     def reward(self, example: Example, completion: str) -> float:
         """1.0 for a valid multiple of `divisor`, 0.5 for another valid answer, else 0.0."""
         valid, has_p, _ = self.classify(example, completion)
         return 1.0 if has_p else 0.5 if valid else 0.0
 
-    def canonical_answers(self, high: int) -> list[tuple[int, str]]:
-        """(n, text) of the completions `exact_masses` scores: " n" and " n." for n = 1..high
+    def canonical_answers(self, low: int, high: int) -> list[tuple[int, str]]:
+        """(n, text) of the completions `exact_masses` scores: " n" and " n." for n = low..high
         (no space when there is no response prefix)."""
         space = " " if self.response_prefix else ""
-        return [(n, f"{space}{n}{end}") for n in range(1, high + 1) for end in ("", ".")]
+        return [(n, f"{space}{n}{end}") for n in range(low, high + 1) for end in ("", ".")]
 
     def exact_masses(
         self, model: Any, tokenizer: Any, examples: Sequence[Example], *, temperature: float = 1.0,
@@ -218,7 +230,7 @@ class TrapChatTask(RareAnswerMetrics, Task):
         completions: list[list[int]] = []
         for i, e in enumerate(examples):
             ids = encoder.encode(e)
-            for n, text in self.canonical_answers(int(e.meta["high"])):
+            for n, text in self.canonical_answers(int(e.meta["low"]), int(e.meta["high"])):
                 rows.append((i, n))
                 prompts.append(ids)
                 completions.append([*tokenizer(text, add_special_tokens=False)["input_ids"], stop])
