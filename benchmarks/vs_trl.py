@@ -6,7 +6,8 @@ prompts with the same RL settings:
     G = 8 samples x 8 prompts per RL step (64 completions), <= 16 new tokens, temperature 1,
     clip eps_low 0.2 / eps_high 0.28, token-mean loss (TRL loss_type="dapo"), no KL (beta 0),
     --passes update passes over each rollout (ours: ppo_epochs, 1 mini-batch; TRL:
-    num_iterations), AdamW at the same constant lr, grad clip 1.0, GRPO advantages.
+    num_iterations), fused AdamW at the same constant lr (ours by default, TRL's default
+    optim adamw_torch_fused), grad clip 1.0, GRPO advantages.
 
 One "RL step" is one rollout and its update: TRL runs ``num_iterations`` optimizer steps per
 rollout, so its RL step is that many trainer steps. Time per RL step is wall time between
@@ -417,7 +418,7 @@ def make_trl(
             gradient_accumulation_steps=setting.rows // micro,
             max_completion_length=setting.max_new, max_steps=runner.steps * args.passes,
             num_iterations=args.passes, learning_rate=args.lr, lr_scheduler_type="constant",
-            warmup_steps=0, optim="adamw_torch", max_grad_norm=1.0, epsilon=EPS_LOW,
+            warmup_steps=0, optim="adamw_torch_fused", max_grad_norm=1.0, epsilon=EPS_LOW,
             epsilon_high=EPS_HIGH, beta=0.0, loss_type="dapo", scale_rewards="group",
             temperature=1.0, top_p=1.0, top_k=0, logging_steps=1, report_to=[],
             save_strategy="no", use_cpu=True, seed=seed, bf16=False, disable_tqdm=True,
