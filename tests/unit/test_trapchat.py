@@ -90,7 +90,13 @@ def test_prompts_answers_and_prefix():
 )
 def test_bad_arguments_are_config_errors(kwargs: dict[str, Any], match: str):
     with pytest.raises(ConfigError, match=match):
-        build_task(DataConfig(task="trap-chat", task_kwargs=kwargs))
+        build_task(DataConfig(task="trap-chat", task_kwargs=kwargs, chat_template=True))
+
+
+def test_without_the_chat_template_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"asks a chat model: set data\.chat_template=true"):
+        build_task(DataConfig(task="trap-chat"))
+    assert isinstance(build_task(DataConfig(task="trap-chat", chat_template=True)), TrapChatTask)
 
 
 def test_rollout_metrics_by_hand():

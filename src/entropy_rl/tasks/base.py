@@ -92,6 +92,8 @@ class Task(abc.ABC):
     """(training metric, axis label) pairs that ``entropy-rl compare`` draws per setting over
     the steps, beside entropy and reward (`report.settings`)."""
     default_max_new_tokens: int = 8
+    needs_chat_template: ClassVar[bool] = False
+    """True for tasks whose prompts are chat turns (data.chat_template=true is required)."""
     needs_model_path: ClassVar[bool] = False
     """True for tasks meant for a pretrained model (model.path): no built-in checkpoint, and
     evaluation counts distinct-2 over words; False: the built-in tiny character-level models

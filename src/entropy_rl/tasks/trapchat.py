@@ -132,6 +132,7 @@ class TrapChatTask(RareAnswerMetrics, Task):
 
     name: ClassVar[str] = "trap-chat"
     needs_model_path: ClassVar[bool] = True
+    needs_chat_template: ClassVar[bool] = True
     default_max_new_tokens: int = 8
     summary_metrics: ClassVar[tuple[str, ...]] = (
         "trap/p_prob_eval", "trap/p_frac_eval", "trap/reward_eval", "trap/trapped_eval",

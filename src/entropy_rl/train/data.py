@@ -206,8 +206,14 @@ def build_task(cfg: DataConfig) -> Task | None:
     import entropy_rl.tasks  # noqa: F401  (registers the built-in tasks)
 
     try:
-        return get_task(cfg.task, **cfg.task_kwargs)
+        task = get_task(cfg.task, **cfg.task_kwargs)
     except TypeError as e:
         raise ConfigError(f"data.task_kwargs does not fit task {cfg.task!r}: {e}") from e
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    if task.needs_chat_template and not cfg.chat_template:
+        raise ConfigError(
+            f"task {cfg.task!r} asks a chat model: set data.chat_template=true (and model.path "
+            "to an instruct model, e.g. from `entropy-rl get-model smollm2`)"
+        )
+    return task
