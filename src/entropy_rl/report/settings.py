@@ -68,9 +68,10 @@ def settings_figure_png(
     curves = {g: [_smoothed(r, key) for r in runs if r.has(key)] for g, runs in groups.items()}
     ref = seed_band(curves[ref_label])
     with style():
-        fig = new_figure(2.9 * ncols, 2.3 * nrows + 0.6)
+        fig = new_figure(2.9 * ncols, 2.3 * nrows + 0.9)
         axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, sharey=True)).ravel()
-        fig.suptitle(f"{key}: every seed (thin), median (bold), {ref_label} median (dashed)",
+        # two lines: with one or two panels the legend line is wider than the figure
+        fig.suptitle(f"{key}\nevery seed (thin), median (bold), {ref_label} median (dashed)",
                      fontweight="bold", x=0.01, ha="left")  # fmt: skip
         for i, label in enumerate(labels):
             k = list(groups).index(label)  # the reference's colour is for the reference only

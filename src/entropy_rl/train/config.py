@@ -57,8 +57,10 @@ class ModelConfig:
     (rollout, pi_old, update) under torch.autocast, halving activation memory and using the
     accelerator's low-precision matmuls. float16 adds dynamic loss scaling
     (``update/loss_scale``). With bfloat16 parameters and plain AdamW, RL-sized updates round
-    away (at lr 5e-6, <1% of SmolLM2's weights moved in 3 steps). On a CPU without bfloat16
-    matmul units keep float32: bfloat16 autocast made a SmolLM2-sized update ~8x slower here."""
+    away (at lr 5e-6, <1% of SmolLM2's weights moved in 3 steps). On a CPU it depends on the
+    CPU (benchmarks/precision.py): with AVX512-BF16, SmolLM2's sampling ran x1.7 faster and
+    its update x1.3 (x1.0 with the pi_old forward mixed precision adds); without bfloat16
+    matrix instructions a SmolLM2-sized update ran ~8x slower: keep float32 there."""
     logits: str = "auto"
     """How the update gets log-probs and entropy: ``fused`` (hidden states x lm_head, chunked, never
     holds [tokens, V] logits), ``full`` (the model's own logits), or ``auto`` (fused when the
