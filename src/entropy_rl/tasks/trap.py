@@ -177,6 +177,14 @@ class RareAnswerMetrics:
     temperature, encoder)`` (per prompt, the exact probability of a P answer and of any valid
     answer) and ``eval_set()`` (the prompts whose exact masses are the start prior)."""
 
+    summary_metrics: ClassVar[tuple[str, ...]] = (
+        "trap/p_prob_eval", "trap/p_frac_eval", "trap/reward_eval", "trap/trapped_eval",
+        "trap/never_p_eval",
+    )  # fmt: skip
+    summary_curves: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("trap/p_frac", "share of samples with P"),
+    )
+
     if TYPE_CHECKING:  # provided by the task class (defined here, they would shadow its bases')
 
         def classify(self, example: Example, completion: str) -> tuple[bool, bool, str | None]: ...
@@ -185,6 +193,11 @@ class RareAnswerMetrics:
             self, model: Any, tokenizer: Any, examples: Sequence[Example], *,
             temperature: float = 1.0, encoder: Any = None,
         ) -> tuple[list[float], list[float]]: ...  # fmt: skip
+
+    def reward(self, example: Example, completion: str) -> float:
+        """1.0 for a valid answer with P, 0.5 for another valid answer, else 0.0."""
+        valid, has_p, _ = self.classify(example, completion)
+        return 1.0 if has_p else 0.5 if valid else 0.0
 
     def _sample_stats(
         self, examples: Sequence[Example], groups: Sequence[Sequence[str]]
@@ -260,13 +273,6 @@ class TrapTask(RareAnswerMetrics, DigitSumTask):
 
     name: ClassVar[str] = "trap"
     checkpoint: ClassVar[str] = "digitsum"
-    summary_metrics: ClassVar[tuple[str, ...]] = (
-        "trap/p_prob_eval", "trap/p_frac_eval", "trap/reward_eval", "trap/trapped_eval",
-        "trap/never_p_eval",
-    )  # fmt: skip
-    summary_curves: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("trap/p_frac", "share of samples with P"),
-    )
 
     def __init__(
         self, *, rare: str = "valley_palindrome", train_targets: tuple[int, int] = (6, 21)
@@ -295,11 +301,6 @@ class TrapTask(RareAnswerMetrics, DigitSumTask):
         answer = self.extract_answer(completion)
         valid = answer is not None and self.is_correct(example, completion)
         return valid, valid and self._has_p(answer or ""), answer
-
-    def reward(self, example: Example, completion: str) -> float:
-        """1.0 for a valid answer with P, 0.5 for another valid answer, else 0.0."""
-        valid, has_p, _ = self.classify(example, completion)
-        return 1.0 if has_p else 0.5 if valid else 0.0
 
     def exact_masses(
         self, model: Any, tokenizer: Any, examples: Sequence[Example], *, temperature: float = 1.0,

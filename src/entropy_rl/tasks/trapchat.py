@@ -134,13 +134,6 @@ class TrapChatTask(RareAnswerMetrics, Task):
     needs_model_path: ClassVar[bool] = True
     needs_chat_template: ClassVar[bool] = True
     default_max_new_tokens: int = 8
-    summary_metrics: ClassVar[tuple[str, ...]] = (
-        "trap/p_prob_eval", "trap/p_frac_eval", "trap/reward_eval", "trap/trapped_eval",
-        "trap/never_p_eval",
-    )  # fmt: skip
-    summary_curves: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("trap/p_frac", "share of samples with P"),
-    )
 
     def __init__(
         self,
@@ -197,11 +190,6 @@ class TrapChatTask(RareAnswerMetrics, Task):
         n = -1 if answer is None else int(answer)
         valid = int(example.meta["low"]) <= n <= int(example.meta["high"])
         return valid, valid and n % self.divisor == 0, answer
-
-    def reward(self, example: Example, completion: str) -> float:
-        """1.0 for a valid multiple of `divisor`, 0.5 for another valid answer, else 0.0."""
-        valid, has_p, _ = self.classify(example, completion)
-        return 1.0 if has_p else 0.5 if valid else 0.0
 
     def canonical_answers(self, low: int, high: int) -> list[tuple[int, str]]:
         """(n, text) of the completions `exact_masses` scores: " n" and " n." for n = low..high
