@@ -124,6 +124,7 @@ def test_chat_path_training_steps_and_run_info(
     assert info["device"] == "cpu" and info["chat_template"] is True
     assert info["stop_token_ids"] == trainer.stop_ids
     assert info["shared_prompt"] is True  # Qwen2 / Llama: each prompt once per forward
+    assert trainer.optimizer.defaults["fused"] is True  # one AdamW kernel on CPU
     assert trainer.tokenizer.convert_ids_to_tokens(eot) in info["stop_tokens"]
     line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("entropy-rl:")]
     assert len(line) == 1
