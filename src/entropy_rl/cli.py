@@ -57,14 +57,16 @@ def _train(args: argparse.Namespace) -> int:
               "same command again", file=sys.stderr)  # fmt: skip
         return exit_code(e)
     main = trainer.dist.is_main  # under torchrun / accelerate launch only rank 0 speaks
-    if main:
-        print(f"run directory: {trainer.run_dir}", file=sys.stderr)
     try:
+        if main:
+            print(f"run directory: {trainer.run_dir}", file=sys.stderr)
         last = trainer.fit()
     except KeyboardInterrupt as e:
         if main:
-            done = (f"step {e.step} saved" if e.saved else "nothing trained yet"
-                    ) if isinstance(e, Interrupted) else "not saved"  # fmt: skip
+            if isinstance(e, Interrupted):
+                done = f"step {e.step} saved" if e.saved else "nothing trained yet"
+            else:  # a signal before fit() took over the handlers (step 0), or a second one
+                done = "nothing trained yet" if trainer.step == 0 else "not saved"
             print(f"{done}; continue with: entropy-rl train --resume {trainer.run_dir}",
                   file=sys.stderr)  # fmt: skip
         return exit_code(e)
