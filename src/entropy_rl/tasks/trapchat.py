@@ -72,10 +72,11 @@ def sequence_logprobs(
     """log pi(c_r | p_r) = sum_t log softmax(logits_t / T)[c_r,t] for each row r, an (R,)
     float32 tensor, no gradient, the model in eval mode for the call.
 
-    Rows go through the trainer's forward (`train.batch.policy_token_stats`, the model's own
-    logits) ``chunk`` at a time; rows that share a prompt and sit next to each other share one
-    pass over its tokens where the model supports it (`train.shared_prompt`), so scoring the
-    whole answer set of a prompt costs about one prompt plus the answers' tokens.
+    Rows go through the trainer's forward (`train.batch.response_inputs`, the model's own
+    logits, then `ops.token_logprobs`; no entropy) ``chunk`` at a time; rows that share a
+    prompt and sit next to each other share one pass over its tokens where the model supports
+    it (`train.shared_prompt`), so scoring the whole answer set of a prompt costs about one
+    prompt plus the answers' tokens.
 
     Args:
         prompt_ids: R prompts as token ids (each non-empty).
@@ -84,7 +85,8 @@ def sequence_logprobs(
     """
     import torch
 
-    from entropy_rl.train.batch import build_batch, policy_token_stats
+    from entropy_rl.ops.token_stats import token_logprobs
+    from entropy_rl.train.batch import build_batch, response_inputs
     from entropy_rl.train.shared_prompt import resolve_shared_prompt
 
     if temperature <= 0:
@@ -109,9 +111,9 @@ def sequence_logprobs(
                 batch = build_batch(
                     ps, cs, rewards=zeros, advantages=zeros, pad_token_id=pad_token_id
                 )
-                logp, _, _ = policy_token_stats(
-                    model, batch, temperature=temperature, mode="full", shared_prompt=shared
-                )
+                logits = response_inputs(model, batch, logits=True, shared_prompt=shared)
+                targets = batch.targets.clamp(min=0).to(logits.device)  # pad -> 0, masked below
+                logp = token_logprobs(logits, targets, temperature=temperature)  # (B', T)
                 out[s : s + len(ps)] = (logp.cpu() * batch.mask).sum(-1)
     finally:
         model.train(was_training)
