@@ -43,6 +43,7 @@ import math
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,6 +384,36 @@ def summarised_runs(
     return out
 
 
+def run_jobs(
+    todo: Sequence[tuple[Path, list[str]]], *, jobs: int, log=print, poll_s: float = 0.5
+) -> list[Path]:
+    """Run each (run directory, command) in order, ``jobs`` at a time, each writing to
+    ``<run>.log`` beside its directory; a slot is refilled as soon as any run ends (not
+    only the oldest). Returns the runs whose command exited non-zero."""
+    queue = list(todo)
+    running: list[tuple[Path, subprocess.Popen[bytes]]] = []
+    failed = []
+    while queue or running:
+        while queue and len(running) < jobs:
+            run, cmd = queue.pop(0)
+            run.mkdir(parents=True, exist_ok=True)
+            log(f"start {run}")
+            with open(run.parent / f"{run.name}.log", "wb") as logf:
+                running.append((run, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)))
+        ended = [(r, p) for r, p in running if p.poll() is not None]
+        if not ended:
+            time.sleep(poll_s)
+            continue
+        for run, proc in ended:
+            running.remove((run, proc))
+            if proc.returncode != 0:
+                failed.append(run)
+                log(f"FAILED {run} (see {run.parent / (run.name + '.log')})")
+            else:
+                log(f"done {run}")
+    return failed
+
+
 def compare(
     settings: list[Setting],
     *,
@@ -403,8 +434,9 @@ def compare(
         raise ConfigError("two settings share a label; give each --variant a distinct LABEL")
     common = list(common) + ([f"run.steps={steps}"] if steps else [])
     todo = []
-    for s in settings if train else []:
-        for seed in range(seeds):
+    # seed-major: a study stopped part-way has every setting at (nearly) the same seeds
+    for seed in range(seeds) if train else []:
+        for s in settings:
             run = out_dir / s.label / f"seed{seed}"
             if finished_run(run, steps):
                 log(f"reuse {run}")
@@ -422,21 +454,7 @@ def compare(
             else:
                 cmd = _train_cmd(s, seed, run, common, threads=1 if jobs > 1 else None)
             todo.append((run, cmd))
-    running: list[tuple[Path, subprocess.Popen[bytes]]] = []
-    failed = []
-    while todo or running:
-        while todo and len(running) < jobs:
-            run, cmd = todo.pop(0)
-            run.mkdir(parents=True, exist_ok=True)
-            log(f"start {run}")
-            with open(run.parent / f"{run.name}.log", "wb") as logf:
-                running.append((run, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)))
-        run, proc = running.pop(0)
-        if proc.wait() != 0:
-            failed.append(run)
-            log(f"FAILED {run} (see {run.parent / (run.name + '.log')})")
-        else:
-            log(f"done {run}")
+    failed = run_jobs(todo, jobs=jobs, log=log)
     dirs = summarised_runs(settings, seeds=seeds, out_dir=out_dir, steps=steps,
                            finished_only=not train)  # fmt: skip
     rows = {label: [read_rows(d) for d in ds] for label, ds in dirs.items()}

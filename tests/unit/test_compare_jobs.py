@@ -1,0 +1,63 @@
+"""compare's scheduler: seed-major order, a slot refilled by whichever run ends first, failures
+reported with their logs (commands are short Python processes, no training)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from entropy_rl.errors import UserError
+from entropy_rl.experiments import compare as cmp
+
+
+def _sleep(seconds: float, code: int = 0) -> list[str]:
+    return [sys.executable, "-c", f"import time, sys; time.sleep({seconds}); sys.exit({code})"]
+
+
+def test_a_free_slot_is_refilled_when_any_run_ends_not_only_the_oldest(tmp_path: Path) -> None:
+    log: list[str] = []
+    todo = [(tmp_path / "a" / "seed0", _sleep(3.0)), (tmp_path / "b" / "seed0", _sleep(0.1)),
+            (tmp_path / "c" / "seed0", _sleep(0.1))]  # fmt: skip
+    failed = cmp.run_jobs(todo, jobs=2, log=log.append, poll_s=0.05)
+    assert failed == []
+    events = [line.split()[0] + " " + Path(line.split()[1]).parent.name for line in log]
+    # c starts once b is done, while a is still running: a ends last
+    assert events == ["start a", "start b", "done b", "start c", "done c", "done a"]
+    assert (tmp_path / "a" / "seed0.log").exists() and (tmp_path / "a" / "seed0").is_dir()
+
+
+def test_a_failing_run_is_returned_and_the_others_still_run(tmp_path: Path) -> None:
+    log: list[str] = []
+    todo = [
+        (tmp_path / "a" / "seed0", _sleep(0.0, code=3)),
+        (tmp_path / "b" / "seed0", _sleep(0.0)),
+    ]
+    failed = cmp.run_jobs(todo, jobs=1, log=log.append, poll_s=0.01)
+    assert failed == [tmp_path / "a" / "seed0"]
+    assert log[1].startswith("FAILED") and log[-1].startswith("done") and "b" in log[-1]
+
+
+def test_compare_queues_runs_seed_major(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    queued: list[tuple[Path, list[str]]] = []
+
+    def fake_run_jobs(todo, *, jobs, log=print, poll_s=0.5):
+        queued.extend(todo)
+        return [todo[0][0]]  # the first fails: compare must say so after summarising
+
+    monkeypatch.setattr(cmp, "run_jobs", fake_run_jobs)
+    settings = [cmp.parse_setting(["ppo", "ppo"]), cmp.parse_setting(["nc", "narrow-clip"])]
+    with pytest.raises(UserError, match=r"1 runs failed.*ppo/seed0\.log"):
+        cmp.compare(
+            settings,
+            seeds=2,
+            steps=3,
+            out_dir=tmp_path,
+            common=["data.task=trap"],
+            jobs=2,
+            log=lambda _: None,
+        )
+    order = [(r.parent.name, r.name) for r, _ in queued]
+    assert order == [("ppo", "seed0"), ("nc", "seed0"), ("ppo", "seed1"), ("nc", "seed1")]
+    assert all(cmd[-1] == "run.threads=1" and "data.task=trap" in cmd for _, cmd in queued)
