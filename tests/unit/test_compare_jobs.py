@@ -61,3 +61,18 @@ def test_compare_queues_runs_seed_major(tmp_path: Path, monkeypatch: pytest.Monk
     order = [(r.parent.name, r.name) for r, _ in queued]
     assert order == [("ppo", "seed0"), ("nc", "seed0"), ("ppo", "seed1"), ("nc", "seed1")]
     assert all(cmd[-1] == "run.threads=1" and "data.task=trap" in cmd for _, cmd in queued)
+
+
+def test_a_longer_study_resumes_a_shorter_run_with_the_new_step_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "ppo" / "seed0"
+    (run / "checkpoints" / "latest").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(f'{{"step": {s}}}\n' for s in range(3)))
+    queued: list[tuple[Path, list[str]]] = []
+    monkeypatch.setattr(cmp, "run_jobs", lambda todo, **_: queued.extend(todo) or [todo[0][0]])
+    with pytest.raises(UserError):
+        cmp.compare([cmp.parse_setting(["ppo", "ppo"])], seeds=1, steps=5, out_dir=tmp_path,
+                    common=[], log=lambda _: None)  # fmt: skip
+    [(where, cmd)] = queued
+    assert where == run and cmd[-4:] == ["--resume", str(run), "--no-progress", "run.steps=5"]

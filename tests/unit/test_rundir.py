@@ -89,6 +89,16 @@ def test_changes_are_split_by_whether_they_alter_the_trajectory():
     steps = _cfg("control.controller=target", "control.controller_kwargs={schedule: 0.5}",
                  "run.steps=300")  # fmt: skip
     assert _keys(classify_changes(target, steps)[1]) == ["run.steps"]
+    # so do the rate controller (rate-clip) and EntroPIC: their slopes are set by run.steps
+    for kind in ("rate", "entropic"):
+        kw = (
+            "{schedule: {kind: linear, start: 1.5, end: 0.5}}"
+            if kind == "rate"
+            else "{target: 0.5}"
+        )
+        a = _cfg(f"control.controller={kind}", f"control.controller_kwargs={kw}")
+        b = _cfg(f"control.controller={kind}", f"control.controller_kwargs={kw}", "run.steps=300")
+        assert _keys(classify_changes(a, b)[1]) == ["run.steps"], kind
 
 
 def _write_metrics(run: Path, steps: list[int]) -> None:

@@ -502,6 +502,10 @@ _KINDS: dict[str, type[EntropyController]] = {
     "entropic": EntroPICController,
 }
 CONTROLLER_KINDS = tuple(_KINDS)
+SCHEDULED_KINDS = tuple(
+    k for k, cls in _KINDS.items() if "total_steps" in inspect.signature(cls.__init__).parameters
+)
+"""Kinds whose schedule may span ``run.steps`` (changing it changes their targets)."""
 
 
 def make_controller(

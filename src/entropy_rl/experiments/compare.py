@@ -450,6 +450,7 @@ def compare(
                     "--resume",
                     str(run),
                     "--no-progress",
+                    *([f"run.steps={steps}"] if steps else []),  # a longer study extends it
                 ]
             else:
                 cmd = _train_cmd(s, seed, run, common, threads=1 if jobs > 1 else None)

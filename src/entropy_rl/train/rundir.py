@@ -51,6 +51,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from entropy_rl.control.controllers import SCHEDULED_KINDS
 from entropy_rl.errors import UserError
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.config import Config, yaml_load
@@ -73,8 +74,9 @@ FREE_UNLESS_DETECTOR_ACTS = (
 evaluation (own random stream), checkpoint spacing and the detector touch no step's numbers.
 A detector with an action reads evaluations, run.steps (entropy_floor) and, for rollback, the
 checkpoints. ``run.steps`` also alters the trajectory under the ``adaptive`` and ``target``
-controllers, whose schedules may span it."""
-SCHEDULED_CONTROLLERS = ("adaptive", "target")
+controllers, whose schedules may span it (every kind with a ``total_steps``:
+``adaptive``, ``target``, ``rate``, ``entropic``)."""
+SCHEDULED_CONTROLLERS = SCHEDULED_KINDS
 
 
 class RunDirWarning(UserWarning):
