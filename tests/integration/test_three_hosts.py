@@ -31,7 +31,8 @@ import torch
 
 from entropy_rl.integrations.verl import VerlEntropyControl, make_verl_loss
 from entropy_rl.train.config import build_config
-from entropy_rl.train.trainer import Trainer, build_controller
+from entropy_rl.train.parts import build_controller
+from entropy_rl.train.trainer import Trainer
 
 STREAM = (1.50, 1.30, 1.25, 1.22, 1.20, 1.19, 1.05, 0.98, 0.95, 0.93)
 STEPS = len(STREAM)

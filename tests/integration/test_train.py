@@ -237,7 +237,7 @@ def test_user_jsonl_prompts_and_reward(tiny_model_dir: Path, tmp_path: Path):
 def test_every_preset_loads_and_validates(name: str):
     cfg = build_config(preset=name)
     assert cfg.preset == name
-    from entropy_rl.train.trainer import validate_algo
+    from entropy_rl.train.parts import validate_algo
 
     validate_algo(cfg)
     assert set(load_preset(name)) <= {
@@ -261,7 +261,7 @@ def test_bad_config_fails_before_work():
         build_config(overrides=["algo.lr=fast"])
     with pytest.raises(ConfigError, match=r"algo\.agg='mean'.*token-mean"):
         build_config(overrides=["algo.agg=mean"])
-    from entropy_rl.train.trainer import validate_algo
+    from entropy_rl.train.parts import validate_algo
 
     with pytest.raises(ConfigError, match="unknown policy loss"):
         validate_algo(build_config(overrides=["algo.loss=nope"]))
@@ -446,7 +446,7 @@ def test_entropic_controller_sets_the_loss_weights(tiny_model_dir: Path, tmp_pat
 
 
 def test_controller_loss_overrides_are_validated_against_the_loss():
-    from entropy_rl.train.trainer import validate_algo
+    from entropy_rl.train.parts import validate_algo
 
     cfg = build_config(
         preset="ppo",

@@ -22,13 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from entropy_rl.control.controllers import (
-    EntropyController,
-    controller_settings,
-    loss_overrides,
-    make_controller,
-)
-from entropy_rl.control.detector import CollapseDetector, DetectorConfig
+from entropy_rl.control.controllers import controller_settings
 from entropy_rl.control.evaluation import EntropyPerformanceFit
 from entropy_rl.control.monitor import (
     EntropyDynamics,
@@ -39,8 +33,6 @@ from entropy_rl.control.monitor import (
 from entropy_rl.engine.base import RolloutEngine
 from entropy_rl.engine.build import build_engine, format_run_info, run_info, set_threads
 from entropy_rl.models import load_model
-from entropy_rl.ops.advantages import available_advantages, compute_advantages
-from entropy_rl.ops.losses import policy_loss
 from entropy_rl.tasks.pretrain import builtin_checkpoint
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.batch import RolloutBatch
@@ -63,6 +55,14 @@ from entropy_rl.train.logging import (
     append_lines,
     default_loggers,
     quiet_progress_bars,
+)
+from entropy_rl.train.parts import (
+    build_controller,
+    build_detector,
+    build_optimizer,
+    pick_device,
+    validate_algo,
+    warmup_scheduler,
 )
 from entropy_rl.train.precision import LossScaler, compute_dtype, to_master_weights
 from entropy_rl.train.rollout import collect
@@ -88,55 +88,6 @@ class TrainingStopped(RuntimeError):
     """The run stopped itself (repeated non-finite steps, or a detector rule with action=stop)."""
 
 
-def build_controller(cfg: Config) -> EntropyController:
-    """The entropy controller of ``control.controller`` / ``control.controller_kwargs``; its
-    ValueError as a ConfigError."""
-    ctl = cfg.control
-    try:
-        return make_controller(ctl.controller, total_steps=cfg.run.steps, **ctl.controller_kwargs)
-    except ValueError as e:
-        raise ConfigError(f"control: {e}") from e
-
-
-def validate_algo(cfg: Config, controller: Any = None) -> None:
-    """Fail before any work if the loss, its hyperparameters or the advantage estimator are wrong:
-    one call of each on a 1x1 batch raises the registry's own ValueError, as a ConfigError.
-
-    The loss is called with the hyperparameters the controller (``controller``, else the
-    configured one) sets too (``loss_overrides``: clip bounds, EntroPIC's weights), so a
-    controller that sets a bound the loss does not have (``rate`` on ``gpg``) stops here."""
-    if cfg.algo.advantage not in available_advantages():
-        raise ConfigError(
-            f"algo.advantage={cfg.algo.advantage!r} is unknown; choose one of {available_advantages()}"
-        )
-    ctl = cfg.control  # a controller may set loss hyperparameters: the loss must accept them
-    try:
-        sets = loss_overrides(build_controller(cfg) if controller is None else controller)
-    except ValueError as e:  # a setting no host knows
-        raise ConfigError(f"control: {e}") from e
-    one = torch.zeros(2, 1)
-    try:
-        g = cfg.rollout.group_size  # one group of the configured size (grpo needs >= 2)
-        compute_advantages(
-            cfg.algo.advantage, torch.arange(float(g)), group_size=g, **cfg.algo.advantage_kwargs
-        )
-        policy_loss(
-            cfg.algo.loss, logprobs=one, old_logprobs=one, advantages=torch.zeros(2), mask=torch.ones(2, 1),
-            agg=cfg.algo.agg, max_len=1, **{**cfg.algo.loss_kwargs, **sets},
-        )  # fmt: skip
-    except (ValueError, TypeError) as e:
-        hint = f" (control.controller={ctl.controller!r} sets {sorted(sets)})" if sets else ""
-        if "group_size" in str(e):
-            hint += f" (rollout.group_size={cfg.rollout.group_size})"
-        raise ConfigError(f"algo: {e}{hint}") from e
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class Trainer:
     def __init__(
         self,
@@ -156,7 +107,7 @@ class Trainer:
     ) -> None:
         self.cfg = c = config
         validate_algo(c, controller)
-        self.device = _device(c.run.device)
+        self.device = pick_device(c.run.device)
         self.dist = init_from_env(self.device)
         self.sharding = make_sharding(c.run.sharding, self.dist)  # FSDP under accelerate launch
         if c.rollout.prompts_per_step % self.dist.world_size:
@@ -221,30 +172,14 @@ class Trainer:
         except ValueError as e:
             raise ConfigError(str(e)) from e
         self.advantage_fn = advantage_fn
-        # fused AdamW (CPU, CUDA): one kernel over all parameters instead of a loop of small
-        # ops, the same update rule. Sharded (DTensor) parameters and other devices keep the
-        # default implementation.
-        self.optimizer = optimizer or torch.optim.AdamW(
-            self.model.parameters(),
-            lr=c.algo.lr,
-            betas=c.algo.betas,
-            weight_decay=c.algo.weight_decay,
-            fused=True
-            if self.device.type in ("cpu", "cuda") and not self.sharding.enabled
-            else None,
+        self.optimizer = optimizer or build_optimizer(
+            self.model,
+            c.algo,
+            fused=self.device.type in ("cpu", "cuda") and not self.sharding.enabled,
         )
-        warm = max(c.algo.warmup_steps, 1)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warm)
-        )
+        self.scheduler = warmup_scheduler(self.optimizer, c.algo.warmup_steps)
         self.controller = build_controller(c) if controller is None else controller
-        self.detector = None
-        if c.control.detector:
-            try:
-                det_cfg = DetectorConfig.from_dict(c.control.detector_kwargs)
-            except ValueError as e:
-                raise ConfigError(f"control.detector_kwargs: {e}") from e
-            self.detector = CollapseDetector(det_cfg, total_steps=c.run.steps)
+        self.detector = build_detector(c)
         self.dynamics = EntropyDynamics()
         self.entropy_fit = EntropyPerformanceFit()
         self.last_entropy: float | None = None
