@@ -141,11 +141,10 @@ def _compare(args: argparse.Namespace) -> int:
                             title="entropy-rl compare")  # fmt: skip
         print(f"report: {html}")
         from entropy_rl.report.load import load_run
-        from entropy_rl.report.settings import write_settings_figures
+        from entropy_rl.report.settings import compare_curves, write_settings_figures
 
         groups = {label: [load_run(d) for d in ds] for label, ds in dirs.items()}
-        curves = [("entropy/mean", "entropy (nats / token)"), ("reward/mean", "mean reward"),
-                  *get_task(args.task).summary_curves]  # fmt: skip
+        curves = compare_curves(get_task(args.task).summary_curves, extra)
         for path in write_settings_figures(groups, out / "report", curves):
             print(f"per-setting figure: {path}")
     return 0

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from entropy_rl.report.load import RunData
-from entropy_rl.report.settings import seed_band, settings_figure_png, write_settings_figures
+from entropy_rl.report.settings import (
+    compare_curves,
+    seed_band,
+    settings_figure_png,
+    write_settings_figures,
+)
 
 
 def test_seed_band_on_the_common_steps():
@@ -51,3 +56,12 @@ def test_settings_figure_has_one_panel_per_setting(tmp_path):
     )
     assert written == [tmp_path / "settings_entropy_mean.png"]  # nobody logged reward/mean
     assert written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_draws_entropy_reward_held_out_accuracy_then_task_curves_and_metrics_once():
+    curves = compare_curves([("trap/p_frac", "P share"), ("acc/eval", "dup")],
+                            ["eval/pass@4", "trap/p_frac", "eval/pass@4"])  # fmt: skip
+    assert curves == [("entropy/mean", "entropy (nats / token)"), ("reward/mean", "mean reward"),
+                      ("acc/eval", "held-out accuracy"), ("trap/p_frac", "P share"),
+                      ("eval/pass@4", "eval/pass@4")]  # fmt: skip
+    assert compare_curves()[2] == ("acc/eval", "held-out accuracy")

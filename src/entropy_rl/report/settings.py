@@ -79,7 +79,8 @@ def settings_figure_png(
             for steps, vals in curves[label]:
                 ax.plot(steps, vals, color=c, lw=0.8, alpha=0.45)
             steps, median, _, _ = seed_band(curves[label])
-            ax.plot(steps, median, color=c, lw=2.2)
+            # a metric of the evaluations (a point every few steps): mark the points
+            ax.plot(steps, median, color=c, lw=2.2, marker="o" if steps.size <= 12 else None, ms=4)
             if label != ref_label and ref[0].size:
                 ax.plot(ref[0], ref[1], color=color(0), lw=1.5, ls="--")
             ax.set_title(f"{label} ({len(curves[label])} seeds)", fontsize=10.5)
@@ -90,6 +91,20 @@ def settings_figure_png(
         for ax in axes[len(labels) :]:
             ax.set_visible(False)
         return to_png(fig, dpi=dpi)
+
+
+def compare_curves(
+    task_curves: Sequence[tuple[str, str]] = (), metrics: Sequence[str] = ()
+) -> list[tuple[str, str]]:
+    """The (key, axis label) pairs ``entropy-rl compare`` draws per setting: entropy, reward,
+    the held-out accuracy at T = 1 (``acc/eval``, at each evaluation), then the task's own
+    curves and each ``--metric`` of the table, each key once."""
+    curves = [("entropy/mean", "entropy (nats / token)"), ("reward/mean", "mean reward"),
+              ("acc/eval", "held-out accuracy"), *task_curves, *((m, m) for m in metrics)]  # fmt: skip
+    first: dict[str, str] = {}
+    for key, label in curves:
+        first.setdefault(key, label)
+    return list(first.items())
 
 
 def write_settings_figures(
