@@ -18,12 +18,12 @@ pytest.importorskip("fcntl")
 from entropy_rl.errors import UserError
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.config import Config, build_config
+from entropy_rl.train.config_changes import classify_changes
 from entropy_rl.train.distributed import DistInfo
 from entropy_rl.train.rundir import (
     RunDir,
     RunDirWarning,
     RunLock,
-    classify_changes,
     current_config,
     disk_error,
 )

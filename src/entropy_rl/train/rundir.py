@@ -9,7 +9,7 @@ Layout of ``RUN_DIR`` (docs/run-directory.md has the whole story):
 - ``config.yaml``: the config of the first segment; ``config.step_N.yaml``: the config of the
   segment that resumed at step N (one per resume). Resume compares the new config with the
   segment that produced its checkpoint: a change that alters the trajectory (see
-  :func:`classify_changes`) needs ``allow_config_change`` and is logged in ``events.jsonl``.
+  :func:`entropy_rl.train.config_changes.classify_changes`) needs ``allow_config_change`` and is logged in ``events.jsonl``.
 - ``metrics.jsonl``, ``events.jsonl`` (exists from the start), ``samples.jsonl``: a resume moves
   the lines of the steps after its checkpoint to ``<name>.orphaned`` (appended, never deleted).
 - ``checkpoints/``: train.checkpoint.
@@ -45,16 +45,15 @@ import socket
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
 
-from entropy_rl.control.controllers import SCHEDULED_KINDS
 from entropy_rl.errors import UserError
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.config import Config, yaml_load
+from entropy_rl.train.config_changes import Change, classify_changes
 from entropy_rl.train.logging import JsonlLogger, append_lines
 
 LOCK_FILE = "run.lock"
@@ -62,21 +61,6 @@ CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "manifest.json"
 LOG_FILES = ("metrics.jsonl", "events.jsonl", "samples.jsonl")
 _SEGMENT = re.compile(r"^config\.step_(\d+)\.yaml$")
-
-ALWAYS_FREE = ("preset", "run.name", "run.out_dir", "run.progress", "run.loggers",
-               "run.log_samples")  # fmt: skip
-"""Keys that only change what is shown or written, never a step's numbers."""
-FREE_UNLESS_DETECTOR_ACTS = (
-    "run.steps", "run.save_every", "run.keep_checkpoints", "eval.every", "eval.n_prompts",
-    "eval.samples", "eval.greedy", "control.detector", "control.detector_kwargs",
-)  # fmt: skip
-"""Free while the collapse detector only reports (every ``*_action`` none, the default): then
-evaluation (own random stream), checkpoint spacing and the detector touch no step's numbers.
-A detector with an action reads evaluations, run.steps (entropy_floor) and, for rollback, the
-checkpoints. ``run.steps`` also alters the trajectory under the ``adaptive`` and ``target``
-controllers, whose schedules may span it (every kind with a ``total_steps``:
-``adaptive``, ``target``, ``rate``, ``entropic``)."""
-SCHEDULED_CONTROLLERS = SCHEDULED_KINDS
 
 
 class RunDirWarning(UserWarning):
@@ -224,55 +208,6 @@ class RunLock:
 
 
 # ----------------------------------------------------------------------------- config segments
-
-
-@dataclass(frozen=True)
-class Change:
-    key: str
-    old: Any
-    new: Any
-
-    def __str__(self) -> str:
-        return f"{self.key} {json.dumps(self.old)} -> {json.dumps(self.new)}"
-
-
-def _flat(d: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "preset":
-            out |= {f"{k}.{kk}": vv for kk, vv in v.items()}
-        else:
-            out[k] = v
-    return out
-
-
-def _detector_acts(d: dict[str, Any]) -> bool:
-    control = d.get("control") or {}
-    kwargs = control.get("detector_kwargs") or {}
-    acts = any(str(v) != "none" for k, v in kwargs.items() if k.endswith("_action"))
-    return bool(control.get("detector", True)) and acts
-
-
-def classify_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[Change], list[Change]]:
-    """(free, altering): the keys whose value differs between two config dicts (as in
-    config.yaml), split by whether the change can alter a training step's numbers (weights,
-    samples, RNG draws). Rounding-only knobs (run.threads, algo.micro_batch_size,
-    model.chunk_size, run.device) count as altering: an unbroken run would not equal it."""
-    a, b = _flat(old), _flat(new)
-    changes = [
-        Change(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
-    ]
-    acts = _detector_acts(old) or _detector_acts(new)
-    scheduled = any((d.get("control") or {}).get("controller") in SCHEDULED_CONTROLLERS
-                    for d in (old, new))  # fmt: skip
-    free: list[Change] = []
-    altering: list[Change] = []
-    for ch in changes:
-        ok = ch.key in ALWAYS_FREE or (ch.key in FREE_UNLESS_DETECTOR_ACTS and not acts)
-        if ch.key == "run.steps" and scheduled:
-            ok = False
-        (free if ok else altering).append(ch)
-    return free, altering
 
 
 def segments(run_dir: Path) -> dict[int, Path]:
