@@ -120,7 +120,9 @@ def _compare(args: argparse.Namespace) -> int:
     from entropy_rl.tasks import get_task
 
     extra = args.metric or list(get_task(args.task).summary_metrics)
-    common = [f"data.task={args.task}", *args.set]
+    # a study needs only each run's newest checkpoint (to resume or extend it): a real model's
+    # is ~1.7 GB with its optimizer state, so the trainer's default of two doubles the disk
+    common = [f"data.task={args.task}", "run.keep_checkpoints=1", *args.set]
     out = Path(args.out)
     if args.no_train and not out.is_dir():
         raise UserError(
@@ -272,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="section.key=value",
-        help="override applied to every run (repeatable)",
+        help="override applied to every run (repeatable); each run keeps only its newest "
+        "checkpoint (run.keep_checkpoints=1) unless this sets it",
     )
     cmp_.add_argument(
         "--metric",

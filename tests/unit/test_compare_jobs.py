@@ -76,3 +76,28 @@ def test_a_longer_study_resumes_a_shorter_run_with_the_new_step_count(
                     common=[], log=lambda _: None)  # fmt: skip
     [(where, cmd)] = queued
     assert where == run and cmd[-4:] == ["--resume", str(run), "--no-progress", "run.steps=5"]
+
+
+class _Queued(Exception):
+    pass
+
+
+@pytest.mark.parametrize("extra", [[], ["--set", "run.keep_checkpoints=3"]])
+def test_the_cli_keeps_one_checkpoint_per_run_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str]
+) -> None:
+    from entropy_rl import cli
+
+    queued: list[list[str]] = []
+
+    def fake_run_jobs(todo, **_):
+        queued.extend(cmd for _, cmd in todo)
+        raise _Queued
+
+    monkeypatch.setattr(cmp, "run_jobs", fake_run_jobs)
+    with pytest.raises(_Queued):
+        cli.main(["compare", "--preset", "ppo", "--seeds", "1", "--out", str(tmp_path), *extra])
+    [cmd] = queued
+    keeps = [a for a in cmd if a.startswith("run.keep_checkpoints=")]
+    # the last one wins: the default first, a user's --set after it
+    assert keeps == ["run.keep_checkpoints=1", *extra[1:]]
