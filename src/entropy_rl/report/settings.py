@@ -12,6 +12,7 @@ are sampled over one batch.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,8 +71,11 @@ def settings_figure_png(
     with style():
         fig = new_figure(2.9 * ncols, 2.3 * nrows + 0.9)
         axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, sharey=True)).ravel()
-        # two lines: with one or two panels the legend line is wider than the figure
-        fig.suptitle(f"{key}\nevery seed (thin), median (bold), {ref_label} median (dashed)",
+        # the legend line wrapped to the figure's width (~7 pt a character at 11.5 pt bold):
+        # with one or two panels it is wider than the figure
+        legend = f"every seed (thin), median (bold), {ref_label} median (dashed)"
+        width = max(24, int(2.9 * ncols * 72 / 7.2))
+        fig.suptitle(f"{key}\n" + textwrap.fill(legend, width), fontsize=11.5,
                      fontweight="bold", x=0.01, ha="left")  # fmt: skip
         for i, label in enumerate(labels):
             k = list(groups).index(label)  # the reference's colour is for the reference only
