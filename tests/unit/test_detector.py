@@ -305,3 +305,43 @@ def test_state_from_before_the_repetition_rule_loads_with_it_armed() -> None:
     again = CollapseDetector(DetectorConfig(), total_steps=200)
     again.load_state_dict(state)
     assert fired([e for row in rep[10:] for e in again.observe(row)]) == [(17, "repetition_rise")]
+
+
+def _blip_and_fall() -> list[dict]:
+    """entropy 1.0 for 3 steps, a one-batch dip to 0.2 at step 4, back to 1.0, then a sustained
+    fall to 0.3 from step 8; accuracy flat at 0.5."""
+    hs = [1.0, 1.0, 1.0, 0.2, 1.0, 1.0, 1.0, 0.3, 0.3, 0.3]
+    return [{"step": k, "entropy/mean": h, "acc/train": 0.5} for k, h in enumerate(hs, start=1)]
+
+
+def test_smoothing_ignores_a_one_batch_dip_and_delays_a_real_fall() -> None:
+    raw, _ = run(_blip_and_fall(), entropy_floor_enabled=False, cooldown_steps=0, rearm_steps=1)
+    # as logged: the dip is an 80% drop from the peak 1.0, the step after it a 400% rise (the
+    # pattern of the SmolLM2 runs' false alarms); the fall fires again at step 8
+    assert fired(raw) == [(4, "entropy_drop"), (5, "entropy_explosion"), (8, "entropy_drop")]
+    smooth, _ = run(_blip_and_fall(), smooth_steps=3, entropy_floor_enabled=False)
+    # 3-step means: step 4 (1 + 1 + 0.2) / 3 = 0.733, a 27% drop (under 50%); the fall:
+    # step 8 (1 + 1 + 0.3) / 3 = 0.767, step 9 0.533 (47%), step 10 0.3 (70% < peak 1.0)
+    assert fired(smooth) == [(10, "entropy_drop")]
+    assert smooth[0].values["entropy"] == pytest.approx(0.3, abs=1e-12)
+    assert "(1 -> 0.3 nats, 3-step means)" in smooth[0].message
+    assert "step means" not in raw[0].message
+
+
+def test_smoothing_state_round_trips_and_old_states_load() -> None:
+    rows = _blip_and_fall()
+    cfg = DetectorConfig(smooth_steps=3, entropy_floor_enabled=False)
+    full = CollapseDetector(cfg, 200)
+    whole = [e for r in rows for e in full.observe(r)]
+    a = CollapseDetector(cfg, 200)
+    for r in rows[:8]:
+        a.observe(r)
+    state = json.loads(json.dumps(a.state_dict()))
+    assert state["raw"]["entropy/mean"] == [1.0, 1.0, 0.3]
+    b = CollapseDetector(cfg, 200)
+    b.load_state_dict(state)
+    assert [e for r in rows[8:] for e in b.observe(r)] == whole
+    del state["raw"]  # a checkpoint from before smoothing: the means restart from the next step
+    CollapseDetector(cfg, 200).load_state_dict(state)
+    with pytest.raises(ValueError, match="smooth_steps must be an int >= 1"):
+        DetectorConfig(smooth_steps=0)

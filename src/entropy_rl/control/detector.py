@@ -56,6 +56,8 @@ DISTINCT = "eval/distinct_answers"
 REPETITION = "gen/repetition"
 LENGTH = "length/mean"
 TRUNCATED = "length/truncated_frac"
+SMOOTHED = (ENTROPY, "acc/train")
+"""The per-step training metrics ``smooth_steps`` averages (evaluations are not)."""
 PASS1_KEYS = ("eval/pass@1", "acc/eval")
 _PASS_AT = re.compile(r"^eval/pass@(\d+)$")
 
@@ -145,6 +147,13 @@ class DetectorConfig:
     truncation_action: str = "none"
     """Action reported with truncation events (severity warning)."""
 
+    smooth_steps: int = 1
+    """``entropy/mean`` and ``acc/train`` enter every rule as the mean of their last this-many
+    per-step values (1: as logged). A batch of a few dozen samples swings a step's entropy by
+    tenths of a nat: on six healthy SmolLM2 runs at 32 samples a step, 3 kept 3 of the 8
+    drop / explosion events (docs/experiments.md#smollm2-curve) and delayed trap-chat's real
+    collapses by about a step. The ``small-instruct`` preset sets 3."""
+
     accuracy_keys: tuple[str, ...] = ("acc/train", "acc/eval")
     """Accuracy metrics for entropy_drop, in order of preference (first with >= 2 values in
     the window is used)."""
@@ -168,6 +177,7 @@ class DetectorConfig:
             ("cooldown_steps", 0),
             ("rearm_steps", 1),
             ("truncation_steps", 1),
+            ("smooth_steps", 1),
         ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -286,6 +296,7 @@ class CollapseDetector:
         self._step = 0
         self._history: dict[str, deque[tuple[int, float]]] = {}
         self._first: dict[str, list[float]] = {}
+        self._raw: dict[str, deque[float]] = {}  # the last smooth_steps values of SMOOTHED
         self._rules = {r: _RuleState() for r in RULES}
         self.last_healthy_step: int | None = None
 
@@ -308,6 +319,10 @@ class CollapseDetector:
         for key, raw in metrics.items():
             v = _number(raw)
             if v is not None and key != "step":
+                if key in SMOOTHED:
+                    raw = self._raw.setdefault(key, deque(maxlen=self.config.smooth_steps))
+                    raw.append(v)
+                    v = sum(raw) / len(raw)
                 now[key] = v
                 self._record(key, step, v)
 
@@ -340,6 +355,7 @@ class CollapseDetector:
             "step": self._step,
             "history": {k: [list(p) for p in d] for k, d in self._history.items()},
             "first": {k: list(v) for k, v in self._first.items()},
+            "raw": {k: list(d) for k, d in self._raw.items()},
             "rules": {r: asdict(s) for r, s in self._rules.items()},
             "last_healthy_step": self.last_healthy_step,
         }
@@ -353,12 +369,17 @@ class CollapseDetector:
                 for k, pts in state["history"].items()
             }
             first = {k: [float(x) for x in v] for k, v in state["first"].items()}
+            n = self.config.smooth_steps  # "raw" is absent from checkpoints before smoothing
+            raw = {
+                k: deque((float(x) for x in v), maxlen=n) for k, v in state.get("raw", {}).items()
+            }
             # a rule missing from an older checkpoint (repetition_rise came later) starts armed
             rules = {r: _RuleState(**state["rules"].get(r, {})) for r in RULES}
             last = state["last_healthy_step"]
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a CollapseDetector state dict: {exc!r}") from exc
         self._step, self._history, self._first, self._rules = step, history, first, rules
+        self._raw = raw
         self.last_healthy_step = None if last is None else int(last)
 
     # ------------------------------------------------------------------ bookkeeping
@@ -415,6 +436,10 @@ class CollapseDetector:
         st.armed, st.last_fired = False, step
         return Event(step, rule, severity, values, msg, self.config.action_for(rule))
 
+    def _means(self) -> str:
+        k = self.config.smooth_steps
+        return f", {k}-step means" if k > 1 else ""
+
     # ------------------------------------------------------------------ rules
 
     def _check_drop(self, step: int, now: dict[str, float]) -> _Check:
@@ -435,7 +460,7 @@ class CollapseDetector:
         values = {"entropy": h, "entropy_peak": peak, "drop_frac": drop, "acc_gain": gain}
         msg = (
             f"entropy/mean fell {drop:.0%} within {cfg.entropy_drop_window} steps"
-            f" ({peak:.3g} -> {h:.3g} nats) while {key} changed {gain:+.3f}"
+            f" ({peak:.3g} -> {h:.3g} nats{self._means()}) while {key} changed {gain:+.3f}"
         )
         return cond, "warning", values, msg
 
@@ -537,7 +562,8 @@ class CollapseDetector:
                     critical = True
                     parts.append(
                         f"entropy/mean rose {frac:.0%} within {cfg.entropy_drop_window} steps"
-                        f" ({low:.3g} -> {h:.3g} nats) while {key} changed {gain:+.3f}"
+                        f" ({low:.3g} -> {h:.3g} nats{self._means()}) while {key} changed"
+                        f" {gain:+.3f}"
                     )
         len_base = self._baseline(LENGTH)
         if cfg.explosion_length_mult is not None and LENGTH in now and len_base is not None:
