@@ -15,6 +15,7 @@ from entropy_rl.experiments.compare import (
     format_comparison,
     format_reach,
     holm_adjust,
+    judged_metrics,
     parse_setting,
     reward_curve,
     steps_to_reference_reward,
@@ -328,3 +329,24 @@ def test_non_finite_metrics_are_named_not_averaged_quietly():
         "note: narrow: 1 step(s) in 1 of its 2 seed(s) logged a non-finite reward or entropy (NaN "
         "/ inf, null in metrics.jsonl); the means leave those steps out",
     ]
+
+
+def test_a_metric_equal_to_another_in_every_run_is_judged_once():
+    # one right answer per prompt: distinct = pass@k in every run; eval/pass@4 = pass@k (k = 4);
+    # "gone" is missing everywhere (no data: nothing to merge, and no comparison either)
+    def run(h: float, pk: float) -> dict:
+        return {"final_entropy": h, "pass@k": pk, "distinct": pk, "eval/pass@4": pk}
+
+    results = {"ppo": [run(0.3, 0.8), run(0.4, 0.9), run(0.2, 0.7)],
+               "narrow": [run(0.6, 0.9), run(0.7, 0.8), run(0.6, 0.9)]}  # fmt: skip
+    judged, notes = judged_metrics(results, ["final_entropy", "pass@k", "distinct",
+                                             "eval/pass@4", "gone"])  # fmt: skip
+    assert judged == ["final_entropy", "pass@k", "gone"]
+    assert notes == ["distinct equals pass@k in every run: judged once, as pass@k",
+                     "eval/pass@4 equals pass@k in every run: judged once, as pass@k"]  # fmt: skip
+    results["narrow"][0]["distinct"] = 0.95  # one run differs: both are judged
+    assert judged_metrics(results, ["pass@k", "distinct"])[0] == ["pass@k", "distinct"]
+    md = table({k: v for k, v in results.items()}, extra=["eval/pass@4"])
+    # final_entropy, pass@k, distinct (now different): 3 comparisons, not 4
+    assert "over the 3 comparisons" in md and "note: eval/pass@4 equals pass@k" in md
+    assert md.splitlines()[0].count("eval/pass@4") == 1  # its column, without a verdict column

@@ -206,6 +206,33 @@ METRICS = ("final_entropy", "acc", "pass@1", "pass@k", "distinct", "steps_to_col
 VERDICT_ON = ("final_entropy", "pass@k", "distinct")
 
 
+def judged_metrics(
+    results: dict[str, list[dict[str, float]]], metrics: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """(judged, notes): ``metrics`` without those whose value equals an earlier one's in every
+    run of every setting, so that one quantity is not tested twice and does not widen Holm's
+    family (on a task with one right answer, ``distinct`` is ``pass@k`` by definition; a
+    ``--metric eval/pass@4`` is ``pass@k`` when k = 4). ``notes`` says what was merged."""
+
+    def same(x: float, y: float) -> bool:
+        return x == y or (math.isnan(x) and math.isnan(y))
+
+    runs = [r for rs in results.values() for r in rs]
+    judged: list[str] = []
+    notes = []
+    for m in metrics:
+        vals = [r.get(m, math.nan) for r in runs]
+        twins = [
+            k for k in judged if all(same(r.get(m, math.nan), r.get(k, math.nan)) for r in runs)
+        ]
+        twin = twins[0] if twins and not all(math.isnan(v) for v in vals) else None  # no data
+        if twin is None:
+            judged.append(m)
+        elif m != twin:
+            notes.append(f"{m} equals {twin} in every run: judged once, as {twin}")
+    return judged, notes
+
+
 def _stats(vals: list[float]) -> tuple[float, float, float]:
     """(mean, std, range) over the finite values."""
     v = [x for x in vals if math.isfinite(x)]
@@ -312,7 +339,8 @@ def table(results: dict[str, list[dict[str, float]]], *, extra: Sequence[str] = 
     (`compare_seeds`) on VERDICT_ON and the `extra` metrics, their p-values Holm-adjusted
     over all the table's comparisons (`adjust_family`); a last line names the family's size."""
     labels = list(results)
-    columns, judged = [*METRICS, *extra], [*VERDICT_ON, *extra]
+    columns = list(dict.fromkeys([*METRICS, *extra]))
+    judged, merged = judged_metrics(results, [*VERDICT_ON, *extra])
     ref = results[labels[0]]
     verdicts = {(label, m): compare_seeds([r.get(m, math.nan) for r in ref],
                                           [r.get(m, math.nan) for r in results[label]])
@@ -347,6 +375,7 @@ def table(results: dict[str, list[dict[str, float]]], *, extra: Sequence[str] = 
             lines.append(f"\nnote: {label}: {sum(bad)} step(s) in {sum(map(bool, bad))} of its "
                          f"{len(bad)} seed(s) logged a non-finite reward or entropy (NaN / inf, "
                          "null in metrics.jsonl); the means leave those steps out")  # fmt: skip
+    lines += [f"\nnote: {n}" for n in merged]
     lines.append(f"\nHolm: p adjusted over the {m_tests} comparisons of this table; a perm "
                  f"verdict needs Holm p < {ALPHA}, a range verdict a gap beyond both seed ranges.")  # fmt: skip
     return "\n".join(lines)
