@@ -184,6 +184,20 @@ def test_dynamic_sampling_drops_zero_variance_groups(tiny_model_dir: Path, tmp_p
     assert row["groups/kept"] == 0.0
     assert "clip/upper_frac" not in row  # no update without signal
     assert trainer.step == 1
+    # no update, so no entropy/mean; the rollout's own entropy is still measured
+    assert "entropy/mean" not in row
+    assert 0.0 < row["entropy/rollout"] <= math.log(len(trainer.tokenizer)) + 1e-4
+
+
+def test_rollout_entropy_is_the_updates_entropy_when_every_group_is_kept(
+    tiny_model_dir: Path, tmp_path: Path
+):
+    # no dynamic sampling: the update's batch is the first round, and the KV engine's float32
+    # statistics are pi_old's, so the two token means agree to rounding
+    out = tmp_path / "run"
+    _train(_overrides(tiny_model_dir, out, steps=1, **{"rollout.dynamic_sampling": False}))
+    row = _rows(out)[-1]
+    assert row["entropy/rollout"] == pytest.approx(row["entropy/mean"], rel=1e-5)
 
 
 def test_overlong_shaping_penalises_long_completions(tiny_model_dir: Path, tmp_path: Path):

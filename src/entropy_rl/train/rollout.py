@@ -160,6 +160,16 @@ def sample_round(
     )
 
 
+def rollout_entropy(per_row: list[list[float]]) -> float | None:
+    """Token mean of the sampler's per-token entropy over every row of a round:
+    (1/N) sum over the N completion tokens of all rows of H_t, in nats; None when some row
+    carries no statistics (an engine that does not report them) or there are no tokens.
+    Example: rows [[1.0, 2.0], [3.0]] -> 6 / 3 = 2.0 (a token mean, not the row mean 1.75)."""
+    if not per_row or not all(per_row):
+        return None
+    return sum(map(sum, per_row)) / sum(map(len, per_row))
+
+
 def _concat(parts: list[Samples]) -> Samples:
     return Samples(
         *[[x for p in parts for x in getattr(p, f)] for f in Samples.__dataclass_fields__]
@@ -244,6 +254,10 @@ def collect(
     for name in first.reward_terms[0] if first.reward_terms else ():  # reward/<name>: r_i's mean
         metrics[f"reward/{name}"] = sum(t[name] for t in first.reward_terms) / n_rows
     metrics |= repetition_metrics(first.completion_ids)
+    # every first-round sample, before dynamic sampling keeps the groups that differ: present
+    # when the update is skipped too (DAPO once every group agrees), and not biased to them
+    if (h := rollout_entropy(first.sampler_entropy)) is not None:
+        metrics["entropy/rollout"] = h
     if not kept.examples:
         return None, first, metrics
     rewards = torch.tensor(kept.rewards)
