@@ -13,7 +13,7 @@
 # finished run is reused and an interrupted one resumed when the command is repeated.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec entropy-rl compare --task word_problems --seeds 3 --jobs 2 --out runs/smollm2_curve \
+exec entropy-rl compare --task word_problems --seeds 3 --steps 30 --jobs 2 --out runs/smollm2_curve \
   --set model.path=models/smollm2 --set 'data.task_kwargs={level: 0}' \
   --variant small-instruct small-instruct \
   --variant narrow-clip small-instruct algo.loss_kwargs.eps_low=0.02 algo.loss_kwargs.eps_high=0.02 \

@@ -138,7 +138,7 @@ def _compare(args: argparse.Namespace) -> int:
         from entropy_rl.report import write_report
 
         dirs = summarised_runs(settings, seeds=args.seeds, out_dir=out, steps=args.steps,
-                               finished_only=args.no_train)  # fmt: skip
+                               finished_only=True)  # fmt: skip
         html = write_report([d for ds in dirs.values() for d in ds], out / "report",
                             title="entropy-rl compare")  # fmt: skip
         print(f"report: {html}")

@@ -16,14 +16,26 @@ def _sleep(seconds: float, code: int = 0) -> list[str]:
     return [sys.executable, "-c", f"import time, sys; time.sleep({seconds}); sys.exit({code})"]
 
 
+def _wait_for(flag: Path) -> list[str]:
+    """A job that ends 0.5 s after ``flag`` exists (at most 60 s)."""
+    code = (f"import os, time\nt = time.time()\nwhile not os.path.exists({str(flag)!r}) and "
+            "time.time() - t < 60:\n    time.sleep(0.01)\ntime.sleep(0.5)")  # fmt: skip
+    return [sys.executable, "-c", code]
+
+
+def _touch(flag: Path) -> list[str]:
+    return [sys.executable, "-c", f"open({str(flag)!r}, 'w').close()"]
+
+
 def test_a_free_slot_is_refilled_when_any_run_ends_not_only_the_oldest(tmp_path: Path) -> None:
     log: list[str] = []
-    todo = [(tmp_path / "a" / "seed0", _sleep(3.0)), (tmp_path / "b" / "seed0", _sleep(0.1)),
-            (tmp_path / "c" / "seed0", _sleep(0.1))]  # fmt: skip
+    flag = tmp_path / "c-ran"
+    # a ends only after c has run; b ends at once: c must start in b's slot while a still runs
+    todo = [(tmp_path / "a" / "seed0", _wait_for(flag)), (tmp_path / "b" / "seed0", _sleep(0.0)),
+            (tmp_path / "c" / "seed0", _touch(flag))]  # fmt: skip
     failed = cmp.run_jobs(todo, jobs=2, log=log.append, poll_s=0.05)
     assert failed == []
     events = [line.split()[0] + " " + Path(line.split()[1]).parent.name for line in log]
-    # c starts once b is done, while a is still running: a ends last
     assert events == ["start a", "start b", "done b", "start c", "done c", "done a"]
     assert (tmp_path / "a" / "seed0.log").exists() and (tmp_path / "a" / "seed0").is_dir()
 
@@ -101,3 +113,41 @@ def test_the_cli_keeps_one_checkpoint_per_run_unless_told(
     keeps = [a for a in cmd if a.startswith("run.keep_checkpoints=")]
     # the last one wins: the default first, a user's --set after it
     assert keeps == ["run.keep_checkpoints=1", *extra[1:]]
+
+
+def test_without_steps_a_run_is_finished_at_the_step_its_config_plans(tmp_path: Path) -> None:
+    run = tmp_path / "ppo" / "seed0"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(f'{{"step": {s}}}\n' for s in range(13)))
+    assert cmp.finished_run(run, None)  # no config: any logged step (an older layout)
+    (run / "config.yaml").write_text("run:\n  steps: 30\n")
+    assert cmp.planned_steps(run) == 30
+    assert not cmp.finished_run(run, None)  # stopped at step 12 of 30: resume it, do not reuse
+    assert cmp.finished_run(run, 12) and not cmp.finished_run(run, 13)
+    (run / "config.step_12.yaml").write_text("run:\n  steps: 12\n")  # resumed with fewer steps
+    assert cmp.planned_steps(run) == 12 and cmp.finished_run(run, None)
+
+
+def test_jobs_below_one_is_a_config_error(tmp_path: Path) -> None:
+    from entropy_rl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--jobs must be an integer >= 1, got 0"):
+        cmp.compare([cmp.parse_setting(["ppo", "ppo"])], seeds=1, out_dir=tmp_path, common=[],
+                    jobs=0)  # fmt: skip
+
+
+def test_a_run_that_stopped_short_is_left_out_of_the_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for label, last in (("ppo", 3), ("nc", 2)):  # nc's run failed at step 2 of 3
+        d = tmp_path / label / "seed0"
+        d.mkdir(parents=True)
+        rows = "".join(f'{{"step": {s}, "entropy/mean": 1.0, "reward/mean": 0.5}}\n'
+                       for s in range(1, last + 1))  # fmt: skip
+        (d / "metrics.jsonl").write_text(rows)
+    monkeypatch.setattr(cmp, "run_jobs", lambda todo, **_: [r for r, _ in todo])
+    settings = [cmp.parse_setting(["ppo", "ppo"]), cmp.parse_setting(["nc", "narrow-clip"])]
+    with pytest.raises(UserError, match="1 runs failed"):
+        cmp.compare(settings, seeds=1, steps=3, out_dir=tmp_path, common=[], log=lambda _: None)
+    md = (tmp_path / "compare.md").read_text()
+    assert "| ppo | 1 |" in md and "| nc | 0 |" in md  # not compared over 2 steps

@@ -391,20 +391,38 @@ def _train_cmd(
     return cmd
 
 
+def planned_steps(run_dir: Path) -> int | None:
+    """``run.steps`` of the run's newest config segment (what a resume would train to); None
+    without a readable one."""
+    from entropy_rl.train.config import yaml_load
+    from entropy_rl.train.rundir import current_config
+
+    path = current_config(run_dir)
+    try:
+        steps = (yaml_load(path.read_text()) or {}).get("run", {}).get("steps") if path else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
 def finished_run(run_dir: Path, steps: int | None) -> bool:
-    """True when ``run_dir`` logged step ``steps`` (any step when ``steps`` is None)."""
+    """True when ``run_dir`` logged step ``steps``; without ``steps``, the step its own config
+    plans (``planned_steps``), else any step (a run stopped part-way is not finished)."""
     if not (run_dir / "metrics.jsonl").is_file():
         return False
     rows = read_rows(run_dir)
     last = max((r.get("step", 0) for r in rows), default=0)
-    return steps is None or last >= steps
+    target = steps if steps is not None else planned_steps(run_dir)
+    return target is None or last >= target
 
 
 def summarised_runs(
     settings: list[Setting], *, seeds: int, out_dir: Path, steps: int | None, finished_only: bool
 ) -> dict[str, list[Path]]:
     """Setting label -> its seed directories (``OUT/<label>/seed<k>``, k < seeds) that have
-    metrics; with ``finished_only`` only those that reached ``steps`` (`finished_run`)."""
+    metrics; with ``finished_only`` only those that reached ``steps`` (`finished_run`): a run
+    that failed or stopped short is left out of the table (its ``seeds`` column says so)
+    rather than compared over fewer steps."""
     out: dict[str, list[Path]] = {}
     for s in settings:
         ds = [out_dir / s.label / f"seed{k}" for k in range(seeds)]
@@ -457,8 +475,11 @@ def compare(
 ) -> tuple[str, dict[str, list[dict[str, float]]]]:
     """Run every (setting, seed) not already finished, then summarise; returns (table, results).
     `extra`: metrics of the last evaluation added to the table, each with a verdict.
-    ``train=False`` starts nothing and summarises only the runs already finished (a study
-    part-way, or one whose runs are still going)."""
+    Only finished runs are summarised (``finished_run``), so a failed or short one is left
+    out, not compared over fewer steps. ``train=False`` starts nothing (a study part-way, or
+    one whose runs are still going)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
     if len({s.label for s in settings}) != len(settings):
         raise ConfigError("two settings share a label; give each --variant a distinct LABEL")
     common = list(common) + ([f"run.steps={steps}"] if steps else [])
@@ -486,7 +507,7 @@ def compare(
             todo.append((run, cmd))
     failed = run_jobs(todo, jobs=jobs, log=log)
     dirs = summarised_runs(settings, seeds=seeds, out_dir=out_dir, steps=steps,
-                           finished_only=not train)  # fmt: skip
+                           finished_only=True)  # fmt: skip
     rows = {label: [read_rows(d) for d in ds] for label, ds in dirs.items()}
     results = {label: [summarise_run(r, extra=extra) for r in runs] for label, runs in rows.items()}
     add_learning_speed(results, rows)
