@@ -159,7 +159,7 @@ def _get_model(args: argparse.Namespace) -> int:
     # a command that trains and learns as it stands (README "A real model"): not the toy's
     # defaults, which give a real model 6-token budgets and no signal
     print(f"model: {out}\ntrain it (SmolLM2: held-out accuracy 0.17 -> 0.69 in 30 steps, the "
-          f"median of 3 seeds; 15-20 min on a 2-core CPU):\n"
+          f"median of 3 seeds; 14-18 min of training a run on one core of a 2-core CPU):\n"
           f"  entropy-rl train --preset small-instruct model.path={out} data.task=word_problems "
           f"'data.task_kwargs={{level: 0}}' --out runs/{Path(out).name}")  # fmt: skip
     return 0
