@@ -350,3 +350,13 @@ def test_a_metric_equal_to_another_in_every_run_is_judged_once():
     # final_entropy, pass@k, distinct (now different): 3 comparisons, not 4
     assert "over the 3 comparisons" in md and "note: eval/pass@4 equals pass@k" in md
     assert md.splitlines()[0].count("eval/pass@4") == 1  # its column, without a verdict column
+
+
+def test_steps_without_an_update_count_with_the_rollouts_entropy():
+    # DAPO: steps 4-5 kept no group, so they logged entropy/rollout only
+    rows = [{"step": s, "entropy/mean": h} for s, h in ((1, 1.0), (2, 0.8), (3, 0.6))]
+    rows += [{"step": 4, "entropy/rollout": 0.3}, {"step": 5, "entropy/rollout": 0.0}]
+    out = summarise_run(rows)
+    assert out["final_entropy"] == pytest.approx((0.6 + 0.3 + 0.0) / 3, abs=1e-12)
+    assert out["steps_to_collapse"] == 4.0  # 0.3 <= 0.5 x 1.0
+    assert summarise_run(rows[:3])["final_entropy"] == pytest.approx(0.8, abs=1e-12)

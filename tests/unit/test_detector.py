@@ -345,3 +345,21 @@ def test_smoothing_state_round_trips_and_old_states_load() -> None:
     CollapseDetector(cfg, 200).load_state_dict(state)
     with pytest.raises(ValueError, match="smooth_steps must be an int >= 1"):
         DetectorConfig(smooth_steps=0)
+
+
+def test_a_step_without_entropy_mean_is_read_from_entropy_rollout() -> None:
+    # DAPO once every group agrees: no update, no entropy/mean; the sampler's entropy remains
+    rows = [{"step": 1, "entropy/mean": 1.0, "acc/train": 0.5},
+            {"step": 2, "entropy/rollout": 0.01, "acc/train": 0.5}]  # fmt: skip
+    events, _ = run(rows, total_steps=10)
+    assert fired(events) == [(2, "entropy_drop"), (2, "entropy_floor")]
+    assert events[0].values["entropy"] == 0.01
+    # both present: entropy/mean is the one read
+    both = [rows[0], {**rows[1], "entropy/mean": 0.9}]
+    assert run(both, total_steps=10)[0] == []
+
+
+def test_the_floor_message_says_when_its_value_is_a_mean() -> None:
+    rows = [{"step": k, "entropy/mean": 0.01} for k in (1, 2)]
+    [ev] = run(rows, total_steps=10, smooth_steps=2)[0]
+    assert ev.rule == "entropy_floor" and "0.01 nats (2-step mean) is under the floor" in ev.message

@@ -56,6 +56,9 @@ DISTINCT = "eval/distinct_answers"
 REPETITION = "gen/repetition"
 LENGTH = "length/mean"
 TRUNCATED = "length/truncated_frac"
+ROLLOUT_ENTROPY = "entropy/rollout"
+"""Every sample's entropy from the sampler: read as ``entropy/mean`` on a step without it (an
+update skipped because dynamic sampling kept no group)."""
 SMOOTHED = (ENTROPY, "acc/train")
 """The per-step training metrics ``smooth_steps`` averages (evaluations are not)."""
 PASS1_KEYS = ("eval/pass@1", "acc/eval")
@@ -310,8 +313,12 @@ class CollapseDetector:
     def observe(self, metrics: Mapping[str, Any]) -> list[Event]:
         """Feed one step's metrics; return the events fired at this step (often none).
 
-        ``metrics["step"]`` is the step; without it the previous step + 1 is used.
+        ``metrics["step"]`` is the step; without it the previous step + 1 is used. A step
+        without ``entropy/mean`` but with ``entropy/rollout`` is read with the latter in its
+        place (dynamic sampling skipped the update).
         """
+        if ENTROPY not in metrics and ROLLOUT_ENTROPY in metrics:
+            metrics = {**metrics, ENTROPY: metrics[ROLLOUT_ENTROPY]}
         step_value = _number(metrics.get("step"))
         step = int(step_value) if step_value is not None else self._step + 1
         self._step = step
@@ -320,9 +327,9 @@ class CollapseDetector:
             v = _number(raw)
             if v is not None and key != "step":
                 if key in SMOOTHED:
-                    raw = self._raw.setdefault(key, deque(maxlen=self.config.smooth_steps))
-                    raw.append(v)
-                    v = sum(raw) / len(raw)
+                    recent = self._raw.setdefault(key, deque(maxlen=self.config.smooth_steps))
+                    recent.append(v)
+                    v = sum(recent) / len(recent)
                 now[key] = v
                 self._record(key, step, v)
 
@@ -436,9 +443,12 @@ class CollapseDetector:
         st.armed, st.last_fired = False, step
         return Event(step, rule, severity, values, msg, self.config.action_for(rule))
 
-    def _means(self) -> str:
+    def _means(self, *, alone: bool = False) -> str:
+        """What a message's values are under ``smooth_steps`` > 1 (nothing when 1)."""
         k = self.config.smooth_steps
-        return f", {k}-step means" if k > 1 else ""
+        if k == 1:
+            return ""
+        return f" ({k}-step mean)" if alone else f", {k}-step means"
 
     # ------------------------------------------------------------------ rules
 
@@ -482,7 +492,8 @@ class CollapseDetector:
         cond = progress < cfg.entropy_floor_before_frac and h < cfg.entropy_floor_value
         values = {"entropy": h, "floor": cfg.entropy_floor_value, "progress": progress}
         msg = (
-            f"entropy/mean {h:.3g} nats is under the floor {cfg.entropy_floor_value:g} at"
+            f"entropy/mean {h:.3g} nats{self._means(alone=True)} is under the floor"
+            f" {cfg.entropy_floor_value:g} at"
             f" {progress:.0%} of training (floor holds until {cfg.entropy_floor_before_frac:.0%})"
         )
         return cond, "critical", values, msg

@@ -88,13 +88,18 @@ def summarise_run(
 ) -> dict[str, float]:
     """Scalar outcomes of one run from its metrics rows.
 
-    final_entropy: mean entropy/mean over the last 3 training steps. steps_to_collapse: first
-    step whose entropy/mean is <= collapse_frac x the first step's (nan if never).
+    final_entropy: mean entropy/mean over the last 3 training steps (entropy/rollout on a
+    step without it). steps_to_collapse: first step whose entropy/mean is <= collapse_frac x
+    the first step's (nan if never).
     pass@1, pass@k, distinct, acc, and every key in `extra`: from the last evaluation row
     (k = the largest logged; nan for a key it lacks).
     clip fractions and |ratio - 1|: means over all steps with an update.
     """
     trained = [r for r in rows if r.get("step", 0) >= 1]
+    # a step whose update was skipped (dynamic sampling kept no group) has no entropy/mean:
+    # the sampler's entropy of every sample (entropy/rollout) stands in, as in the detector
+    trained = [r if "entropy/mean" in r or r.get("entropy/rollout") is None
+               else {**r, "entropy/mean": r["entropy/rollout"]} for r in trained]  # fmt: skip
     train = [r for r in trained if r.get("entropy/mean") is not None]
     evals = [r for r in rows if r.get("acc/eval") is not None]
     out: dict[str, float] = {}

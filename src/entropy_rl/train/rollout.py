@@ -160,14 +160,15 @@ def sample_round(
     )
 
 
-def rollout_entropy(per_row: list[list[float]]) -> float | None:
-    """Token mean of the sampler's per-token entropy over every row of a round:
-    (1/N) sum over the N completion tokens of all rows of H_t, in nats; None when some row
-    carries no statistics (an engine that does not report them) or there are no tokens.
-    Example: rows [[1.0, 2.0], [3.0]] -> 6 / 3 = 2.0 (a token mean, not the row mean 1.75)."""
+def entropy_totals(per_row: list[list[float]]) -> tuple[float, int] | None:
+    """(sum of H_t, N) over the N completion tokens of every row: the sampler's per-token
+    entropies, in nats, whose token mean sum / N is ``entropy/rollout`` (the trainer divides
+    after summing both over processes). None when some row carries no statistics (an engine
+    that does not report them) or there are no tokens.
+    Example: rows [[1.0, 2.0], [3.0]] -> (6.0, 3): a token mean of 2.0, not the row mean 1.75."""
     if not per_row or not all(per_row):
         return None
-    return sum(map(sum, per_row)) / sum(map(len, per_row))
+    return float(sum(map(sum, per_row))), sum(map(len, per_row))
 
 
 def _concat(parts: list[Samples]) -> Samples:
@@ -256,8 +257,8 @@ def collect(
     metrics |= repetition_metrics(first.completion_ids)
     # every first-round sample, before dynamic sampling keeps the groups that differ: present
     # when the update is skipped too (DAPO once every group agrees), and not biased to them
-    if (h := rollout_entropy(first.sampler_entropy)) is not None:
-        metrics["entropy/rollout"] = h
+    if (totals := entropy_totals(first.sampler_entropy)) is not None:
+        metrics["_entropy_sum"], metrics["_entropy_tokens"] = totals[0], float(totals[1])
     if not kept.examples:
         return None, first, metrics
     rewards = torch.tensor(kept.rewards)

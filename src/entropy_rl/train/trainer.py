@@ -81,7 +81,7 @@ from entropy_rl.train.update import (
 )
 
 _ROLLOUT_REDUCE = {"groups/kept": "sum", "reward/errors": "sum", "groups/sample_rounds": "max",
-                   "_tokens": "sum"}  # fmt: skip
+                   "_tokens": "sum", "_entropy_sum": "sum", "_entropy_tokens": "sum"}  # fmt: skip
 
 
 class TrainingStopped(RuntimeError):
@@ -318,6 +318,8 @@ class Trainer:
         if self.task is not None:  # the task's own metrics of the first-round samples
             metrics |= self.task.rollout_metrics(samples.examples, samples.texts, samples.correct)
         metrics = reduce_metrics(metrics, self.dist, how=_ROLLOUT_REDUCE)
+        if (n := metrics.pop("_entropy_tokens", 0.0)) > 0:  # a token mean over all processes
+            metrics["entropy/rollout"] = metrics.pop("_entropy_sum") / n
         if self.dist.is_main:
             self._write_samples(samples)
         return batch, metrics
