@@ -342,7 +342,10 @@ def test_smoothing_state_round_trips_and_old_states_load() -> None:
     b.load_state_dict(state)
     assert [e for r in rows[8:] for e in b.observe(r)] == whole
     del state["raw"]  # a checkpoint from before smoothing: the means restart from the next step
-    CollapseDetector(cfg, 200).load_state_dict(state)
+    old = CollapseDetector(cfg, 200)
+    old.load_state_dict(state)
+    # step 9's mean is its own 0.3 alone: 70% under the window's peak 1.0, a step earlier
+    assert fired([e for r in rows[8:] for e in old.observe(r)]) == [(9, "entropy_drop")]
     with pytest.raises(ValueError, match="smooth_steps must be an int >= 1"):
         DetectorConfig(smooth_steps=0)
 
