@@ -137,8 +137,7 @@ def _compare(args: argparse.Namespace) -> int:
     if not args.no_report:
         from entropy_rl.report import write_report
 
-        dirs = summarised_runs(settings, seeds=args.seeds, out_dir=out, steps=args.steps,
-                               finished_only=True)  # fmt: skip
+        dirs = summarised_runs(settings, seeds=args.seeds, out_dir=out, steps=args.steps)
         html = write_report([d for ds in dirs.values() for d in ds], out / "report",
                             title="entropy-rl compare")  # fmt: skip
         print(f"report: {html}")

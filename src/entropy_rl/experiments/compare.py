@@ -422,17 +422,15 @@ def finished_run(run_dir: Path, steps: int | None) -> bool:
 
 
 def summarised_runs(
-    settings: list[Setting], *, seeds: int, out_dir: Path, steps: int | None, finished_only: bool
+    settings: list[Setting], *, seeds: int, out_dir: Path, steps: int | None
 ) -> dict[str, list[Path]]:
-    """Setting label -> its seed directories (``OUT/<label>/seed<k>``, k < seeds) that have
-    metrics; with ``finished_only`` only those that reached ``steps`` (`finished_run`): a run
-    that failed or stopped short is left out of the table (its ``seeds`` column says so)
-    rather than compared over fewer steps."""
+    """Setting label -> its seed directories (``OUT/<label>/seed<k>``, k < seeds) that reached
+    ``steps`` (`finished_run`): a run that failed or stopped short is left out of the table
+    (its ``seeds`` column says so) rather than compared over fewer steps."""
     out: dict[str, list[Path]] = {}
     for s in settings:
         ds = [out_dir / s.label / f"seed{k}" for k in range(seeds)]
-        out[s.label] = [d for d in ds if (d / "metrics.jsonl").is_file()
-                        and (not finished_only or finished_run(d, steps))]  # fmt: skip
+        out[s.label] = [d for d in ds if finished_run(d, steps)]
     return out
 
 
@@ -511,8 +509,7 @@ def compare(
                 cmd = _train_cmd(s, seed, run, common, threads=1 if jobs > 1 else None)
             todo.append((run, cmd))
     failed = run_jobs(todo, jobs=jobs, log=log)
-    dirs = summarised_runs(settings, seeds=seeds, out_dir=out_dir, steps=steps,
-                           finished_only=True)  # fmt: skip
+    dirs = summarised_runs(settings, seeds=seeds, out_dir=out_dir, steps=steps)
     rows = {label: [read_rows(d) for d in ds] for label, ds in dirs.items()}
     results = {label: [summarise_run(r, extra=extra) for r in runs] for label, runs in rows.items()}
     add_learning_speed(results, rows)
