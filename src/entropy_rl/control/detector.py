@@ -59,6 +59,17 @@ TRUNCATED = "length/truncated_frac"
 ROLLOUT_ENTROPY = "entropy/rollout"
 """Every sample's entropy from the sampler: read as ``entropy/mean`` on a step without it (an
 update skipped because dynamic sampling kept no group)."""
+
+
+def with_rollout_entropy(metrics: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``metrics`` with ``entropy/rollout`` as ``entropy/mean`` on a step that logged only the
+    former (its update skipped); otherwise unchanged. The detector and ``entropy-rl compare``
+    read a step's entropy through this."""
+    if ENTROPY in metrics or metrics.get(ROLLOUT_ENTROPY) is None:
+        return metrics
+    return {**metrics, ENTROPY: metrics[ROLLOUT_ENTROPY]}
+
+
 SMOOTHED = (ENTROPY, "acc/train")
 """The per-step training metrics ``smooth_steps`` averages (evaluations are not)."""
 PASS1_KEYS = ("eval/pass@1", "acc/eval")
@@ -317,8 +328,7 @@ class CollapseDetector:
         without ``entropy/mean`` but with ``entropy/rollout`` is read with the latter in its
         place (dynamic sampling skipped the update).
         """
-        if ENTROPY not in metrics and ROLLOUT_ENTROPY in metrics:
-            metrics = {**metrics, ENTROPY: metrics[ROLLOUT_ENTROPY]}
+        metrics = with_rollout_entropy(metrics)
         step_value = _number(metrics.get("step"))
         step = int(step_value) if step_value is not None else self._step + 1
         self._step = step

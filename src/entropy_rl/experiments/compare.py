@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from entropy_rl.control.detector import with_rollout_entropy
 from entropy_rl.errors import ConfigError, UserError
 from entropy_rl.experiments.stats import bootstrap_interval, permutation_pvalue
 
@@ -98,8 +99,7 @@ def summarise_run(
     trained = [r for r in rows if r.get("step", 0) >= 1]
     # a step whose update was skipped (dynamic sampling kept no group) has no entropy/mean:
     # the sampler's entropy of every sample (entropy/rollout) stands in, as in the detector
-    trained = [r if "entropy/mean" in r or r.get("entropy/rollout") is None
-               else {**r, "entropy/mean": r["entropy/rollout"]} for r in trained]  # fmt: skip
+    trained = [dict(with_rollout_entropy(r)) for r in trained]
     train = [r for r in trained if r.get("entropy/mean") is not None]
     evals = [r for r in rows if r.get("acc/eval") is not None]
     out: dict[str, float] = {}
