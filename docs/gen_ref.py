@@ -239,11 +239,11 @@ def config_reference() -> str:
     out += [
         "## `control.detector_kwargs` {#detector-kwargs}",
         "",
-        "Options of the collapse detector (`control.detector.DetectorConfig`); "
+        "Options of the collapse detector (`control.detector_config.DetectorConfig`); "
         "the rules are explained in [Concepts](../concepts.md#collapse-and-explosion).",
         "",
     ]
-    _, det = dataclass_fields(SRC / "control" / "detector.py", "DetectorConfig")
+    _, det = dataclass_fields(SRC / "control" / "detector_config.py", "DetectorConfig")
     out += [*_field_table("", det), ""]
 
     out += [
