@@ -82,6 +82,19 @@ def test_entropy_drop_quiet_when_accuracy_improves() -> None:
     assert events == []
 
 
+def test_entropy_drop_needs_a_fall_of_entropy_drop_min_nats() -> None:
+    # after a collapse: 0.1 nats until step 20, then 0.04 (-60%, but 0.06 nats < 0.1)
+    rows = [
+        {"step": k, "entropy/mean": 0.1 if k <= 20 else 0.04, "acc/train": 0.5}
+        for k in range(1, 30)
+    ]
+    assert fired(run(rows, entropy_floor_enabled=False)[0]) == []
+    # the same fall counts once the bound is below it (0.06 > 0.05)
+    events, _ = run(rows, entropy_floor_enabled=False, entropy_drop_min=0.05)
+    assert fired(events) == [(21, "entropy_drop")]
+    assert events[0].values["drop_frac"] == pytest.approx(0.6)
+
+
 def test_entropy_drop_skipped_without_accuracy() -> None:
     rows = [{"step": r["step"], "entropy/mean": r["entropy/mean"]} for r in drop_stream(False)]
     events, _ = run(rows)

@@ -297,7 +297,11 @@ class CollapseDetector:
             return None
         key, gain = acc
         drop = (peak - h) / peak
-        cond = drop > cfg.entropy_drop_frac and gain < cfg.entropy_drop_min_acc_gain
+        cond = (
+            drop > cfg.entropy_drop_frac
+            and peak - h > cfg.entropy_drop_min
+            and gain < cfg.entropy_drop_min_acc_gain
+        )
         values = {"entropy": h, "entropy_peak": peak, "drop_frac": drop, "acc_gain": gain}
         msg = (
             f"entropy/mean fell {drop:.0%} within {cfg.entropy_drop_window} steps"

@@ -33,6 +33,9 @@ class DetectorConfig:
     """Steps back over which the drop is measured: from the window's peak to now."""
     entropy_drop_frac: float = 0.5
     """Fires when (peak - now) / peak exceeds this fraction, in (0, 1)."""
+    entropy_drop_min: float = 0.1
+    """...and by more than this many nats: after a collapse, 0.1 -> 0.04 is -60% of nothing
+    (SmolLM2 on trap-chat logged two such warnings a run after its real one at step 8)."""
     entropy_drop_min_acc_gain: float = 0.02
     """...and accuracy gained less than this over the window: mean of the newer half of the
     window's accuracy values minus the mean of the older half."""
@@ -150,6 +153,7 @@ class DetectorConfig:
             if not (isinstance(v, (int, float)) and lo < v <= hi):
                 raise ValueError(f"{name} must be in ({lo}, {hi}], got {v!r}")
         for name in (
+            "entropy_drop_min",
             "entropy_drop_min_acc_gain",
             "entropy_floor_value",
             "exploration_distinct_min",
