@@ -267,8 +267,9 @@ def profile_trl(setting: vs_trl.Setting, args: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--setting", default="char", choices=["char", "vocab32k", "real"])
-    p.add_argument("--model", help="--setting real: a pretrained model directory")
+    p.add_argument("--setting", default="char",
+                   choices=["char", "vocab32k", "real", "real-words", "real-short"])  # fmt: skip
+    p.add_argument("--model", help="--setting real*: a pretrained model directory")
     p.add_argument("--engine", default="auto", choices=["auto", "kv", "hf"])
     p.add_argument("--framework", default="ours", choices=["ours", "trl", "trl-nogc"])
     p.add_argument("--lr", type=float, default=1e-3)
