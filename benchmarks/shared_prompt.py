@@ -13,8 +13,14 @@ what was allocated before; on CPU the process's RSS high-water mark (``/proc``, 
 above the RSS before. Medians over the rounds; the values are checked equal (max |d
 log-prob|) so the speed-up is not bought with a different answer.
 
+``--completion-min N``: completion lengths drawn uniformly from N .. ``--completion-len``
+(seeded) instead of all equal, as sampling with a stop token gives, and a third way,
+``shared-1pass``: the shared layout with its completion pass in one piece padded to the
+longest row (``CPU_LENGTH_BUCKETS = 1``), against ``shared``'s length buckets (on a CPU).
+
     python benchmarks/shared_prompt.py --model DIR [--prompts 8] [--group 8]
-        [--prompt-len 50] [--completion-len 8] [--rounds 3] [--device cpu|cuda] [--dtype float32]
+        [--prompt-len 50] [--completion-len 8] [--completion-min N] [--rounds 3]
+        [--device cpu|cuda] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -37,18 +43,32 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from entropy_rl.train import shared_prompt
 from entropy_rl.train.batch import RolloutBatch, build_batch, policy_token_stats
 from procmem import proc_status_kb, reset_peak
 
 
-def grpo_batch(vocab: int, prompts: int, group: int, p_len: int, c_len: int) -> RolloutBatch:
+def completion_lengths(rows: int, c_len: int, c_min: int | None = None) -> list[int]:
+    """Each row's completion length: ``c_len``, or uniform in ``c_min`` .. ``c_len`` (seed 1)."""
+    if c_min is None:
+        return [c_len] * rows
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(c_min, c_len + 1, (rows,), generator=g).tolist()
+
+
+def grpo_batch(
+    vocab: int, prompts: int, group: int, p_len: int, c_len: int, c_min: int | None = None
+) -> RolloutBatch:
+    """P prompts of ``p_len`` random tokens, G completions each (``completion_lengths``)."""
     g = torch.Generator().manual_seed(0)
-    rows_p, rows_c = [], []
+    lens = completion_lengths(prompts * group, c_len, c_min)
+    rows_p: list[list[int]] = []
+    rows_c: list[list[int]] = []
     for _ in range(prompts):
         p = torch.randint(100, vocab, (p_len,), generator=g).tolist()
         for _ in range(group):
             rows_p.append(p)
-            rows_c.append(torch.randint(100, vocab, (c_len,), generator=g).tolist())
+            rows_c.append(torch.randint(100, vocab, (lens[len(rows_c)],), generator=g).tolist())
     adv = torch.randn(len(rows_p), generator=g)
     return build_batch(rows_p, rows_c, rewards=adv, advantages=adv, pad_token_id=0)
 
@@ -90,8 +110,11 @@ def child(args: argparse.Namespace) -> None:
     model = model.float().to(args.device).eval()
     autocast = None if args.dtype == "float32" else torch.bfloat16
     vocab = model.get_output_embeddings().weight.shape[0]
-    batch = grpo_batch(vocab, args.prompts, args.group, args.prompt_len, args.completion_len)
-    shared = args.child == "shared"
+    batch = grpo_batch(vocab, args.prompts, args.group, args.prompt_len, args.completion_len,
+                       args.completion_min)  # fmt: skip
+    shared = args.child.startswith("shared")
+    if args.child == "shared-1pass":
+        shared_prompt.CPU_LENGTH_BUCKETS = 1
     measure(model, batch.rows(torch.arange(args.group)), shared, autocast)  # warm-up: one group
     model.zero_grad(set_to_none=True)
     out = measure(model, batch, shared, autocast)
@@ -108,12 +131,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--group", type=int, default=8)
     p.add_argument("--prompt-len", type=int, default=50)
     p.add_argument("--completion-len", type=int, default=8)
+    p.add_argument("--completion-min", type=int, default=None,
+                   help="completion lengths uniform in this .. --completion-len")  # fmt: skip
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="autocast dtype of the forward (weights stay float32)")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--child", choices=["shared", "plain"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["shared", "shared-1pass", "plain"], help=argparse.SUPPRESS)
     p.add_argument("--logp-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -121,10 +146,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     name = args.model or f"{args.random_config} (random weights)"
     rows = args.prompts * args.group
+    c_desc = (f"{args.completion_len}" if args.completion_min is None
+              else f"{args.completion_min}-{args.completion_len}")  # fmt: skip
     print(f"{name}: {args.prompts} prompts x {args.group} completions = {rows} rows, prompt "
-          f"{args.prompt_len} + completion {args.completion_len} tokens, {args.device} "
+          f"{args.prompt_len} + completion {c_desc} tokens, {args.device} "
           f"{args.dtype}, threads {args.threads}, {args.rounds} rounds, a process each")  # fmt: skip
-    ways = ("shared", "plain")
+    ways: tuple[str, ...] = ("shared", "plain")
+    if args.completion_min is not None:
+        ways = ("shared", "shared-1pass", "plain")
     res: dict[str, list[dict[str, Any]]] = {k: [] for k in ways}
     passed = list(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,20 +163,36 @@ def main(argv: list[str] | None = None) -> None:
                 cmd = [sys.executable, __file__, *passed, "--child", k, "--logp-out", logp]
                 done = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 res[k].append(json.loads(done.stdout.strip().splitlines()[-1]))
-        diff = float((torch.load(Path(tmp) / "shared.pt") - torch.load(Path(tmp) / "plain.pt"))
-                     .abs().max())  # fmt: skip
+        plain_lp = torch.load(Path(tmp) / "plain.pt")
+        diffs = {k: float((torch.load(Path(tmp) / f"{k}.pt") - plain_lp).abs().max())
+                 for k in ways if k != "plain"}  # fmt: skip
     med = {k: statistics.median(x["s"] for x in v) for k, v in res.items()}
     mem = {k: statistics.median(x["peak"] for x in v) for k, v in res.items()}
-    positions = {"shared": args.prompts * args.prompt_len + rows * (args.completion_len - 1),
-                 "plain": rows * (args.prompt_len + args.completion_len - 1)}  # fmt: skip
+    inputs = [n - 1 for n in completion_lengths(rows, args.completion_len, args.completion_min)]
+    buckets = shared_prompt.length_buckets(inputs, shared_prompt.CPU_LENGTH_BUCKETS)
+    longest = max(inputs)
+    positions = {
+        "shared": args.prompts * args.prompt_len + sum(len(g) * max(inputs[i] for i in g)
+                                                       for g in buckets),
+        "shared-1pass": args.prompts * args.prompt_len + rows * longest,
+        "plain": rows * (args.prompt_len + longest),
+    }  # fmt: skip
+    real = args.prompts * args.prompt_len + sum(inputs)
     for k in ways:
         rounds = ", ".join(f"{x['s']:.3f}" for x in res[k])
-        print(f"  {k:6s} forward+backward {med[k]:7.3f} s   peak +{mem[k] / 2**20:8.1f} MiB   "
+        print(f"  {k:12s} forward+backward {med[k]:7.3f} s   peak +{mem[k] / 2**20:8.1f} MiB   "
               f"positions run {positions[k]:6d}   (rounds: {rounds})")  # fmt: skip
-    print(
-        f"  shared / plain: x{med['plain'] / med['shared']:.2f} faster, peak memory "
-        f"x{mem['plain'] / max(mem['shared'], 1):.2f} smaller; max |d log-prob| {diff:.1e}"
-    )
+    if args.completion_min is not None:
+        print(f"  (real positions {real}: each prompt once, each completion to its length; "
+              f"shared's {len(buckets)} completion passes on {args.device} "
+              f"{'' if args.device == 'cpu' else '(off on an accelerator) '}"
+              f"of {', '.join(str(len(g)) for g in buckets)} rows)")  # fmt: skip
+    for k in ways:
+        if k != "plain":
+            print(f"  {k} / plain: x{med['plain'] / med[k]:.2f} faster, peak memory "
+                  f"x{mem['plain'] / max(mem[k], 1):.2f} smaller; max |d log-prob| {diffs[k]:.1e}")  # fmt: skip
+    if "shared-1pass" in ways:
+        print(f"  shared / shared-1pass: x{med['shared-1pass'] / med['shared']:.2f} faster")
 
 
 if __name__ == "__main__":

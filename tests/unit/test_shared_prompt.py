@@ -18,6 +18,7 @@ from entropy_rl.train.batch import RolloutBatch, build_batch, policy_token_stats
 from entropy_rl.train.forecast import capture_head_inputs, same_batch_entropy_change
 from entropy_rl.train.shared_prompt import (
     SharedPromptLayout,
+    length_buckets,
     resolve_shared_prompt,
     shared_prompt_unsupported,
 )
@@ -126,6 +127,52 @@ def test_shared_equals_plain(kind: str, mode: str) -> None:
     for name, x, y in zip(("logp", "entropy", "top1", "grad"), plain, shared, strict=True):
         torch.testing.assert_close(y, x, rtol=1e-5, atol=5e-6 if name != "grad" else 5e-5,
                                    msg=f"{kind} {mode} {name}")  # fmt: skip
+
+
+def test_length_buckets_hand_cases() -> None:
+    # four short rows, four long, interleaved: single pass 8 x 10 = 80 positions; two buckets
+    # 4 x 1 + 4 x 10 = 44 (saves 36 >= 0.1 x 80); a third saves nothing (2 + 2 + 40 = 44)
+    lens = [10, 1, 10, 1, 10, 1, 10, 1]
+    assert length_buckets(lens, 4, min_rows=2) == [[1, 3, 5, 7], [0, 2, 4, 6]]
+    assert length_buckets(lens, 1, min_rows=2) == [[1, 3, 5, 7, 0, 2, 4, 6]]
+    # 9s and 10s: two buckets save 80 - (36 + 40) = 4 < 8 positions: one pass
+    assert length_buckets([9, 9, 9, 9, 10, 10, 10, 10], 4, min_rows=2) == [list(range(8))]
+    # min_rows: 1 short row cannot make its own bucket of >= 2
+    # (cost 1 x 1 + ...); cheapest legal split [1, 2] | [8, 8]: 2 x 2 + 2 x 8 = 20 < 32
+    assert length_buckets([8, 1, 8, 2], 4, min_rows=2) == [[1, 3], [0, 2]]
+    assert length_buckets([5, 3], 4, min_rows=8) == [[1, 0]]  # too few rows: one pass
+    assert length_buckets([], 4) == [[]]
+    with pytest.raises(ValueError, match="max_buckets"):
+        length_buckets([1], 0)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "mistral"])
+def test_length_buckets_equal_one_pass(kind: str) -> None:
+    """24 rows (3 prompts x 8) of 1-6 tokens: two completion passes padded to their own
+    longest row give the one padded pass's (and the plain layout's) values and gradients."""
+    model, b = _model(kind), _batch(group=8)
+    inputs = (SharedPromptLayout.of(b).completion_lens_B - 1).clamp(min=0).tolist()
+    assert len(length_buckets(inputs, 4)) == 2  # the CPU default splits this batch
+    plain = _stats_and_grads(model, b, "fused", shared=False)
+    shared = _stats_and_grads(model, b, "fused", shared=True)
+    for name, x, y in zip(("logp", "entropy", "top1", "grad"), plain, shared, strict=True):
+        torch.testing.assert_close(y, x, rtol=1e-5, atol=5e-6 if name != "grad" else 5e-5,
+                                   msg=f"{kind} {name}")  # fmt: skip
+
+
+def test_a_bucket_of_one_token_completions_runs_no_completion_pass() -> None:
+    # 8 one-token rows (no completion input) and 8 of 6 tokens: buckets [0 inputs] | [5 inputs]
+    g = torch.Generator().manual_seed(3)
+    prompts = [[3, 4, 5], [6, 7]] * 8
+    comps = [torch.randint(3, V, (1 if i < 8 else 6,), generator=g).tolist() for i in range(16)]
+    adv = torch.randn(16, generator=g)
+    b = build_batch(prompts, comps, rewards=adv.clone(), advantages=adv, pad_token_id=0)
+    inputs = (SharedPromptLayout.of(b).completion_lens_B - 1).clamp(min=0).tolist()
+    assert length_buckets(inputs, 4) == [list(range(8)), list(range(8, 16))]
+    model = _model("qwen2")
+    for x, y in zip(_stats_and_grads(model, b, "fused", False),
+                    _stats_and_grads(model, b, "fused", True), strict=True):  # fmt: skip
+        torch.testing.assert_close(y, x, rtol=1e-5, atol=5e-5)
 
 
 def test_one_token_completions_use_the_prompt_pass_only() -> None:

@@ -175,8 +175,10 @@ def policy_token_stats(
 
     Returns (logprobs, entropy, top1_prob or None), each (B, T) float32; values at padded
     positions are finite but meaningless (mask them). ``mode="fused"`` goes from hidden states
-    through the lm_head chunk by chunk and never holds (B, T, V) logits; ``"full"`` uses the
-    model's own logits (needed for heads with soft-capping or scaling).
+    through the lm_head chunk by chunk and never holds (B, T, V) logits, and only at completion
+    tokens (targets >= 0; padded positions get 0): a batch padded to its longest completion
+    pays the vocabulary-sized head for its real tokens alone. ``"full"`` uses the model's own
+    logits (needed for heads with soft-capping or scaling).
 
     ``skip_pad_mask=True`` (the update's choice): right-padded rows (``is_right_padded``;
     ``build_batch`` makes only those) go through the model without the attention mask. In a
@@ -204,15 +206,20 @@ def policy_token_stats(
         )  # fmt: skip
     if mode == "fused":
         head = model.get_output_embeddings()
-        out = fused_logprobs_entropy(
-            x,
+        # the head runs on completion tokens only: (N, D) instead of (B, T, D) with padding
+        real = (batch.targets >= 0).to(device)  # (B, T)
+        packed = 0 < int(real.sum()) < real.numel()
+        out: tuple[Tensor, ...] = fused_logprobs_entropy(
+            x[real] if packed else x,
             head.weight,
-            targets,
+            targets[real] if packed else targets,
             bias=getattr(head, "bias", None),
             temperature=temperature,
             chunk_size=chunk_size,
             return_top1=with_top1,
         )
+        if packed:  # back to (B, T), 0 at padded positions
+            out = tuple(v.new_zeros(real.shape).masked_scatter(real, v) for v in out)
         logp, ent = out[0], out[1]
         top1 = out[-1] if with_top1 else None
     else:

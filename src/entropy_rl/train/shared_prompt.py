@@ -31,6 +31,7 @@ turns the cache off) take the plain layout (``shared_prompt_unsupported`` says w
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # train.batch imports this module
 
 __all__ = [
     "SharedPromptLayout",
+    "length_buckets",
     "prompt_keys",
     "resolve_shared_prompt",
     "shared_prompt_unsupported",
@@ -51,6 +53,9 @@ __all__ = [
 # Architectures whose forward takes ``position_ids`` and a DynamicCache and whose shared-prompt
 # values are tested equal to the plain layout's (tests/unit/test_shared_prompt.py).
 _MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+
+CPU_LENGTH_BUCKETS = 4
+"""Most completion passes per micro-batch on a CPU (``length_buckets``)."""
 
 
 def shared_prompt_unsupported(model: Any, *, sharded: bool = False) -> str | None:
@@ -96,6 +101,7 @@ class SharedPromptLayout:
     prompt_of_B: Tensor  # (B,) row -> its prompt's index in 0..P-1
     prompt_lens_B: Tensor  # (B,)
     completion_ids_B_Tc: Tensor  # (B, T - 1) completion tokens 0 .. T-2, right-padded with 0
+    completion_lens_B: Tensor  # (B,) completion tokens of each row (targets != -1)
 
     @property
     def shares(self) -> bool:
@@ -120,7 +126,49 @@ class SharedPromptLayout:
             prompt_of_B=torch.tensor(prompt_of, dtype=torch.long),
             prompt_lens_B=batch.prompt_lens.clone(),
             completion_ids_B_Tc=batch.targets[:, :-1].clamp(min=0),
+            completion_lens_B=(batch.targets != -1).sum(1),
         )
+
+
+def length_buckets(
+    lengths: Sequence[int], max_buckets: int, *, min_rows: int = 8, min_saving: float = 0.1
+) -> list[list[int]]:
+    """Row indices grouped into at most ``max_buckets`` buckets of similar length, each to run
+    as its own completion pass padded to its own longest row (``shared_response_inputs``).
+
+    Rows are sorted by length (stable) and cut into contiguous buckets of >= ``min_rows`` rows;
+    for each bucket count k the cuts minimise the padded positions, cost_k = min sum_b n_b x
+    max_b (dynamic programming over the sorted lengths). One more bucket is taken only while
+    it saves at least ``min_saving`` x cost_1 positions (cost_1 = B x max: the single pass),
+    since each pass adds a forward's fixed overhead and shrinks its matrix products.
+    Returns [all rows in order] when no split pays. O(max_buckets x B^2)."""
+    n = len(lengths)
+    if max_buckets < 1 or min_rows < 1:
+        raise ValueError(f"max_buckets and min_rows must be >= 1, got {max_buckets}, {min_rows}")
+    order = sorted(range(n), key=lambda i: lengths[i])
+    ls = [lengths[i] for i in order]
+    inf = float("inf")
+    # best[k][j]: least cost of the first j sorted rows in k buckets; cut[k][j]: start of the last
+    best = [[inf] * (n + 1) for _ in range(max_buckets + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_buckets + 1)]
+    best[0][0] = 0.0
+    for k in range(1, max_buckets + 1):
+        for j in range(k * min_rows, n + 1):
+            for i in range((k - 1) * min_rows, j - min_rows + 1):
+                c = best[k - 1][i] + (j - i) * ls[j - 1]
+                if c < best[k][j]:
+                    best[k][j], cut[k][j] = c, i
+    k = 1
+    while k < max_buckets and best[k + 1][n] <= best[k][n] - min_saving * best[1][n]:
+        k += 1
+    if n == 0 or best[k][n] == inf:
+        return [order]
+    buckets, j = [], n
+    for kk in range(k, 0, -1):
+        i = cut[kk][j]
+        buckets.append(order[i:j])
+        j = i
+    return buckets[::-1]
 
 
 def _cache_keyword(fwd: Any) -> str:
@@ -130,13 +178,24 @@ def _cache_keyword(fwd: Any) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def shared_response_inputs(model: Any, lay: SharedPromptLayout, *, logits: bool) -> Tensor:
+def shared_response_inputs(
+    model: Any, lay: SharedPromptLayout, *, logits: bool, max_buckets: int | None = None
+) -> Tensor:
     """The head inputs at the completion positions of a batch in the shared-prompt layout ``lay``:
     (B, T, D) last hidden states (``logits=False``, for the fused head) or (B, T, V) the model's
     own logits (``logits=True``). Same values as the plain layout's gather at
     ``prompt_len - 1 + j`` (train.batch), and differentiable through both passes. Runs under
-    whatever autocast / grad mode the caller set."""
+    whatever autocast / grad mode the caller set.
+
+    The completion pass is right-padded to its longest row. With ``max_buckets`` > 1 the rows
+    are split by completion length (``length_buckets``) and each bucket runs its own completion
+    pass against its rows of the one prompt cache, padded only to its own longest row; the
+    outputs beyond a row's completion are zeros instead of pad outputs (masked either way).
+    None: ``CPU_LENGTH_BUCKETS`` on a CPU, where every padded position costs its full matrix
+    products, 1 elsewhere (an accelerator pays a fixed launch cost per pass instead)."""
     device = next(model.parameters()).device
+    if max_buckets is None:
+        max_buckets = CPU_LENGTH_BUCKETS if device.type == "cpu" else 1
     fwd = model if logits else model.base_model
     padded = bool((lay.prompt_mask_P_Tp == 0).any())
     mask_p = lay.prompt_mask_P_Tp.to(device)
@@ -158,19 +217,46 @@ def shared_response_inputs(model: Any, lay: SharedPromptLayout, *, logits: bool)
     if t_c == 0:  # one-token completions: the prompt pass is all there is
         return first
     cache = getattr(out, "cache", None) or out.past_key_values  # transformers >= 5.2x: cache
-    cache.batch_select_indices(rows)  # (P, ...) -> (B, ...): each row its prompt's keys/values
-    lens = lay.prompt_lens_B.to(device)
-    pos_c = lens[:, None] + torch.arange(t_c, device=device)[None]  # (B, Tc)
-    mask_c = None
-    if padded:  # the prompt's padding stays masked; completion pads come after every real token
-        ones = torch.ones((len(rows), t_c), dtype=mask_p.dtype, device=device)
-        mask_c = torch.cat([mask_p[rows], ones], dim=1)  # (B, Tp + Tc)
-    out_c = fwd(
-        input_ids=lay.completion_ids_B_Tc.to(device),
-        attention_mask=mask_c,
-        position_ids=pos_c,
-        use_cache=True,
-        **{cache_kw: cache},
-    )
-    rest = out_c.logits if logits else out_c.last_hidden_state  # (B, Tc, X)
+    inputs = lay.completion_ids_B_Tc.to(device)
+    pos_c = lay.prompt_lens_B.to(device)[:, None] + torch.arange(t_c, device=device)[None]
+
+    def completion_pass(sel: Tensor, width: int, cache_sel: Any) -> Tensor:
+        """(n, width, X) outputs of rows ``sel`` (indices into B) at completion inputs
+        0 .. width-1, against ``cache_sel`` (their prompts' keys/values)."""
+        mask_c = None
+        if padded:  # the prompt's padding stays masked; completion pads come after real tokens
+            ones = torch.ones((len(sel), width), dtype=mask_p.dtype, device=device)
+            mask_c = torch.cat([mask_p[rows[sel]], ones], dim=1)  # (n, Tp + width)
+        out_c = fwd(
+            input_ids=inputs[sel, :width],
+            attention_mask=mask_c,
+            position_ids=pos_c[sel, :width],
+            use_cache=True,
+            **{cache_kw: cache_sel},
+        )
+        return out_c.logits if logits else out_c.last_hidden_state
+
+    every = torch.arange(len(rows), device=device)
+    inputs_per_row = (lay.completion_lens_B - 1).clamp(min=0).tolist()
+    groups = length_buckets(inputs_per_row, max_buckets) if max_buckets > 1 else [[]]
+    from transformers import DynamicCache  # the train extra; the model came through it
+
+    layers = getattr(cache, "layers", None)
+    if len(groups) == 1 or not isinstance(cache, DynamicCache) or not layers:
+        cache.batch_select_indices(rows)  # (P, ...) -> (B, ...): each row its prompt's keys/values
+        return torch.cat([first, completion_pass(every, t_c, cache)], dim=1)  # (B, T, X)
+    kv = [(layer.keys, layer.values) for layer in layers]  # each (P, H_kv, Tp, d)
+    pieces = []
+    for g in groups:
+        sel = torch.tensor(g, dtype=torch.long, device=device)
+        width = max(inputs_per_row[i] for i in g)
+        piece = first.new_zeros((len(g), 0, first.shape[-1]))
+        if width > 0:
+            sub = rows[sel]
+            cache_g = DynamicCache(ddp_cache_data=[(k[sub], v[sub]) for k, v in kv],
+                                   config=model.config)  # fmt: skip
+            piece = completion_pass(sel, width, cache_g)
+        pieces.append(torch.nn.functional.pad(piece, (0, 0, 0, t_c - piece.shape[1])))
+    order = torch.tensor([i for g in groups for i in g], dtype=torch.long, device=device)
+    rest = torch.cat(pieces)[torch.argsort(order)]  # back to row order, (B, Tc, X)
     return torch.cat([first, rest], dim=1)  # (B, T, X)
