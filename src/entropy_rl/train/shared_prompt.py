@@ -23,7 +23,9 @@ Cost: prompt positions P x Tp instead of B x Tp in every pass, and the activatio
 the backward shrink with them (the expanded cache, (B, H_kv, Tp, d) per layer, is the part
 that stays per row); benchmarks/shared_prompt.py measures both.
 
-Not here: sequence packing (the completion pass is right-padded like the plain layout); models
+Padding: the completion pass is right-padded like the plain layout; on a CPU it is split
+into length buckets, each padded to its own longest row (``length_buckets``:
+benchmarks/README.md#length-buckets). Not here: sequence packing; models
 without a transformers key/value cache, FSDP-sharded models and gradient checkpointing (which
 turns the cache off) take the plain layout (``shared_prompt_unsupported`` says why).
 """
