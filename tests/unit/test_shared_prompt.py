@@ -146,7 +146,7 @@ def test_length_buckets_hand_cases() -> None:
         length_buckets([1], 0)
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2", "mistral"])
+@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "qwen3", "gpt2"])
 def test_length_buckets_equal_one_pass(kind: str) -> None:
     """24 rows (3 prompts x 8) of 1-6 tokens: two completion passes padded to their own
     longest row give the one padded pass's (and the plain layout's) values and gradients."""
@@ -215,16 +215,24 @@ def test_old_and_reference_logprobs_match() -> None:
     assert (plain["ref_logprobs"] - plain["logprobs"]).abs().max() > 0.01
 
 
-def test_the_whole_update_matches() -> None:
-    """Two epochs x two mini-batches, micro-batches of 4 rows over groups of 4: the same weights
-    and metrics after the update, shared or plain."""
-    start, b = _model("llama"), _batch(group=4)
+@pytest.mark.parametrize("group, micro", [(4, 4), (12, 18)])
+def test_the_whole_update_matches(group: int, micro: int) -> None:
+    """Two epochs x two mini-batches: micro-batches of 4 rows over groups of 4 (split groups,
+    AdamW), or one micro-batch of 18 rows per mini-batch over groups of 12 (length buckets on a
+    CPU; SGD, whose step is linear in the gradient: AdamW divides each weight's step by its own
+    gradient scale, so a float32 rounding in a near-zero gradient can move a weight by up to
+    lr): the same weights and metrics after the update, shared or plain."""
+    start, b = _model("llama"), _batch(group=group)
     b.ref_logprobs = b.old_logprobs - 0.1
     out = []
     for shared in (False, True):
         model = copy.deepcopy(start).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        metrics, bad = ppo_update(model, opt, b, _settings(shared),
+        opt: torch.optim.Optimizer = (
+            torch.optim.AdamW(model.parameters(), lr=1e-3)
+            if group == 4
+            else torch.optim.SGD(model.parameters(), lr=0.1)
+        )
+        metrics, bad = ppo_update(model, opt, b, _settings(shared, micro),
                                   generator=torch.Generator().manual_seed(3))  # fmt: skip
         assert bad == 0
         out.append((model.state_dict(), metrics))
