@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--child", choices=["shared", "shared-1pass", "plain"], help=argparse.SUPPRESS)
     p.add_argument("--logp-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.completion_min is not None and not 1 <= args.completion_min <= args.completion_len:
+        p.error("--completion-min must be in 1 .. --completion-len")
     if args.child:
         child(args)
         return
@@ -169,13 +171,14 @@ def main(argv: list[str] | None = None) -> None:
     med = {k: statistics.median(x["s"] for x in v) for k, v in res.items()}
     mem = {k: statistics.median(x["peak"] for x in v) for k, v in res.items()}
     inputs = [n - 1 for n in completion_lengths(rows, args.completion_len, args.completion_min)]
-    buckets = shared_prompt.length_buckets(inputs, shared_prompt.CPU_LENGTH_BUCKETS)
+    most = shared_prompt.CPU_LENGTH_BUCKETS if args.device == "cpu" else 1
+    buckets = shared_prompt.length_buckets(inputs, most)
     longest = max(inputs)
     positions = {
         "shared": args.prompts * args.prompt_len + sum(len(g) * max(inputs[i] for i in g)
                                                        for g in buckets),
         "shared-1pass": args.prompts * args.prompt_len + rows * longest,
-        "plain": rows * (args.prompt_len + longest),
+        "plain": rows * (args.prompt_len + longest + 1),  # every row its whole sequence
     }  # fmt: skip
     real = args.prompts * args.prompt_len + sum(inputs)
     for k in ways:

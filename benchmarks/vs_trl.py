@@ -490,17 +490,24 @@ def step_flops(
     passes: int,
 ) -> tuple[float, float]:
     """(generation, update) FLOPs of one RL step done the way ours does it: each prompt once
-    (prefill and update), every completion token once per forward.
+    (prefill and update), each completion token but a row's last fed forward once per pass,
+    the head on every completion token.
 
     W = 2 x matmul_params (every weight a token multiplies by, head included), Hd = 2 x
     head_params, A(ctx) = layers x 4 x d_attn x ctx (scores and values), T =
-    completion_tokens, c = T / rows, n_bar = mean prompt length:
+    completion_tokens, F = T - rows (tokens fed forward: a row's last token predicts nothing),
+    c = T / rows, n_bar = mean prompt length:
 
-        prompts = sum_i n_i (W - Hd) + A(n_i) n_i / 2      (no head; causal: mean context n/2)
-        tokens  = T (W + A(n_bar + c / 2))                   (head on every completion token)
-        gen     = prompts + len(prompt_lens) Hd + tokens     (+ the head at each prompt's end)
-        update  = passes x 3 x (prompts + tokens)            (backward ~ 2 forwards; the
-                                                              sampler's log-probs are pi_old's)
+        prompts = sum_i n_i (W - Hd) + A(n_i) n_i / 2    (no head; causal: mean context n/2)
+        gen     = prompts + P Hd + F (W + A(n_bar + c / 2))
+                  (the head at each prompt's end gives its G first tokens; each fed token
+                  gives the next one)
+        update  = passes x 3 x (prompts + F (W - Hd + A(n_bar + c / 2)) + T Hd)
+                  (the head once per completion token, the first from the prompt's last
+                  position; backward ~ 2 forwards; the sampler's log-probs are pi_old's)
+
+    Not counted: the same-batch entropy forecast's two no-grad forwards, which the trainer runs
+    every ``control.forecast_every`` steps (4 by default).
     """
     w, hd = 2.0 * matmul_params, 2.0 * head_params
 
@@ -509,8 +516,11 @@ def step_flops(
 
     n_bar = sum(prompt_lens) / len(prompt_lens)
     prompts = sum(n * (w - hd) + att(n) * n / 2 for n in prompt_lens)
-    tokens = completion_tokens * (w + att(n_bar + completion_tokens / rows / 2))
-    return prompts + len(prompt_lens) * hd + tokens, passes * 3.0 * (prompts + tokens)
+    fed = completion_tokens - rows
+    ctx = att(n_bar + completion_tokens / rows / 2)
+    gen = prompts + len(prompt_lens) * hd + fed * (w + ctx)
+    update = passes * 3.0 * (prompts + fed * (w - hd + ctx) + completion_tokens * hd)
+    return gen, update
 
 
 def compute_limit(setting: Setting, tokens: float, passes: int) -> dict[str, float]:

@@ -193,7 +193,7 @@ def test_entropy_explosion_sudden_rise_where_the_ceiling_cannot_be_reached() -> 
     # the same rise while accuracy improves is learning, not an explosion
     improving = [{**r, "acc/train": 0.3 + 0.02 * r["step"]} for r in rows]
     assert fired(run(improving)[0]) == []
-    # +50% of a tiny entropy (0.02 -> 0.05 nats) is below explosion_rise_min (0.1 nats)
+    # +150% of a tiny entropy (0.02 -> 0.05 nats) is below explosion_rise_min (0.25 nats)
     tiny = [
         {"step": k, "entropy/mean": 0.02 if k < 20 else 0.05, "acc/train": 0.5}
         for k in range(1, 30)
@@ -205,6 +205,21 @@ def test_entropy_explosion_sudden_rise_where_the_ceiling_cannot_be_reached() -> 
         for k in range(1, 31)
     ]
     assert fired(run(slow)[0]) == []
+
+
+def test_entropy_explosion_needs_a_rise_of_explosion_rise_min_nats() -> None:
+    # a 32-sample batch's swing late in a healthy run: 0.38 until step 20, then 0.58 nats
+    # (+53%, 0.2 nats) with flat accuracy: quiet at the default 0.25, an explosion at 0.1
+    rows = [
+        {"step": k, "entropy/mean": 0.38 if k <= 20 else 0.58, "acc/train": 0.6}
+        for k in range(1, 30)
+    ]
+    assert fired(run(rows)[0]) == []
+    events, _ = run(rows, explosion_rise_min=0.1)
+    assert fired(events) == [(21, "entropy_explosion")]
+    assert events[0].values["rise_frac"] == pytest.approx(0.2 / 0.38)
+    with pytest.raises(ValueError, match="explosion_rise_min"):
+        DetectorConfig(explosion_rise_min=float("nan"))
 
 
 def test_entropy_explosion_length_and_repetition_are_warnings() -> None:

@@ -6,6 +6,7 @@ a whole PPO update."""
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 from pathlib import Path
@@ -101,6 +102,7 @@ def test_layout_hand_case() -> None:
     assert lay.prompt_lens_B.tolist() == [2, 1, 2]
     # the completion pass reads tokens 0 .. T-2 (T = 3); -1 padding becomes token 0
     assert lay.completion_ids_B_Tc.tolist() == [[9, 10], [11, 0], [12, 13]]
+    assert lay.completion_lens_B.tolist() == [3, 1, 2]
     assert lay.shares
     assert not SharedPromptLayout.of(b.rows(torch.tensor([0, 1]))).shares
 
@@ -146,18 +148,74 @@ def test_length_buckets_hand_cases() -> None:
         length_buckets([1], 0)
 
 
+def _widths(model: Any, mode: str) -> list[int]:
+    """Spy on the forward that ``shared_response_inputs`` calls (the base model in fused mode,
+    the model in full mode): the list it appends is each call's input width."""
+    target = model.base_model if mode == "fused" else model
+    widths: list[int] = []
+    inner = target.forward
+
+    @functools.wraps(inner)  # keeps the signature the cache keyword is read from
+    def forward(*a: Any, **kw: Any) -> Any:
+        widths.append(int(kw["input_ids"].shape[1]))
+        return inner(*a, **kw)
+
+    target.forward = forward
+    return widths
+
+
 @pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "qwen3", "gpt2"])
-def test_length_buckets_equal_one_pass(kind: str) -> None:
+@pytest.mark.parametrize("mode", ["fused", "full"])
+def test_length_buckets_equal_one_pass(kind: str, mode: str) -> None:
     """24 rows (3 prompts x 8) of 1-6 tokens: two completion passes padded to their own
-    longest row give the one padded pass's (and the plain layout's) values and gradients."""
+    longest row give the plain layout's values and gradients."""
     model, b = _model(kind), _batch(group=8)
     inputs = (SharedPromptLayout.of(b).completion_lens_B - 1).clamp(min=0).tolist()
-    assert len(length_buckets(inputs, 4)) == 2  # the CPU default splits this batch
-    plain = _stats_and_grads(model, b, "fused", shared=False)
-    shared = _stats_and_grads(model, b, "fused", shared=True)
+    buckets = length_buckets(inputs, 4)
+    assert len(buckets) == 2  # the CPU default splits this batch
+    plain = _stats_and_grads(model, b, mode, shared=False)
+    widths = _widths(model, mode)
+    shared = _stats_and_grads(model, b, mode, shared=True)
+    # the prompt pass (width 6), then one completion pass per bucket at its own longest row
+    assert widths == [6] + [max(inputs[i] for i in g) for g in buckets]
+    assert widths[1] < widths[2] == max(inputs)
     for name, x, y in zip(("logp", "entropy", "top1", "grad"), plain, shared, strict=True):
         torch.testing.assert_close(y, x, rtol=1e-5, atol=5e-6 if name != "grad" else 5e-5,
-                                   msg=f"{kind} {name}")  # fmt: skip
+                                   msg=f"{kind} {mode} {name}")  # fmt: skip
+
+
+def test_the_fused_head_runs_on_completion_tokens_only() -> None:
+    """Fused mode computes the head at the real completion tokens alone (0 at padded positions)
+    and agrees there with the model's own logits (full mode), values and gradients."""
+    model, b = _model("qwen2"), _batch(group=3)
+    real = b.targets >= 0
+    assert not bool(real.all())
+    fused = _stats_and_grads(model, b, "fused", shared=False)
+    full = _stats_and_grads(model, b, "full", shared=False)
+    lp, ent, _ = policy_token_stats(model, b, temperature=0.8, mode="fused")
+    assert bool((lp[~real] == 0).all()) and bool((ent[~real] == 0).all())
+    for name, x, y in zip(("logp", "entropy", "top1", "grad"), full, fused, strict=True):
+        torch.testing.assert_close(y, x, rtol=1e-5, atol=5e-6 if name != "grad" else 5e-5,
+                                   msg=name)  # fmt: skip
+
+
+def test_length_buckets_with_a_sliding_window() -> None:
+    """Mistral with a 4-token window under left-padded prompts of up to 6 tokens: each bucket's
+    cache keeps the window's bookkeeping (a cache rebuilt from the kept keys alone mis-aligned
+    the padding mask: |d log-prob| 2.8)."""
+    torch.manual_seed(0)
+    cfg = transformers.MistralConfig(vocab_size=V, hidden_size=32, intermediate_size=48,
+                                     num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, max_position_embeddings=64,
+                                     sliding_window=4)  # fmt: skip
+    model, b = _scramble(transformers.MistralForCausalLM(cfg)), _batch(group=8)
+    plain = _stats_and_grads(model, b, "fused", shared=False)
+    widths = _widths(model, "fused")
+    shared = _stats_and_grads(model, b, "fused", shared=True)
+    assert len(widths) == 3  # prompt pass + two buckets
+    for name, x, y in zip(("logp", "entropy", "top1", "grad"), plain, shared, strict=True):
+        torch.testing.assert_close(y, x, rtol=1e-5, atol=5e-6 if name != "grad" else 5e-5,
+                                   msg=name)  # fmt: skip
 
 
 def test_a_bucket_of_one_token_completions_runs_no_completion_pass() -> None:
@@ -170,8 +228,11 @@ def test_a_bucket_of_one_token_completions_runs_no_completion_pass() -> None:
     inputs = (SharedPromptLayout.of(b).completion_lens_B - 1).clamp(min=0).tolist()
     assert length_buckets(inputs, 4) == [list(range(8)), list(range(8, 16))]
     model = _model("qwen2")
-    for x, y in zip(_stats_and_grads(model, b, "fused", False),
-                    _stats_and_grads(model, b, "fused", True), strict=True):  # fmt: skip
+    plain = _stats_and_grads(model, b, "fused", False)
+    widths = _widths(model, "fused")
+    shared = _stats_and_grads(model, b, "fused", True)
+    assert widths == [3, 5]  # the prompt pass, then the long bucket's pass only
+    for x, y in zip(plain, shared, strict=True):
         torch.testing.assert_close(y, x, rtol=1e-5, atol=5e-5)
 
 

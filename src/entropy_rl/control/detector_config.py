@@ -157,6 +157,7 @@ class DetectorConfig:
                 raise ValueError(f"{name} must be in ({lo}, {hi}], got {v!r}")
         for name in (
             "entropy_drop_min",
+            "explosion_rise_min",
             "entropy_drop_min_acc_gain",
             "entropy_floor_value",
             "exploration_distinct_min",

@@ -206,20 +206,23 @@ def policy_token_stats(
         )  # fmt: skip
     if mode == "fused":
         head = model.get_output_embeddings()
-        # the head runs on completion tokens only: (N, D) instead of (B, T, D) with padding
-        real = (batch.targets >= 0).to(device)  # (B, T)
-        packed = 0 < int(real.sum()) < real.numel()
+        # the head runs on completion tokens only: (N, D) instead of (B, T, D) with padding;
+        # the index is built on the host, where the targets are (no device sync)
+        real = (batch.targets >= 0).flatten().nonzero().squeeze(1)  # (N,) into B x T
+        packed = 0 < len(real) < batch.targets.numel()
+        at = real.to(device, non_blocking=True)
         out: tuple[Tensor, ...] = fused_logprobs_entropy(
-            x[real] if packed else x,
+            x.flatten(0, 1).index_select(0, at) if packed else x,
             head.weight,
-            targets[real] if packed else targets,
+            targets.flatten().index_select(0, at) if packed else targets,
             bias=getattr(head, "bias", None),
             temperature=temperature,
             chunk_size=chunk_size,
             return_top1=with_top1,
         )
         if packed:  # back to (B, T), 0 at padded positions
-            out = tuple(v.new_zeros(real.shape).masked_scatter(real, v) for v in out)
+            shape = batch.targets.shape
+            out = tuple(v.new_zeros(shape.numel()).index_copy(0, at, v).view(shape) for v in out)
         logp, ent = out[0], out[1]
         top1 = out[-1] if with_top1 else None
     else:

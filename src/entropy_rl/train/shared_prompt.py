@@ -32,6 +32,7 @@ turns the cache off) take the plain layout (``shared_prompt_unsupported`` says w
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -241,22 +242,22 @@ def shared_response_inputs(
     every = torch.arange(len(rows), device=device)
     inputs_per_row = (lay.completion_lens_B - 1).clamp(min=0).tolist()
     groups = length_buckets(inputs_per_row, max_buckets) if max_buckets > 1 else [[]]
-    from transformers import DynamicCache  # the train extra; the model came through it
-
     layers = getattr(cache, "layers", None)
-    if len(groups) == 1 or not isinstance(cache, DynamicCache) or not layers:
+    if len(groups) == 1 or not isinstance(layers, list) or not layers:
         cache.batch_select_indices(rows)  # (P, ...) -> (B, ...): each row its prompt's keys/values
         return torch.cat([first, completion_pass(every, t_c, cache)], dim=1)  # (B, T, X)
-    kv = [(layer.keys, layer.values) for layer in layers]  # each (P, H_kv, Tp, d)
     pieces = []
     for g in groups:
         sel = torch.tensor(g, dtype=torch.long, device=device)
         width = max(inputs_per_row[i] for i in g)
         piece = first.new_zeros((len(g), 0, first.shape[-1]))
         if width > 0:
-            sub = rows[sel]
-            cache_g = DynamicCache(ddp_cache_data=[(k[sub], v[sub]) for k, v in kv],
-                                   config=model.config)  # fmt: skip
+            # a shallow copy of the prompt cache, layer by layer: each keeps its type, window
+            # and length bookkeeping (a sliding-window layer holds only its last keys), then
+            # indexes its own (P, ...) tensors out to this bucket's rows
+            cache_g = copy.copy(cache)
+            cache_g.layers = [copy.copy(layer) for layer in layers]
+            cache_g.batch_select_indices(rows[sel])
             piece = completion_pass(sel, width, cache_g)
         pieces.append(torch.nn.functional.pad(piece, (0, 0, 0, t_c - piece.shape[1])))
     order = torch.tensor([i for g in groups for i in g], dtype=torch.long, device=device)
