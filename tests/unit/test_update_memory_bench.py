@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "update_memory.py"
+from benchmark_scripts import load_benchmark
 
-
-def _load() -> ModuleType:
-    sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: its sibling procmem.py
-    spec = importlib.util.spec_from_file_location("update_memory_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-um = _load()
+um = load_benchmark("update_memory")
 
 QWEN = {"hidden": 896, "intermediate": 4864, "heads": 14, "kv_heads": 2, "vocab": 151_936}
 

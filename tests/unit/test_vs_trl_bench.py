@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "vs_trl.py"
+from benchmark_scripts import load_benchmark
 
-
-def _load() -> ModuleType:
-    sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: its sibling decode.py
-    spec = importlib.util.spec_from_file_location("vs_trl_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-vs = _load()
+vs = load_benchmark("vs_trl")
 
 SMALL = {"matmul_params": 100, "head_params": 10, "layers": 2, "d_attn": 4}
 
