@@ -336,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # OpenMP worker threads that spin while waiting take the cores from everything else on a
     # shared machine, and from each other: a SmolLM2 step ran 5-15x slower here beside other
-    # jobs (benchmarks/README.md). Passive waiting costs nothing measurable on big matmuls, and
-    # the small built-in models run on one thread. Set before torch loads; a user's value wins.
+    # jobs, and SmolLM2's sampling x2.5 slower beside two busy processes, against x1.2 faster
+    # with spinning on an idle machine (benchmarks/README.md#openmp). Set before torch loads;
+    # a user's value wins (OMP_WAIT_POLICY=ACTIVE, or GOMP_SPINCOUNT, on a dedicated machine).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

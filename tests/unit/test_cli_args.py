@@ -49,3 +49,13 @@ def test_stray_arguments_still_fail(monkeypatch, capsys) -> None:
         cli.main(["train", "algo.lr=1", "--steps", "2", "oops"])
     with pytest.raises(SystemExit):  # only train takes section.key=value overrides
         cli.main(["presets", "algo.lr=1"])
+
+
+def test_the_cli_module_does_not_load_torch() -> None:
+    """OMP_WAIT_POLICY, set in cli.main, only acts if it is set before torch loads OpenMP."""
+    import subprocess
+    import sys
+
+    code = "import entropy_rl.cli, sys; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
