@@ -37,10 +37,9 @@ SETTINGS = {
 
 def child(args: argparse.Namespace) -> None:
     """One setting, one process: median seconds of ``--calls`` generate calls, JSON on stdout."""
-    import torch
+    import torch  # the child only: the parent loads no OpenMP runtime
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from decode import chat_model
+    from decode import chat_model  # a sibling: benchmarks/ is sys.path[0] for a script
     from entropy_rl.engine.kv import KVCacheEngine
 
     torch.set_num_threads(args.threads)
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         child(args)
         return
-    passed = [a for a in (argv if argv is not None else sys.argv[1:])]
+    passed = list(argv if argv is not None else sys.argv[1:])
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     names = list(SETTINGS)
     res: dict[str, list[float]] = {k: [] for k in names}

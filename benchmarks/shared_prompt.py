@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     med = {k: statistics.median(x["s"] for x in v) for k, v in res.items()}
     mem = {k: statistics.median(x["peak"] for x in v) for k, v in res.items()}
     inputs = [n - 1 for n in completion_lengths(rows, args.completion_len, args.completion_min)]
-    most = shared_prompt.CPU_LENGTH_BUCKETS if args.device == "cpu" else 1
+    most = shared_prompt.max_length_buckets(torch.device(args.device).type)
     buckets = shared_prompt.length_buckets(inputs, most)
     longest = max(inputs)
     positions = {

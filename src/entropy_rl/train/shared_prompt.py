@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # train.batch imports this module
 __all__ = [
     "SharedPromptLayout",
     "length_buckets",
+    "max_length_buckets",
     "prompt_keys",
     "resolve_shared_prompt",
     "shared_prompt_unsupported",
@@ -59,6 +60,13 @@ _MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 
 CPU_LENGTH_BUCKETS = 4
 """Most completion passes per micro-batch on a CPU (``length_buckets``)."""
+
+
+def max_length_buckets(device_type: str) -> int:
+    """Most completion passes per micro-batch on a device of this type: ``CPU_LENGTH_BUCKETS``
+    on a CPU, where every padded position costs its full matrix products; 1 elsewhere (an
+    accelerator pays a fixed launch cost per pass instead)."""
+    return CPU_LENGTH_BUCKETS if device_type == "cpu" else 1
 
 
 def shared_prompt_unsupported(model: Any, *, sharded: bool = False) -> str | None:
@@ -194,11 +202,10 @@ def shared_response_inputs(
     are split by completion length (``length_buckets``) and each bucket runs its own completion
     pass against its rows of the one prompt cache, padded only to its own longest row; the
     outputs beyond a row's completion are zeros instead of pad outputs (masked either way).
-    None: ``CPU_LENGTH_BUCKETS`` on a CPU, where every padded position costs its full matrix
-    products, 1 elsewhere (an accelerator pays a fixed launch cost per pass instead)."""
+    None: ``max_length_buckets`` of the model's device."""
     device = next(model.parameters()).device
     if max_buckets is None:
-        max_buckets = CPU_LENGTH_BUCKETS if device.type == "cpu" else 1
+        max_buckets = max_length_buckets(device.type)
     fwd = model if logits else model.base_model
     padded = bool((lay.prompt_mask_P_Tp == 0).any())
     mask_p = lay.prompt_mask_P_Tp.to(device)
@@ -239,12 +246,12 @@ def shared_response_inputs(
         )
         return out_c.logits if logits else out_c.last_hidden_state
 
-    every = torch.arange(len(rows), device=device)
-    inputs_per_row = (lay.completion_lens_B - 1).clamp(min=0).tolist()
-    groups = length_buckets(inputs_per_row, max_buckets) if max_buckets > 1 else [[]]
+    inputs_per_row = (lay.completion_lens_B - 1).clamp(min=0).tolist()  # host tensor
+    groups = length_buckets(inputs_per_row, max_buckets) if max_buckets > 1 else None
     layers = getattr(cache, "layers", None)
-    if len(groups) == 1 or not isinstance(layers, list) or not layers:
+    if groups is None or len(groups) == 1 or not isinstance(layers, list) or not layers:
         cache.batch_select_indices(rows)  # (P, ...) -> (B, ...): each row its prompt's keys/values
+        every = torch.arange(len(rows), device=device)
         return torch.cat([first, completion_pass(every, t_c, cache)], dim=1)  # (B, T, X)
     pieces = []
     for g in groups:
