@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -92,3 +93,43 @@ def test_engine_kv_on_an_unsupported_model_fails_at_construction(tmp_path: Path)
     trainer = trainer_mod.Trainer(_config(Path("unused"), tmp_path / "b", "auto"), model=gpt2,
                                   tokenizer=tok)  # fmt: skip
     assert isinstance(trainer.engine, HFGenerateEngine)
+
+
+@pytest.mark.parametrize(
+    ("engine", "extra", "policy_forward"),
+    [
+        ("kv", {"model.dtype": "bfloat16"}, False),  # bf16 sampler, 1 x 1: the update's forward
+        ("hf", {}, False),  # generate reports no statistics: the update's forward too
+        ("kv", {"model.dtype": "bfloat16", "algo.ppo_epochs": 2}, True),  # off-policy: needed
+        ("hf", {"algo.ppo_epochs": 2}, True),
+        ("kv", {}, False),  # float32 KV engine: the sampler's statistics are pi_old's
+    ],
+)
+def test_one_epoch_of_one_mini_batch_runs_no_pi_old_forward(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str,
+    extra: dict[str, object], policy_forward: bool,
+) -> None:  # fmt: skip
+    """update.pi_old_from_update: at 1 epoch x 1 mini-batch pi_old is the update's own forward,
+    so record_old_logprobs runs no policy forward, and the monitor's metrics still come (from
+    the update's forward) on every step; the bf16 KV engine's mismatch is measured against it."""
+    ran: list[bool] = []
+    orig = trainer_mod.record_old_logprobs
+
+    def spy(model: Any, ref_model: Any, batch: Any, s: Any, **kw: Any) -> dict[str, Any]:
+        ran.append(not (kw.get("from_sampler", False) or s.old_in_update))
+        return orig(model, ref_model, batch, s, **kw)
+
+    monkeypatch.setattr(trainer_mod, "record_old_logprobs", spy)
+    one = {"algo.ppo_epochs": 1, "algo.mini_batches": 1}
+    cfg = _config(tiny_model_dir, tmp_path / "run", engine, **(one | extra))
+    on_policy = cfg.algo.ppo_epochs == 1
+    with pytest.warns(UserWarning, match="on-policy") if on_policy else contextlib.nullcontext():
+        trainer_mod.Trainer(cfg).fit()
+    assert ran == [policy_forward, policy_forward]
+    rows = _rows(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        for key in MONITOR:
+            assert torch.isfinite(torch.tensor(r[key])), key
+        assert 0.0 < r["entropy/mean"] < 6.0 and 0.0 < r["prob/top1_mean"] <= 1.0
+    assert ("mismatch/k3" in rows[-1]) == (extra.get("model.dtype") == "bfloat16")

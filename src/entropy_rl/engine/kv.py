@@ -20,7 +20,9 @@ Mixed precision (``compute_dtype``, e.g. bfloat16 with float32 master weights): 
 ``generate`` samples from one bfloat16 copy of the weights (cache and activations in bfloat16,
 the attention softmax and RMSNorm in float32, as transformers computes them), like a bfloat16
 inference engine. Its statistics are then close to the update's pi_old, not equal
-(``exact_logprobs`` is False): the trainer runs its pi_old forward and measures the mismatch.
+(``exact_logprobs`` is False): the trainer measures the mismatch against pi_old, from its own
+pi_old forward, or at one epoch of one mini-batch from the update's forward
+(``train.update.pi_old_from_update``).
 
 Supported: Qwen2/Qwen3/Llama/Mistral decoders (``supports_kv_engine``) with SiLU MLPs, static
 RoPE (default, linear, llama3), full attention (no sliding window), plain tensors (no FSDP

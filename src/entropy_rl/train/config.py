@@ -59,7 +59,8 @@ class ModelConfig:
     (``update/loss_scale``). With bfloat16 parameters and plain AdamW, RL-sized updates round
     away (at lr 5e-6, <1% of SmolLM2's weights moved in 3 steps). On a CPU it depends on the
     CPU (benchmarks/precision.py): with AVX512-BF16, SmolLM2's sampling ran x1.7 faster and
-    its update x1.3 (x1.0 with the pi_old forward mixed precision adds); without bfloat16
+    its update x1.3 (x1.0 with the pi_old forward mixed precision adds unless the update is
+    one epoch of one mini-batch: update.pi_old_from_update); without bfloat16
     matrix instructions a SmolLM2-sized update ran ~8x slower: keep float32 there."""
     logits: str = "auto"
     """How the update gets log-probs and entropy: ``fused`` (hidden states x lm_head, chunked, never

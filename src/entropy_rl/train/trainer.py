@@ -16,6 +16,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ from entropy_rl.train.signals import SIGINT, Interrupted, StopSignals, signal_na
 from entropy_rl.train.update import (
     UpdateSettings,
     importance_weights,
+    pi_old_from_update,
     ppo_update,
     record_old_logprobs,
     sampler_is_pi_old,
@@ -359,41 +361,40 @@ class Trainer:
         s = self.settings()
         # then no pi_old forward, no TIS (ratio 1)
         exact = sampler_is_pi_old(self.engine, batch, autocast=s.autocast)
+        reward_kl = self.ref_model is not None and not s.kl_in_loss
+        needs_old_first = self.entropy_adv_alpha > 0 or reward_kl
+        if pi_old_from_update(s, exact=exact, needs_old_first=needs_old_first):
+            s = replace(s, old_in_update=True, tis_cap=self.cfg.algo.tis_cap)
         old = record_old_logprobs(
             self.model, self.ref_model, batch, s, from_sampler=exact, info=self.dist
         )
-        batch.old_logprobs, batch.ref_logprobs = old["logprobs"], old.get("ref_logprobs")
-        tis = {} if exact else importance_weights(batch, cap=self.cfg.algo.tis_cap)
+        batch.old_logprobs, batch.ref_logprobs = old.get("logprobs"), old.get("ref_logprobs")
+        tis = (
+            {} if exact or s.old_in_update else importance_weights(batch, cap=self.cfg.algo.tis_cap)
+        )
         if self.entropy_adv_alpha > 0:  # Cheng et al.: A + min(alpha H_old, |A|/kappa)
             tis |= shape_advantages(
                 batch, old["entropy"], alpha=self.entropy_adv_alpha,
                 kappa=self.cfg.algo.entropy_adv_kappa, info=self.dist,
             )  # fmt: skip
-        if self.ref_model is not None and not s.kl_in_loss:  # KL as a per-sequence reward penalty
+        if reward_kl:  # KL as a per-sequence reward penalty
             from entropy_rl.ops.kl import kl_estimate
 
             kl_seq = (
-                kl_estimate(batch.old_logprobs, old["ref_logprobs"], kind=s.kl_kind) * batch.mask
+                kl_estimate(old["logprobs"], old["ref_logprobs"], kind=s.kl_kind) * batch.mask
             ).sum(1)
             batch.advantages = batch.advantages - self.cfg.algo.kl_coef * kl_seq
-        # monitor: from the rollout policy's own pass (no extra forward)
-        # gathered over ranks (identity for one process) so every metric is a global one
-        g = {k: all_gather_rows(v, self.dist) for k, v in old.items() if k != "ref_logprobs"}
-        seen = all_gather_rows((batch.targets != -1).float(), self.dist)
-        mask = all_gather_rows(batch.mask, self.dist)
-        adv = all_gather_rows(batch.advantages, self.dist)
-        metrics = entropy_stats(g["entropy"], g["logprobs"], seen, top1_prob=g["top1"])
-        metrics |= entropy_by_position(g["entropy"], seen, max_len=self.max_new_tokens)
-        self.last_entropy = metrics["entropy/mean"]
-        metrics["cov/logp_adv"] = logp_adv_covariance(
-            g["logprobs"], adv[:, None].expand_as(mask), mask
-        )
         due = forecast_due(self.step, self.cfg.control.forecast_every, s)  # same-batch change
         before = capture_head_inputs(self.model, batch, s) if due else None
+        # s.old_in_update: pi_old's statistics come from the update's own forward
+        metrics = {} if s.old_in_update else self._rollout_policy_metrics(batch, old)
         upd, bad = ppo_update(
             self.model, self.optimizer, batch, s, generator=self.shuffle, info=self.dist,
-            scaler=self.scaler,
+            scaler=self.scaler, pi_old_out=old if s.old_in_update else None,
         )  # fmt: skip
+        if s.old_in_update:
+            batch.old_logprobs = old["logprobs"]
+            metrics = self._rollout_policy_metrics(batch, old)
         if before is not None:
             upd |= same_batch_entropy_change(self.model, batch, s, before, info=self.dist)
         metrics |= upd | tis
@@ -410,6 +411,24 @@ class Trainer:
         metrics |= self.dynamics.update(metrics["entropy/mean"], metrics["cov/logp_adv"], lr_scale)
         if upd["update/optimizer_steps"]:  # warm-up counts steps that updated the weights
             self.scheduler.step()
+        return metrics
+
+    def _rollout_policy_metrics(
+        self, batch: RolloutBatch, old: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        """The monitor's entropy, surprisal, top-1 and covariance metrics from pi_old's token
+        statistics ``old`` (no forward of its own), gathered over ranks (identity for one
+        process) so that every metric is a global one."""
+        g = {k: all_gather_rows(v, self.dist) for k, v in old.items() if k != "ref_logprobs"}
+        seen = all_gather_rows((batch.targets != -1).float(), self.dist)
+        mask = all_gather_rows(batch.mask, self.dist)
+        adv = all_gather_rows(batch.advantages, self.dist)
+        metrics = entropy_stats(g["entropy"], g["logprobs"], seen, top1_prob=g["top1"])
+        metrics |= entropy_by_position(g["entropy"], seen, max_len=self.max_new_tokens)
+        self.last_entropy = metrics["entropy/mean"]
+        metrics["cov/logp_adv"] = logp_adv_covariance(
+            g["logprobs"], adv[:, None].expand_as(mask), mask
+        )
         return metrics
 
     def control(self, metrics: dict[str, float]) -> dict[str, float]:

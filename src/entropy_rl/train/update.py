@@ -63,6 +63,13 @@ class UpdateSettings:
     """Run each prompt once per micro-batch and its completions against its key/value cache
     (train.shared_prompt): the same values and gradients as the plain layout, less work.
     Micro-batches then hold a prompt's rows together (``by_length``)."""
+    old_in_update: bool = False
+    """pi_old is the update's own forward, detached (``pi_old_from_update``): no pi_old forward
+    before the update; ``ppo_update`` computes the TIS weights per micro-batch and hands the
+    forward's statistics back (``pi_old_out``)."""
+    tis_cap: float | None = None
+    """With ``old_in_update``: the truncated-importance-sampling cap (algo.tis_cap) applied per
+    micro-batch where the engine reported its own log-probs; None: only ``mismatch/k3``."""
 
 
 def _stats_fn(s: UpdateSettings) -> Any:
@@ -103,6 +110,20 @@ def sampler_is_pi_old(
     return fp32 and exact and all(x is not None for x in have)
 
 
+def pi_old_from_update(s: UpdateSettings, *, exact: bool, needs_old_first: bool) -> bool:
+    """True when the update's own forward can stand in for the no-grad pi_old forward.
+
+    With one epoch of one mini-batch the update takes a single optimizer step, after every
+    micro-batch has run its forward, so each forward runs at the weights that made the rollout:
+    pi_old is its log-probs, detached, and the ratio is 1 (TRL's GRPOTrainer does the same at
+    ``num_iterations=1``). Worth it only when the engine's statistics are not pi_old's already
+    (``exact``, see ``sampler_is_pi_old``: then no forward runs either way), and possible only
+    when nothing needs pi_old before the update (``needs_old_first``: entropy-shaped advantages,
+    a KL penalty in the reward). It saves one forward over the rollout, a third of the update's
+    arithmetic, wherever the sampler is not the trainer: mixed precision, vLLM, ``generate``."""
+    return s.epochs == 1 and s.mini_batches == 1 and not exact and not needs_old_first
+
+
 @torch.no_grad()
 def record_old_logprobs(
     model: Any,
@@ -119,7 +140,9 @@ def record_old_logprobs(
     Returns ``logprobs``, ``entropy``, ``top1`` (and ``ref_logprobs`` with a reference model),
     each (B, T) float32 on the CPU (values beyond a completion are meaningless: mask them). ``from_sampler=True`` takes the
     first three from the engine's statistics in ``batch`` (see ``sampler_is_pi_old``) instead
-    of the policy's forward; the reference model's forward still runs.
+    of the policy's forward; the reference model's forward still runs. ``s.old_in_update``
+    (``pi_old_from_update``) runs no policy forward and returns ``ref_logprobs`` alone (or
+    nothing): ``ppo_update`` records the other three from its own forward.
     """
     t = batch.targets.shape[1]
     parts: dict[str, list[Tensor]] = {"logprobs": [], "entropy": [], "top1": [], "ref_logprobs": []}
@@ -139,7 +162,8 @@ def record_old_logprobs(
             chunk_size=s.chunk_size, with_top1=with_top1,
         )  # fmt: skip
 
-    forwards = ([] if from_sampler else [model]) + ([] if ref_model is None else [ref_model])
+    policy = not (from_sampler or s.old_in_update)
+    forwards = ([model] if policy else []) + ([] if ref_model is None else [ref_model])
     aligned = s.sharded and bool(forwards)
     for idx in micro_batches(torch.arange(len(batch)), s.micro_batch_size, info, aligned=aligned):
         if len(idx) == 0:  # sharded: keep step with the other ranks' forwards, output unused
@@ -148,7 +172,7 @@ def record_old_logprobs(
             continue
         mb = batch.rows(idx)  # trimmed to its own longest completion: pad back to t
         mb_out: dict[str, Tensor | None] = {}
-        if not from_sampler:
+        if policy:
             lp, ent, top1 = stats(model, mb, with_top1=True)
             mb_out = {"logprobs": lp, "entropy": ent, "top1": top1}
         if ref_model is not None:
@@ -216,6 +240,7 @@ def ppo_update(
     generator: torch.Generator,
     info: DistInfo = DistInfo(),  # noqa: B008  (frozen dataclass: a safe default)
     scaler: LossScaler | None = None,
+    pi_old_out: dict[str, Tensor] | None = None,
 ) -> tuple[dict[str, float], int]:
     """Run ``epochs x mini_batches`` optimizer steps on ``batch``; return (metrics, bad_steps).
 
@@ -228,8 +253,19 @@ def ppo_update(
     before backward and the gradients unscaled before clipping; a mini-batch with a finite loss
     whose scaled gradients overflow is skipped, halves the scale and counts in
     ``update/overflow_steps`` (not in ``bad_steps``).
+
+    ``s.old_in_update`` (``pi_old_from_update``: one epoch, one mini-batch): pi_old is each
+    micro-batch's own forward, detached, and ``batch.old_logprobs`` may be None. The forward's
+    ``logprobs``, ``entropy`` and ``top1`` at the rollout's weights are then written into
+    ``pi_old_out`` (given empty; each (B, T) float32 on the CPU), as ``record_old_logprobs``
+    would have returned them (values beyond a completion are meaningless: mask them).
     """
-    assert batch.old_logprobs is not None
+    assert batch.old_logprobs is not None or s.old_in_update
+    if s.old_in_update:
+        assert s.epochs == 1 and s.mini_batches == 1, "pi_old from the update needs 1 x 1"
+    if pi_old_out is not None:
+        shape = batch.targets.shape
+        pi_old_out |= {k: torch.zeros(shape) for k in ("logprobs", "entropy", "top1")}
     acc = _Accumulator()
     grad_norms: list[float] = []
     steps = bad = overflows = 0
@@ -249,9 +285,12 @@ def ppo_update(
                 if len(idx) == 0:  # sharded: a zero-weight pass keeps step with the other ranks
                     _zero_pass(model, batch, s).backward()
                     continue
-                loss, m = _micro_batch_loss(
+                loss, m, seen = _micro_batch_loss(
                     model, batch.rows(idx), s, num_tokens=num_tokens, num_seqs=len(mb_global)
                 )
+                if pi_old_out is not None and seen is not None:
+                    for k, v in zip(("logprobs", "entropy", "top1"), seen, strict=True):
+                        pi_old_out[k][idx, : v.shape[1]] = v.float().cpu()
                 if not torch.isfinite(loss):
                     finite = False
                     if not s.sharded:
@@ -333,23 +372,34 @@ def _zero_pass(model: Any, batch: RolloutBatch, s: UpdateSettings) -> Tensor:
 
 def _micro_batch_loss(
     model: Any, mb: RolloutBatch, s: UpdateSettings, *, num_tokens: float, num_seqs: int
-) -> tuple[Tensor, dict[str, float]]:
-    """Policy loss (+ entropy bonus, + KL) of one micro-batch, scaled for accumulation."""
-    assert mb.old_logprobs is not None
-    logp, ent, _ = _stats_fn(s)(
-        model, mb, temperature=s.temperature, mode=s.logits_mode, chunk_size=s.chunk_size
-    )
+) -> tuple[Tensor, dict[str, float], tuple[Tensor, Tensor, Tensor] | None]:
+    """Policy loss (+ entropy bonus, + KL) of one micro-batch, scaled for accumulation, its
+    metrics, and with ``s.old_in_update`` the forward's detached (log-prob, entropy, top-1),
+    which are pi_old's (else None)."""
+    logp, ent, top1 = _stats_fn(s)(
+        model, mb, temperature=s.temperature, mode=s.logits_mode, chunk_size=s.chunk_size,
+        with_top1=s.old_in_update,
+    )  # fmt: skip
     mask = mb.mask.to(logp.device)
     adv = mb.advantages.to(logp.device)  # (B,)
     if mb.token_advantages is not None:  # (B, T), e.g. entropy-shaped (Cheng et al.)
         adv = mb.token_advantages.to(logp.device)
-    if mb.token_weights is not None:  # (B, T) per-token importance weights (TIS)
-        adv = (adv if adv.dim() == 2 else adv[:, None]) * mb.token_weights.to(logp.device)
+    weights, tis = mb.token_weights, dict[str, float]()
+    if s.old_in_update:
+        old = logp.detach()
+        if mb.sampler_logprobs is not None:  # TIS against pi_old = this forward
+            sampler = mb.sampler_logprobs.to(logp.device)
+            weights, tis = tis_weights(old.float(), sampler, mask, cap=s.tis_cap)
+    else:
+        assert mb.old_logprobs is not None
+        old = mb.old_logprobs.to(logp.device)
+    if weights is not None:  # (B, T) per-token importance weights (TIS)
+        adv = (adv if adv.dim() == 2 else adv[:, None]) * weights.to(logp.device)
     agg_kw: dict[str, Any] = {"num_tokens": num_tokens, "num_seqs": num_seqs, "max_len": s.max_len}
     loss, metrics = policy_loss(
         s.loss,
         logprobs=logp,
-        old_logprobs=mb.old_logprobs.to(logp.device),
+        old_logprobs=old,
         advantages=adv,
         mask=mask,
         agg=s.agg,
@@ -368,8 +418,12 @@ def _micro_batch_loss(
         )
         metrics |= kl_ref_metrics(logp, ref, mask, kind=s.kl_kind)
     # per-micro-batch metrics are reported as token means of this micro-batch
+    metrics |= tis
     metrics["loss/total"] = float(total.detach())
-    return total, metrics
+    if not s.old_in_update:
+        return total, metrics, None
+    assert top1 is not None
+    return total, metrics, (old, ent.detach(), top1.detach())
 
 
 # ---------------------------------------------------------------- per-token advantage changes
@@ -383,16 +437,29 @@ def importance_weights(batch: RolloutBatch, *, cap: float | None) -> dict[str, f
     ``tis/capped_frac``. No sampler log-probs: {} and no weights; ``cap`` None: only the k3."""
     if batch.sampler_logprobs is None or batch.old_logprobs is None:
         return {}
-    m = batch.mask
-    n = m.sum().clamp(min=1)
-    d = batch.old_logprobs - batch.sampler_logprobs  # log(pi_old / pi_sampler)
-    out = {"mismatch/k3": float(((torch.exp(-d) - 1 + d) * m).sum() / n)}
-    if cap is not None:
-        ratio = torch.exp(d)
-        batch.token_weights = ratio.clamp(max=cap) * m
-        out["tis/weight_mean"] = float((batch.token_weights * m).sum() / n)
-        out["tis/capped_frac"] = float(((ratio > cap).float() * m).sum() / n)
+    batch.token_weights, out = tis_weights(
+        batch.old_logprobs, batch.sampler_logprobs, batch.mask, cap=cap
+    )
     return out
+
+
+def tis_weights(
+    old: Tensor, sampler: Tensor, mask: Tensor, *, cap: float | None
+) -> tuple[Tensor | None, dict[str, float]]:
+    """Truncated importance weights min(pi_old / pi_sampler, cap) * mask, each (B, T), and their
+    metrics as token means over ``mask``: ``mismatch/k3`` (k3 of d = log(pi_old / pi_sampler):
+    exp(-d) - 1 + d), ``tis/weight_mean``, ``tis/capped_frac``. ``cap`` None: no weights, the
+    k3 alone."""
+    n = mask.sum().clamp(min=1)
+    d = old - sampler  # log(pi_old / pi_sampler)
+    out = {"mismatch/k3": float(((torch.exp(-d) - 1 + d) * mask).sum() / n)}
+    if cap is None:
+        return None, out
+    ratio = torch.exp(d)
+    weights = ratio.clamp(max=cap) * mask
+    out["tis/weight_mean"] = float((weights * mask).sum() / n)
+    out["tis/capped_frac"] = float(((ratio > cap).float() * mask).sum() / n)
+    return weights, out
 
 
 def shape_advantages(
