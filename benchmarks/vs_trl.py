@@ -17,7 +17,8 @@ variant and runs them in threads that take turns one RL step at a time (A B C A 
 the thread holding the turn runs), so the load swings of a shared machine hit every variant
 alike. The first --warmup steps of each trainer (set-up, first calls) are dropped; the table
 gives medians over all kept steps of all rounds. --parity runs the variants one after the
-other instead.
+other instead. --dtype bfloat16 runs both sides in mixed precision (float32 master weights:
+ours model.dtype=bfloat16, sampling from a bfloat16 copy; TRL bf16=True, autocast).
 
 Settings (--setting):
   char      the 19-token character tokenizer, 3-digit addition prompts ``a+b=``; reward = share
@@ -341,7 +342,7 @@ def make_ours(
     from entropy_rl.train.trainer import Trainer
 
     cfg = config_from_dict({
-        "model": {"path": str(setting.model_dir),
+        "model": {"path": str(setting.model_dir), "dtype": args.dtype,
                   "logits": "full" if variant == "ours-full" else "auto",
                   "shared_prompt": False if variant == "ours-plain" else None},
         "data": {"chat_template": setting.chat},
@@ -422,7 +423,8 @@ def make_trl(
             warmup_steps=0, optim="adamw_torch_fused", max_grad_norm=1.0, epsilon=EPS_LOW,
             epsilon_high=EPS_HIGH, beta=0.0, loss_type="dapo", scale_rewards="group",
             temperature=1.0, top_p=1.0, top_k=0, logging_steps=1, report_to=[],
-            save_strategy="no", use_cpu=True, seed=seed, bf16=False, disable_tqdm=True,
+            save_strategy="no", use_cpu=True, seed=seed, bf16=args.dtype == "bfloat16",
+            disable_tqdm=True,
             dataloader_num_workers=0, gradient_checkpointing=gradient_checkpointing,
         )  # fmt: skip
         prompts: list[Any] = [e.prompt for e in setting.examples]
@@ -496,7 +498,7 @@ def speed(setting: Setting, args: Any) -> None:
                 kept[v][k] += xs
             tps = statistics.median(res.kept(args.warmup)["tok_per_s"])
             print(f"  round {rep + 1}/{args.repeats} {v:9s} {tps:8.1f} tokens/s", flush=True)
-    print(f"\n{setting.describe}; {args.passes} passes, threads {args.threads}, "
+    print(f"\n{setting.describe}; {args.passes} passes, {args.dtype}, threads {args.threads}, "
           f"{args.repeats} rounds x {args.steps} interleaved steps (+{args.warmup} warm-up)")  # fmt: skip
     head = f"{'variant':10s} {'s/step':>8s} {'gen s':>8s} {'other s':>8s} {'tok/step':>9s} "
     print(head + f"{'tok/s':>8s} {'IQR tok/s':>15s}")
@@ -572,6 +574,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--passes", type=int, default=2, help="ppo_epochs = TRL num_iterations")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="compute dtype, both sides: ours model.dtype (float32 master weights), "
+                   "TRL bf16=True (autocast over float32 weights)")  # fmt: skip
     p.add_argument("--parity", action="store_true", help="reward curves instead of speed")
     p.add_argument("--parity-steps", type=int, default=30)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
