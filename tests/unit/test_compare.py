@@ -39,7 +39,8 @@ def _rows() -> list[dict]:
     # entropy 1.0, 0.8, 0.6, 0.45, 0.3: half of the first step's 1.0 is first reached at step 4
     for step, h in enumerate([1.0, 0.8, 0.6, 0.45, 0.3], start=1):
         rows.append({"step": step, "entropy/mean": h, "clip/upper_frac": 0.01 * step,
-                     "clip/lower_frac": 0.02, "ratio/abs_dev": 0.1})  # fmt: skip
+                     "clip/lower_frac": 0.02, "ratio/abs_dev": 0.1,
+                     "kl/old_approx": 0.001 * step if step != 3 else None})  # fmt: skip
     rows[-1] |= {
         "acc/eval": 0.7,
         "eval/pass@1": 0.7,
@@ -56,6 +57,8 @@ def test_summarise_run_hand_worked():
     assert s["steps_to_collapse"] == 4.0  # 0.45 <= 0.5 * 1.0
     assert s["upper_clip"] == pytest.approx(0.03)  # mean of 0.01..0.05
     assert s["lower_clip"] == pytest.approx(0.02)
+    # steps 1, 2, 4, 5 (step 3 logged no update KL): (1 + 2 + 4 + 5) / 4 x 0.001
+    assert s["update_kl"] == pytest.approx(0.003)
     assert (s["acc"], s["start_acc"], s["pass@1"], s["pass@k"], s["k"]) == (
         0.7,
         0.3,

@@ -94,7 +94,9 @@ def summarise_run(
     the first step's (nan if never).
     pass@1, pass@k, distinct, acc, and every key in `extra`: from the last evaluation row
     (k = the largest logged; nan for a key it lacks).
-    clip fractions and |ratio - 1|: means over all steps with an update.
+    clip fractions, |ratio - 1| and update_kl (kl/old_approx, the k3 estimate of KL(pi_old,
+    pi_theta) over the update: how far each step moved the policy): means over all steps with
+    an update.
     """
     trained = [r for r in rows if r.get("step", 0) >= 1]
     # a step whose update was skipped (dynamic sampling kept no group) has no entropy/mean:
@@ -115,7 +117,7 @@ def summarise_run(
         hit = [r["step"] for r, h in zip(train, ent, strict=True) if h <= collapse_frac * ent[0]]
         out["steps_to_collapse"] = float(hit[0]) if hit else math.nan
         for key, name in (("clip/upper_frac", "upper_clip"), ("clip/lower_frac", "lower_clip"),
-                          ("ratio/abs_dev", "ratio_dev")):  # fmt: skip
+                          ("ratio/abs_dev", "ratio_dev"), ("kl/old_approx", "update_kl")):  # fmt: skip
             vals = [_num(r.get(key)) for r in train if r.get(key) is not None]
             out[name] = statistics.fmean(vals) if vals else math.nan
     if evals:
@@ -207,7 +209,7 @@ def add_learning_speed(
 
 
 METRICS = ("final_entropy", "acc", "pass@1", "pass@k", "distinct", "steps_to_collapse",
-           "upper_clip", "lower_clip", "ratio_dev")  # fmt: skip
+           "upper_clip", "lower_clip", "ratio_dev", "update_kl")  # fmt: skip
 VERDICT_ON = ("final_entropy", "pass@k", "distinct")
 
 
