@@ -103,6 +103,8 @@ def test_engine_kv_on_an_unsupported_model_fails_at_construction(tmp_path: Path)
         ("kv", {"model.dtype": "bfloat16", "algo.ppo_epochs": 2}, True),  # off-policy: needed
         ("hf", {"algo.ppo_epochs": 2}, True),
         ("kv", {}, False),  # float32 KV engine: the sampler's statistics are pi_old's
+        ("hf", {"algo.kl_coef": 0.05}, False),  # KL in the loss: pi_ref's forward alone
+        ("hf", {"algo.kl_coef": 0.05, "algo.kl_in": "reward"}, True),  # needs pi_old first
     ],
 )
 def test_one_epoch_of_one_mini_batch_runs_no_pi_old_forward(
@@ -133,3 +135,5 @@ def test_one_epoch_of_one_mini_batch_runs_no_pi_old_forward(
             assert torch.isfinite(torch.tensor(r[key])), key
         assert 0.0 < r["entropy/mean"] < 6.0 and 0.0 < r["prob/top1_mean"] <= 1.0
     assert ("mismatch/k3" in rows[-1]) == (extra.get("model.dtype") == "bfloat16")
+    if extra.get("algo.kl_in") is None and "algo.kl_coef" in extra:  # the loss's KL term ran
+        assert rows[-1]["kl/ref"] > 0.0
