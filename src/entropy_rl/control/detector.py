@@ -1,7 +1,7 @@
 """Collapse detector: rules over the per-step metric stream that emit events.
 
 ``CollapseDetector.observe(metrics)`` takes one step's metrics (the row written to
-``metrics.jsonl``) and returns the events that fired at that step. Six rules:
+``metrics.jsonl``) and returns the events that fired at that step. Seven rules:
 
 * ``entropy_drop``: ``entropy/mean`` fell by more than a fraction of its peak within a
   window of steps while accuracy did not improve;
@@ -17,7 +17,12 @@
   repetition 0.015 -> 0.315 while entropy fell 2.03 -> 0.45 nats, docs/experiments.md);
 * ``truncation``: ``length/truncated_frac`` (the share of completions cut at
   ``max_new_tokens``) above a share for several steps in a row: the reward then scores
-  unfinished answers (SmolLM2 on word problems at 48 tokens: 69-75% cut, no signal).
+  unfinished answers (SmolLM2 on word problems at 48 tokens: 69-75% cut, no signal);
+* ``no_signal``: ``groups/zero_var_frac`` (the share of prompt groups whose samples all
+  earned the same reward) at or above a share for several steps in a row: their advantages
+  are 0 and the update learns nothing from them, because the prompts are solved or, at low
+  entropy, because the policy answers each prompt one way (TRL's ``frac_reward_zero_std``
+  at 1 with ``loss`` and ``grad_norm`` 0: TRL #3857).
 
 A rule whose metrics are absent (or non-finite) at a step is skipped for that step: it
 neither fires nor counts as quiet. Each rule fires once per episode: after firing it stays
@@ -49,6 +54,7 @@ DISTINCT = "eval/distinct_answers"
 REPETITION = "gen/repetition"
 LENGTH = "length/mean"
 TRUNCATED = "length/truncated_frac"
+ZERO_VAR = "groups/zero_var_frac"
 ROLLOUT_ENTROPY = "entropy/rollout"
 """Every sample's entropy from the sampler: read as ``entropy/mean`` on a step without it (an
 update skipped because dynamic sampling kept no group)."""
@@ -172,6 +178,7 @@ class CollapseDetector:
             "entropy_explosion": self._check_explosion,
             "repetition_rise": self._check_repetition,
             "truncation": self._check_truncation,
+            "no_signal": self._check_no_signal,
         }
         events = []
         for rule, check in checks.items():
@@ -231,11 +238,15 @@ class CollapseDetector:
             n = max(n, self.config.exploration_passk_window)
         if key == TRUNCATED:
             n = self.config.truncation_steps
+        if key == ZERO_VAR:
+            n = self.config.no_signal_steps
         return n
 
     def _record(self, key: str, step: int, value: float) -> None:
         tracked = (
-            key in (ENTROPY, TRUNCATED) or key in self.config.accuracy_keys or key in PASS1_KEYS
+            key in (ENTROPY, TRUNCATED, ZERO_VAR)
+            or key in self.config.accuracy_keys
+            or key in PASS1_KEYS
         )
         if tracked or _PASS_AT.match(key):
             hist = self._history.setdefault(key, deque(maxlen=self._maxlen(key)))
@@ -447,3 +458,26 @@ class CollapseDetector:
             f"penalise length (rollout.overlong_shaping=true)"
         )
         return min(shares) > limit, "warning", values, msg
+
+    def _check_no_signal(self, step: int, now: dict[str, float]) -> _Check:
+        hist = self._history.get(ZERO_VAR)
+        n, limit = self.config.no_signal_steps, self.config.no_signal_frac
+        if ZERO_VAR not in now or hist is None or len(hist) < n:
+            return None
+        shares = [v for _, v in hist]  # the last n steps' shares, this one last
+        values = {"zero_var_frac": now[ZERO_VAR], "min_over_steps": min(shares), "steps": n}
+        seen = [f"{key} {now[key]:.2f}" for key in ("acc/train",) if key in now]
+        if ENTROPY in now:
+            seen.append(f"entropy {now[ENTROPY]:.3g} nats{self._means(alone=True)}")
+            values["entropy"] = now[ENTROPY]
+        if "acc/train" in now:
+            values["acc"] = now["acc/train"]
+        state = f" ({', '.join(seen)})" if seen else ""
+        msg = (
+            f"{now[ZERO_VAR]:.0%} of prompt groups earned one reward per group ({min(shares):.0%}"
+            f" or more for {n} steps): zero advantage, so the update learns nothing from"
+            f" them{state}. Near acc 1 the prompts are solved (harder ones, or stop); at low"
+            f" entropy the policy answers each prompt one way: raise rollout.group_size or"
+            f" rollout.temperature, or use a reward that tells the answers apart"
+        )
+        return min(shares) >= limit, "warning", values, msg

@@ -1,4 +1,4 @@
-"""The collapse detector's configuration (``control.detector_kwargs``): the six rules'
+"""The collapse detector's configuration (``control.detector_kwargs``): the seven rules'
 thresholds, windows, smoothing and actions, checked on construction. The rules themselves
 are in :mod:`entropy_rl.control.detector`, which re-exports these names."""
 
@@ -17,12 +17,13 @@ RULES = (
     "entropy_explosion",
     "repetition_rise",
     "truncation",
+    "no_signal",
 )
 
 
 @dataclass
 class DetectorConfig:
-    """Thresholds, windows and actions of the six rules; every field has a default.
+    """Thresholds, windows and actions of the seven rules; every field has a default.
 
     Actions are one of ``ACTIONS``: none, stop, raise_eps_high, raise_entropy_coef, rollback.
     """
@@ -111,6 +112,18 @@ class DetectorConfig:
     truncation_action: str = "none"
     """Action reported with truncation events (severity warning)."""
 
+    no_signal_enabled: bool = True
+    """Run the no_signal rule."""
+    no_signal_frac: float = 0.9
+    """Fires when groups/zero_var_frac (share of prompt groups whose samples all earned the same
+    reward: zero advantage, no gradient) is at or above this, in (0, 1]..."""
+    no_signal_steps: int = 5
+    """...at this many consecutive steps. On the 24 SmolLM2 trap-chat runs (4 prompts a step)
+    every group agreed at 5 steps in a row from step 13-24 of PPO's trapped runs; the 6 healthy
+    curve runs and the default run never stayed at 0.9 for 5 steps."""
+    no_signal_action: str = "none"
+    """Action reported with no_signal events (severity warning)."""
+
     smooth_steps: int = 1
     """``entropy/mean`` and ``acc/train`` enter every rule as the mean of their last this-many
     per-step values (1: as logged). A batch of a few dozen samples swings a step's entropy by
@@ -141,6 +154,7 @@ class DetectorConfig:
             ("cooldown_steps", 0),
             ("rearm_steps", 1),
             ("truncation_steps", 1),
+            ("no_signal_steps", 1),
             ("smooth_steps", 1),
         ):
             v = getattr(self, name)
@@ -151,6 +165,7 @@ class DetectorConfig:
             ("entropy_floor_before_frac", 0.0, 1.0),
             ("repetition_rise_threshold", 0.0, 1.0),
             ("truncation_frac", 0.0, 1.0),
+            ("no_signal_frac", 0.0, 1.0),
         ):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and lo < v <= hi):

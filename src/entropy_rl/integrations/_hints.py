@@ -47,6 +47,12 @@ _HOST_OPTION = {
         "verl": "raise data.max_response_length",
         "entropy_rl": "raise rollout.max_new_tokens, or rollout.overlong_shaping=true",
     },
+    "no_signal": {
+        "trl": "raise GRPOConfig(num_generations=...) or temperature, or harder prompts if solved",
+        "verl": "raise actor_rollout_ref.rollout.n or its temperature, or harder prompts if solved",
+        "entropy_rl": "raise rollout.group_size or rollout.temperature, or harder prompts if "
+        "solved",
+    },
 }
 
 
