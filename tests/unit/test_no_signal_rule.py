@@ -34,6 +34,8 @@ def test_fires_once_after_five_steps_at_or_above_the_share() -> None:
     )
     assert "(acc/train 0.00, entropy 0.04 nats)" in msg
     assert "rollout.group_size" in msg and "rollout.temperature" in msg
+    every = _feed([1.0] * 5)[0][2]
+    assert every.startswith("100% of prompt groups earned one reward per group (every group, 5 ")
 
 
 def test_below_the_share_never_fires_and_settings_apply() -> None:

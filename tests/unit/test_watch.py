@@ -139,6 +139,18 @@ def test_parse_our_metrics_with_torn_last_line(tmp_path: Path) -> None:
     assert parse_stream(tmp_path) == [{"step": 1, "entropy/mean": 0.5}, {"step": 2, "x": 1.0}]
 
 
+def test_our_planned_steps_come_from_the_newest_config_segment(tmp_path: Path) -> None:
+    """A run extended from 50 to 100 steps (--resume ... run.steps=100 writes
+    config.step_50.yaml) plans 100: the entropy_floor rule's share of training reads it."""
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "entropy/mean": 0.5}) + "\n")
+    (tmp_path / "config.yaml").write_text("run:\n  steps: 50\n")
+    stream = MetricStream(tmp_path)
+    stream.poll(final=True)
+    assert stream.total_steps == 50
+    (tmp_path / "config.step_50.yaml").write_text("run:\n  steps: 100\n")
+    assert stream.total_steps == 100
+
+
 def test_parse_corrupt_middle_line_names_the_line(tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"
     path.write_text('{"step": 1, "entropy/mean": 0.5}\n{"step": 2,\n{"step": 3}\n')

@@ -473,10 +473,14 @@ class CollapseDetector:
         if "acc/train" in now:
             values["acc"] = now["acc/train"]
         state = f" ({', '.join(seen)})" if seen else ""
+        lasting = (
+            f"every group, {n} steps in a row"
+            if min(shares) >= 1.0
+            else f"{min(shares):.0%} or more for {n} steps"
+        )
         msg = (
-            f"{now[ZERO_VAR]:.0%} of prompt groups earned one reward per group ({min(shares):.0%}"
-            f" or more for {n} steps): zero advantage, so the update learns nothing from"
-            f" them{state}. Near acc 1 the prompts are solved (harder ones, or stop); at low"
+            f"{now[ZERO_VAR]:.0%} of prompt groups earned one reward per group ({lasting}):"
+            f" zero advantage, so the update learns nothing from them{state}. Near acc 1 the prompts are solved (harder ones, or stop); at low"
             f" entropy the policy answers each prompt one way: raise rollout.group_size or"
             f" rollout.temperature, or use a reward that tells the answers apart"
         )

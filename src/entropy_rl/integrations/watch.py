@@ -268,11 +268,14 @@ class MetricStream:
 
     @property
     def total_steps(self) -> int | None:
-        """Planned steps, when the source says: TRL's ``max_steps`` or our ``run.steps``."""
+        """Planned steps, when the source says: TRL's ``max_steps`` or our ``run.steps`` (of the
+        run's newest config segment: a run resumed with more steps plans those)."""
         if isinstance(self._reader, _TrlStateReader):
             return self._reader.max_steps
         if self.naming == "entropy_rl" and self.source is not None:
-            cfg = self.source.parent / "config.yaml"
+            from entropy_rl.train.rundir import current_config
+
+            cfg = current_config(self.source.parent) or self.source.parent / "config.yaml"
             try:
                 steps = (yaml.safe_load(cfg.read_text()) or {}).get("run", {}).get("steps")
             except (OSError, yaml.YAMLError, AttributeError):
