@@ -118,8 +118,18 @@ def test_one_epoch_of_one_mini_batch_runs_no_pi_old_forward(
     orig = trainer_mod.record_old_logprobs
 
     def spy(model: Any, ref_model: Any, batch: Any, s: Any, **kw: Any) -> dict[str, Any]:
-        ran.append(not (kw.get("from_sampler", False) or s.old_in_update))
-        return orig(model, ref_model, batch, s, **kw)
+        calls = [0]  # the policy's decoder runs in its forward, fused head or full logits
+
+        def count(*_: Any) -> None:
+            calls[0] += 1
+
+        hook = model.get_decoder().register_forward_pre_hook(count)
+        try:
+            out = orig(model, ref_model, batch, s, **kw)
+        finally:
+            hook.remove()
+        ran.append(calls[0] > 0)
+        return out
 
     monkeypatch.setattr(trainer_mod, "record_old_logprobs", spy)
     one = {"algo.ppo_epochs": 1, "algo.mini_batches": 1}

@@ -182,6 +182,7 @@ def test_dynamic_sampling_drops_zero_variance_groups(tiny_model_dir: Path, tmp_p
     assert row["groups/zero_var_frac"] == 1.0
     assert row["groups/sample_rounds"] == 2.0  # it tried again, then hit the cap
     assert row["groups/kept"] == 0.0
+    assert row["groups/no_signal_frac"] == 1.0  # the update kept no group: no signal at all
     assert "clip/upper_frac" not in row  # no update without signal
     assert trainer.step == 1
     # no update, so no entropy/mean; the rollout's own entropy is still measured
@@ -198,6 +199,8 @@ def test_rollout_entropy_is_the_updates_entropy_when_every_group_is_kept(
     _train(_overrides(tiny_model_dir, out, steps=1, **{"rollout.dynamic_sampling": False}))
     row = _rows(out)[-1]
     assert row["entropy/rollout"] == pytest.approx(row["entropy/mean"], rel=1e-5)
+    # every group enters the update: its share without signal is the sampled one
+    assert row["groups/no_signal_frac"] == row["groups/zero_var_frac"]
 
 
 def test_overlong_shaping_penalises_long_completions(tiny_model_dir: Path, tmp_path: Path):

@@ -66,3 +66,37 @@ def test_resumes_mid_run_from_its_state() -> None:
     assert [e.rule for e in again.observe({"step": 5, "groups/zero_var_frac": 1.0})] == [
         "no_signal"
     ]
+
+
+def test_the_updates_share_is_read_in_place_of_the_sampled_one() -> None:
+    """Dynamic sampling keeps only groups with signal: 100% of sampled groups may agree while
+    the update learns from the kept ones (groups/no_signal_frac 0), so the rule reads the
+    update's share where the trainer logs it."""
+    rows = [{"groups/zero_var_frac": 1.0, "groups/no_signal_frac": 0.0}] * 6
+    det = CollapseDetector(DetectorConfig(), total_steps=100)
+    assert all(det.observe({"step": i + 1, **r}) == [] for i, r in enumerate(rows))
+    det = CollapseDetector(DetectorConfig(), total_steps=100)
+    none_kept = {"groups/zero_var_frac": 1.0, "groups/no_signal_frac": 1.0}
+    fired = [e for i in range(5) for e in det.observe({"step": i + 1, **none_kept})]
+    assert [(e.step, e.values["no_signal_frac"]) for e in fired] == [(5, 1.0)]
+    assert "of the update's prompt groups" in fired[0].message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "enabled"),
+    [
+        ([], True),  # grpo, groups of 8
+        (["algo.advantage=w_reinforce"], False),  # a failing group gets -1 each: a signal
+        (["algo.advantage=rloo"], True),
+        (["rollout.group_size=1", "rollout.dynamic_sampling=false"], False),
+        (["algo.advantage=w_reinforce", "control.detector_kwargs.no_signal_enabled=true"], True),
+    ],
+)
+def test_the_trainer_turns_the_rule_off_where_equal_rewards_carry_a_signal(
+    overrides: list[str], enabled: bool
+) -> None:
+    from entropy_rl.train.config import build_config
+    from entropy_rl.train.parts import build_detector
+
+    det = build_detector(build_config(preset="grpo", overrides=overrides))
+    assert det is not None and det.config.no_signal_enabled is enabled

@@ -129,3 +129,28 @@ def test_the_update_forward_as_pi_old_takes_the_same_step(mode: str, cap: float 
     assert "mismatch/k3" in metrics and metrics["mismatch/k3"] > 0.01
     for k, v in want.items():
         assert metrics[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+
+
+def test_a_non_finite_loss_still_records_every_rows_pi_old() -> None:
+    """A NaN advantage makes one micro-batch's loss non-finite: the step is skipped, and the
+    forwards of the later micro-batches still run, so that pi_old_out holds every row (the
+    monitor would otherwise read zeros as entropies)."""
+    model = build_tiny_model(19, layers=2, hidden=32, heads=2, kv_heads=1, mlp=64, seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    s = _settings()
+    b = _batch(seed=5)
+    want = record_old_logprobs(model, None, b, s)
+    b.advantages[0] = float("nan")
+    out: dict[str, torch.Tensor] = {}
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        metrics, bad = ppo_update(
+            model, opt, b, replace(s, old_in_update=True), generator=torch.Generator(),
+            pi_old_out=out,
+        )  # fmt: skip
+    assert bad == 1 and metrics["update/optimizer_steps"] == 0
+    for p, q in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p, q)  # no step taken
+    seen = b.targets != -1
+    for k in ("logprobs", "entropy", "top1"):
+        torch.testing.assert_close(out[k][seen], want[k][seen], rtol=0, atol=2e-6)

@@ -55,6 +55,10 @@ REPETITION = "gen/repetition"
 LENGTH = "length/mean"
 TRUNCATED = "length/truncated_frac"
 ZERO_VAR = "groups/zero_var_frac"
+NO_SIGNAL = "groups/no_signal_frac"
+"""Our trainer's share of the update's groups without signal (dynamic sampling keeps only
+groups with signal, so 1 only when it kept none); read by ``no_signal`` in place of
+``groups/zero_var_frac`` (TRL's ``frac_reward_zero_std``: the same without dynamic sampling)."""
 ROLLOUT_ENTROPY = "entropy/rollout"
 """Every sample's entropy from the sampler: read as ``entropy/mean`` on a step without it (an
 update skipped because dynamic sampling kept no group)."""
@@ -238,13 +242,13 @@ class CollapseDetector:
             n = max(n, self.config.exploration_passk_window)
         if key == TRUNCATED:
             n = self.config.truncation_steps
-        if key == ZERO_VAR:
+        if key in (ZERO_VAR, NO_SIGNAL):
             n = self.config.no_signal_steps
         return n
 
     def _record(self, key: str, step: int, value: float) -> None:
         tracked = (
-            key in (ENTROPY, TRUNCATED, ZERO_VAR)
+            key in (ENTROPY, TRUNCATED, ZERO_VAR, NO_SIGNAL)
             or key in self.config.accuracy_keys
             or key in PASS1_KEYS
         )
@@ -460,12 +464,13 @@ class CollapseDetector:
         return min(shares) > limit, "warning", values, msg
 
     def _check_no_signal(self, step: int, now: dict[str, float]) -> _Check:
-        hist = self._history.get(ZERO_VAR)
+        key = NO_SIGNAL if NO_SIGNAL in now else ZERO_VAR
+        hist = self._history.get(key)
         n, limit = self.config.no_signal_steps, self.config.no_signal_frac
-        if ZERO_VAR not in now or hist is None or len(hist) < n:
+        if key not in now or hist is None or len(hist) < n:
             return None
         shares = [v for _, v in hist]  # the last n steps' shares, this one last
-        values = {"zero_var_frac": now[ZERO_VAR], "min_over_steps": min(shares), "steps": n}
+        values = {key.split("/")[1]: now[key], "min_over_steps": min(shares), "steps": n}
         seen = [f"{key} {now[key]:.2f}" for key in ("acc/train",) if key in now]
         if ENTROPY in now:
             seen.append(f"entropy {now[ENTROPY]:.3g} nats{self._means(alone=True)}")
@@ -478,8 +483,9 @@ class CollapseDetector:
             if min(shares) >= 1.0
             else f"{min(shares):.0%} or more for {n} steps"
         )
+        whose = "the update's prompt groups" if key == NO_SIGNAL else "prompt groups"
         msg = (
-            f"{now[ZERO_VAR]:.0%} of prompt groups earned one reward per group ({lasting}):"
+            f"{now[key]:.0%} of {whose} earned one reward per group ({lasting}):"
             f" zero advantage, so the update learns nothing from them{state}. Near acc 1 the prompts are solved (harder ones, or stop); at low"
             f" entropy the policy answers each prompt one way: raise rollout.group_size or"
             f" rollout.temperature, or use a reward that tells the answers apart"

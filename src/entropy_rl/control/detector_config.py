@@ -115,8 +115,12 @@ class DetectorConfig:
     no_signal_enabled: bool = True
     """Run the no_signal rule."""
     no_signal_frac: float = 0.9
-    """Fires when groups/zero_var_frac (share of prompt groups whose samples all earned the same
-    reward: zero advantage, no gradient) is at or above this, in (0, 1]..."""
+    """Fires when groups/no_signal_frac (share of the update's prompt groups whose samples all
+    earned the same reward: zero advantage, no gradient; 1 when dynamic sampling kept none) is
+    at or above this, in (0, 1]; on a stream without it (TRL, older runs) groups/zero_var_frac
+    (TRL's frac_reward_zero_std). The trainer turns the rule off where equal rewards still
+    carry a signal: an advantage without a group baseline (w_reinforce, gae) or groups of one
+    sample..."""
     no_signal_steps: int = 5
     """...at this many consecutive steps. On the 24 SmolLM2 trap-chat runs (4 prompts a step)
     every group agreed at 5 steps in a row from step 13-24 of PPO's trapped runs; the 6 healthy

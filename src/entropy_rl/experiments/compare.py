@@ -95,8 +95,10 @@ def summarise_run(
     pass@1, pass@k, distinct, acc, and every key in `extra`: from the last evaluation row
     (k = the largest logged; nan for a key it lacks).
     clip fractions, |ratio - 1| and update_kl (kl/old_approx, the k3 estimate of KL(pi_old,
-    pi_theta) over the update: how far each step moved the policy): means over all steps with
-    an update.
+    pi_theta) that the update's passes measured, each before its own optimizer step: how far
+    the update's earlier steps had moved the policy; 0 at one epoch of one mini-batch, so
+    compare it between settings of the same epochs and mini-batches): means over all steps
+    with an update.
     """
     trained = [r for r in rows if r.get("step", 0) >= 1]
     # a step whose update was skipped (dynamic sampling kept no group) has no entropy/mean:

@@ -66,13 +66,28 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+GROUP_BASELINES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
+"""Advantage estimators whose group baseline gives a group of equal rewards zero advantage."""
+
+
+def group_baselined(cfg: Config) -> bool:
+    """True when a prompt group whose samples earned one reward gets zero advantage, so that
+    the detector's ``no_signal`` rule applies: a group baseline (``GROUP_BASELINES``) over
+    groups of at least 2. Not for w_reinforce (a failing group gets -1 each) or gae (a critic's
+    baseline)."""
+    return cfg.algo.advantage in GROUP_BASELINES and cfg.rollout.group_size >= 2
+
+
 def build_detector(cfg: Config) -> CollapseDetector | None:
     """The collapse detector of ``control.detector_kwargs``, None when ``control.detector`` is
     off; a bad rule or threshold is a ConfigError."""
     if not cfg.control.detector:
         return None
+    kwargs = dict(cfg.control.detector_kwargs)
+    if "no_signal_enabled" not in kwargs and not group_baselined(cfg):
+        kwargs["no_signal_enabled"] = False  # equal rewards in a group still carry a signal
     try:
-        det_cfg = DetectorConfig.from_dict(cfg.control.detector_kwargs)
+        det_cfg = DetectorConfig.from_dict(kwargs)
     except ValueError as e:
         raise ConfigError(f"control.detector_kwargs: {e}") from e
     return CollapseDetector(det_cfg, total_steps=cfg.run.steps)

@@ -370,7 +370,9 @@ class Trainer:
         )
         batch.old_logprobs, batch.ref_logprobs = old.get("logprobs"), old.get("ref_logprobs")
         tis = (
-            {} if exact or s.old_in_update else importance_weights(batch, cap=self.cfg.algo.tis_cap)
+            {}
+            if exact or s.old_in_update
+            else importance_weights(batch, cap=self.cfg.algo.tis_cap, info=self.dist)
         )
         if self.entropy_adv_alpha > 0:  # Cheng et al.: A + min(alpha H_old, |A|/kappa)
             tis |= shape_advantages(

@@ -293,10 +293,13 @@ def ppo_update(
                         pi_old_out[k][idx, : v.shape[1]] = v.float().cpu()
                 if not torch.isfinite(loss):
                     finite = False
-                    if not s.sharded:
+                    if s.sharded:
+                        loss.backward()  # every rank runs every backward; step skipped below
+                        continue
+                    if pi_old_out is None:
                         break
-                    loss.backward()  # sharded: every rank runs every backward; step skipped below
-                    continue
+                if not finite and not s.sharded:
+                    continue  # the step is lost; the forwards go on for pi_old_out's every row
                 (loss if scaler is None else loss * scaler.scale).backward()
                 acc.add(m)
             if not s.sharded:  # FSDP has summed them (train.sharding)
@@ -429,18 +432,29 @@ def _micro_batch_loss(
 # ---------------------------------------------------------------- per-token advantage changes
 
 
-def importance_weights(batch: RolloutBatch, *, cap: float | None) -> dict[str, float]:
+def importance_weights(
+    batch: RolloutBatch,
+    *,
+    cap: float | None,
+    info: DistInfo = DistInfo(),  # noqa: B008  (frozen dataclass: a safe default)
+) -> dict[str, float]:
     """Truncated importance sampling (TIS) for the train/inference mismatch: sets
     ``batch.token_weights`` (B, T) = min(pi_old / pi_sampler, cap) on response tokens when the
     engine reported its own log-probs (vLLM kernels, precision), and returns ``mismatch/k3``
     (k3 of log(pi_old / pi_sampler), token mean) plus ``tis/weight_mean`` and
-    ``tis/capped_frac``. No sampler log-probs: {} and no weights; ``cap`` None: only the k3."""
+    ``tis/capped_frac``. No sampler log-probs: {} and no weights; ``cap`` None: only the k3.
+    The metrics are token means over every rank's tokens (``info``), like those the update
+    computes per micro-batch when pi_old is its own forward (``pi_old_from_update``)."""
     if batch.sampler_logprobs is None or batch.old_logprobs is None:
         return {}
-    batch.token_weights, out = tis_weights(
+    batch.token_weights, local = tis_weights(
         batch.old_logprobs, batch.sampler_logprobs, batch.mask, cap=cap
     )
-    return out
+    n = batch.mask.sum().double()
+    sums = all_reduce(
+        torch.stack([torch.tensor(v, dtype=torch.float64) * n for v in local.values()] + [n]), info
+    )
+    return {k: float(sums[i] / sums[-1].clamp(min=1)) for i, k in enumerate(local)}
 
 
 def tis_weights(
