@@ -97,7 +97,7 @@ def print_limit(setting: Any, med: dict[str, dict[str, float]], args: Any) -> No
     and the most any implementation of ours' arithmetic could show against each TRL step."""
     if "ours" not in med or not setting.chat:
         return
-    if getattr(args, "dtype", "float32") != "float32":
+    if args.dtype != "float32":
         print("compute limit: not computed under bfloat16 (the calibration times float32 GEMMs)")
         return
     lim = compute_limit(setting, med["ours"]["tokens"], args.passes)

@@ -449,12 +449,20 @@ class CollapseDetector:
         )
         return r - base > limit, "warning", values, msg
 
-    def _check_truncation(self, step: int, now: dict[str, float]) -> _Check:
-        hist = self._history.get(TRUNCATED)
-        n, limit = self.config.truncation_steps, self.config.truncation_frac
-        if TRUNCATED not in now or hist is None or len(hist) < n:
+    def _last_shares(self, key: str, n: int, now: dict[str, float]) -> list[float] | None:
+        """``key``'s values at the last ``n`` steps, this one last; None unless this step
+        logged it and its history holds ``n`` values (the rules that need a share to hold for
+        several steps in a row: truncation, no_signal)."""
+        hist = self._history.get(key)
+        if key not in now or hist is None or len(hist) < n:
             return None
-        shares = [v for _, v in hist]  # the last n steps' shares, this one last
+        return [v for _, v in hist]
+
+    def _check_truncation(self, step: int, now: dict[str, float]) -> _Check:
+        n, limit = self.config.truncation_steps, self.config.truncation_frac
+        shares = self._last_shares(TRUNCATED, n, now)
+        if shares is None:
+            return None
         values = {"truncated_frac": now[TRUNCATED], "min_over_steps": min(shares), "steps": n}
         msg = (
             f"{now[TRUNCATED]:.0%} of completions hit max_new_tokens ({min(shares):.0%} or more "
@@ -465,18 +473,18 @@ class CollapseDetector:
 
     def _check_no_signal(self, step: int, now: dict[str, float]) -> _Check:
         key = NO_SIGNAL if NO_SIGNAL in now else ZERO_VAR
-        hist = self._history.get(key)
         n, limit = self.config.no_signal_steps, self.config.no_signal_frac
-        if key not in now or hist is None or len(hist) < n:
+        shares = self._last_shares(key, n, now)
+        if shares is None:
             return None
-        shares = [v for _, v in hist]  # the last n steps' shares, this one last
         values = {key.split("/")[1]: now[key], "min_over_steps": min(shares), "steps": n}
-        seen = [f"{key} {now[key]:.2f}" for key in ("acc/train",) if key in now]
+        seen = []
+        if "acc/train" in now:
+            seen.append(f"acc/train {now['acc/train']:.2f}")
+            values["acc"] = now["acc/train"]
         if ENTROPY in now:
             seen.append(f"entropy {now[ENTROPY]:.3g} nats{self._means(alone=True)}")
             values["entropy"] = now[ENTROPY]
-        if "acc/train" in now:
-            values["acc"] = now["acc/train"]
         state = f" ({', '.join(seen)})" if seen else ""
         lasting = (
             f"every group, {n} steps in a row"
@@ -486,8 +494,9 @@ class CollapseDetector:
         whose = "the update's prompt groups" if key == NO_SIGNAL else "prompt groups"
         msg = (
             f"{now[key]:.0%} of {whose} earned one reward per group ({lasting}):"
-            f" zero advantage, so the update learns nothing from them{state}. Near acc 1 the prompts are solved (harder ones, or stop); at low"
-            f" entropy the policy answers each prompt one way: raise rollout.group_size or"
-            f" rollout.temperature, or use a reward that tells the answers apart"
+            f" zero advantage, so the update learns nothing from them{state}. Near acc 1 the"
+            f" prompts are solved (harder ones, or stop); at low entropy the policy answers"
+            f" each prompt one way: raise rollout.group_size or rollout.temperature, or use a"
+            f" reward that tells the answers apart"
         )
         return min(shares) >= limit, "warning", values, msg

@@ -37,6 +37,11 @@ def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
     return wrap
 
 
+GROUP_BASELINED = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
+"""Estimators whose group baseline gives a group of equal rewards zero advantage (not
+w_reinforce: a failing group gets -1 each; not gae: a critic's baseline)."""
+
+
 def available_advantages() -> list[str]:
     return sorted(ADVANTAGES)
 

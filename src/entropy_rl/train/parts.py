@@ -11,7 +11,7 @@ import torch
 
 from entropy_rl.control.controllers import EntropyController, loss_overrides, make_controller
 from entropy_rl.control.detector import CollapseDetector, DetectorConfig
-from entropy_rl.ops.advantages import available_advantages, compute_advantages
+from entropy_rl.ops.advantages import GROUP_BASELINED, available_advantages, compute_advantages
 from entropy_rl.ops.losses import policy_loss
 from entropy_rl.train.config import AlgoConfig, Config, ConfigError
 
@@ -66,16 +66,11 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-GROUP_BASELINES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
-"""Advantage estimators whose group baseline gives a group of equal rewards zero advantage."""
-
-
 def group_baselined(cfg: Config) -> bool:
     """True when a prompt group whose samples earned one reward gets zero advantage, so that
-    the detector's ``no_signal`` rule applies: a group baseline (``GROUP_BASELINES``) over
-    groups of at least 2. Not for w_reinforce (a failing group gets -1 each) or gae (a critic's
-    baseline)."""
-    return cfg.algo.advantage in GROUP_BASELINES and cfg.rollout.group_size >= 2
+    the detector's ``no_signal`` rule applies: a group baseline (``ops.advantages.
+    GROUP_BASELINED``) over groups of at least 2."""
+    return cfg.algo.advantage in GROUP_BASELINED and cfg.rollout.group_size >= 2
 
 
 def build_detector(cfg: Config) -> CollapseDetector | None:

@@ -215,7 +215,7 @@ def collect(
         )  # fmt: skip
 
     first = draw(per_step)
-    rounds, parts, n_groups_seen, n_zero_var, zero_kept = 1, [], 0, 0, 0
+    rounds, parts, n_groups_seen, n_zero_var = 1, [], 0, 0
     current = first
     while True:
         n = len(current.examples)
@@ -226,7 +226,6 @@ def collect(
                 keep.append(g)
             if max(rs) - min(rs) <= 1e-9:
                 n_zero_var += 1
-                zero_kept += int(not ro.dynamic_sampling)  # kept, and without signal
         n_groups_seen += n
         parts.append(_select_groups(current, keep, g_size))
         have = sum(len(p.examples) for p in parts)
@@ -251,10 +250,13 @@ def collect(
         "groups/zero_var_frac": n_zero_var / max(n_groups_seen, 1),
         "groups/sample_rounds": float(rounds),
         "groups/kept": float(len(kept.examples)),
-        # the update's groups without signal (all of them when it kept none): what it learns from
-        "groups/no_signal_frac": min(zero_kept, len(kept.examples)) / len(kept.examples)
-        if kept.examples
-        else 1.0,
+        # the update's groups without signal: dynamic sampling keeps only groups with one, so 1
+        # when it kept none; without it the update's groups are the one round sampled
+        "groups/no_signal_frac": (
+            (0.0 if ro.dynamic_sampling else n_zero_var / len(kept.examples))
+            if kept.examples
+            else 1.0
+        ),
         "reward/errors": float(errors[0]),
     }
     for name in first.reward_terms[0] if first.reward_terms else ():  # reward/<name>: r_i's mean

@@ -388,15 +388,13 @@ class Trainer:
             batch.advantages = batch.advantages - self.cfg.algo.kl_coef * kl_seq
         due = forecast_due(self.step, self.cfg.control.forecast_every, s)  # same-batch change
         before = capture_head_inputs(self.model, batch, s) if due else None
-        # s.old_in_update: pi_old's statistics come from the update's own forward
-        metrics = {} if s.old_in_update else self._rollout_policy_metrics(batch, old)
         upd, bad = ppo_update(
             self.model, self.optimizer, batch, s, generator=self.shuffle, info=self.dist,
             scaler=self.scaler, pi_old_out=old if s.old_in_update else None,
         )  # fmt: skip
-        if s.old_in_update:
+        if s.old_in_update:  # pi_old's statistics came from the update's own forward
             batch.old_logprobs = old["logprobs"]
-            metrics = self._rollout_policy_metrics(batch, old)
+        metrics = self._rollout_policy_metrics(batch, old)
         if before is not None:
             upd |= same_batch_entropy_change(self.model, batch, s, before, info=self.dist)
         metrics |= upd | tis
