@@ -39,7 +39,9 @@ Settings (--setting):
 Variants (--variants): ours (the defaults: rollout.engine=auto, here engine.kv.KVCacheEngine,
 whose sampler log-probs/entropy/top-1 are pi_old's, so no second forward; each prompt once in
 the update's forwards, train.shared_prompt), ours-plain (the same with model.shared_prompt=false:
-every row runs its prompt), ours-hf
+every row runs its prompt), ours-allrows (algo.skip_zero_advantage=false: the rows whose
+advantage is 0, every sample of their prompt rewarded alike, run through the update too, as in
+TRL; ours leaves them out, the same step), ours-hf
 (rollout.engine=hf: transformers generate + the pi_old forward, the path before engine.kv),
 ours-full (model.logits=full), trl (GRPOConfig defaults, which include gradient
 checkpointing), trl-nogc (gradient_checkpointing=False, the same memory/compute trade as ours),
@@ -250,6 +252,8 @@ class RunResult:
     gen_s: list[float] = field(default_factory=list)
     tokens: list[float] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
+    zero_adv: list[float] = field(default_factory=list)
+    """ours: the share of rows whose advantage is 0 (update/zero_adv_rows_frac)."""
 
     def kept(self, warmup: int) -> dict[str, list[float]]:
         """Per-step numbers without the first ``warmup`` steps."""
@@ -324,6 +328,8 @@ class _StepLogger:
             return
         self.runner.res.tokens.append(metrics["length/mean"] * self.rows)
         self.runner.res.rewards.append(metrics["reward/mean"])
+        if "update/zero_adv_rows_frac" in metrics:
+            self.runner.res.zero_adv.append(metrics["update/zero_adv_rows_frac"])
         self.runner.end_step()
 
     def close(self) -> None:
@@ -352,6 +358,7 @@ def make_ours(
         "algo": {"loss": "ppo", "loss_kwargs": {"eps_low": EPS_LOW, "eps_high": EPS_HIGH},
                  "agg": "token-mean", "ppo_epochs": args.passes, "mini_batches": 1,
                  "lr": args.lr, "warmup_steps": 0, "grad_clip": 1.0, "kl_coef": 0.0,
+                 "skip_zero_advantage": variant != "ours-allrows",
                  **({} if args.micro_batch is None else {"micro_batch_size": args.micro_batch})},
         "eval": {"every": 0},
         "run": {"steps": runner.steps, "seed": seed, "threads": args.threads, "progress": False,
@@ -487,6 +494,7 @@ def speed(setting: Setting, args: Any) -> None:
         for v in args.variants
     }
     rewards: dict[str, list[list[float]]] = {v: [] for v in args.variants}
+    zero_adv: dict[str, list[float]] = {v: [] for v in args.variants}
     for rep in range(args.repeats):
         order = args.variants if rep % 2 == 0 else args.variants[::-1]  # A B, B A, ...
         results = run_variants(
@@ -494,6 +502,7 @@ def speed(setting: Setting, args: Any) -> None:
         )
         for v, res in results.items():
             rewards[v].append(res.rewards)
+            zero_adv[v] += res.zero_adv[args.warmup :]
             for k, xs in res.kept(args.warmup).items():
                 kept[v][k] += xs
             tps = statistics.median(res.kept(args.warmup)["tok_per_s"])
@@ -513,6 +522,10 @@ def speed(setting: Setting, args: Any) -> None:
     for v in args.variants:
         for curve in rewards[v]:
             print(f"  {v:10s} " + " ".join(f"{r:.3f}" for r in curve))
+    for v, xs in zero_adv.items():
+        if xs and v != "ours-allrows":
+            print(f"{v}: rows with advantage 0, left out of the update: "
+                  + " ".join(f"{x:.2f}" for x in xs) + " (timed steps)")  # fmt: skip
     for base in ("trl", "trl-nogc", "trl-nogc-mb32"):
         if base not in med:
             continue
@@ -560,8 +573,8 @@ def main(argv: list[str] | None = None) -> None:
                    choices=["char", "vocab32k", "real", "real-words", "real-short"])  # fmt: skip
     p.add_argument("--model", help="--setting real: a pretrained model directory")
     p.add_argument("--variants", nargs="+", default=["ours", "trl"],
-                   choices=["ours", "ours-plain", "ours-hf", "ours-full", "trl", "trl-nogc",
-                            "trl-nogc-mb32"])  # fmt: skip
+                   choices=["ours", "ours-plain", "ours-allrows", "ours-hf", "ours-full", "trl",
+                            "trl-nogc", "trl-nogc-mb32"])  # fmt: skip
     p.add_argument(
         "--micro-batch",
         type=int,

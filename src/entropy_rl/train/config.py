@@ -235,6 +235,11 @@ class AlgoConfig:
     sorted by length before they are cut, so smaller micro-batches carry less padding, and on
     CPU 32-row passes ran x1.04-1.07 faster than 64-row ones at the same arithmetic, with half
     the activation memory (benchmarks/README.md section 8)."""
+    skip_zero_advantage: bool = True
+    """Leave out of the update the rows whose advantage is 0 at every token (in GRPO-style
+    groups: every sample of the prompt earned the same reward). With an advantage-weighted loss
+    and no entropy bonus or KL term in the loss they add exactly 0 to the gradient, so the step
+    is the same, less work; ``update/zero_adv_rows_frac`` is the share left out."""
     lr: float = 1e-4
     """AdamW learning rate after warm-up (constant afterwards). 1e-4 suits the built-in tiny
     model; models of 0.5-7B parameters usually want about 1e-6."""

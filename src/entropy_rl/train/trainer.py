@@ -354,7 +354,7 @@ class Trainer:
             kl_coef=c.algo.kl_coef, kl_kind=c.algo.kl_kind, kl_in_loss=c.algo.kl_in == "loss",
             logits_mode=mode, chunk_size=c.model.chunk_size, max_len=self.max_new_tokens,
             sharded=self.sharding.enabled, autocast=self.compute_dtype,
-            shared_prompt=self.shared_prompt,
+            shared_prompt=self.shared_prompt, skip_zero_advantage=c.algo.skip_zero_advantage,
         )  # fmt: skip
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:

@@ -70,6 +70,37 @@ class UpdateSettings:
     tis_cap: float | None = None
     """With ``old_in_update``: the truncated-importance-sampling cap (algo.tis_cap) applied per
     micro-batch where the engine reported its own log-probs; None: only ``mismatch/k3``."""
+    skip_zero_advantage: bool = False
+    """Leave out of the update the rows whose gradient is exactly 0 (advantage 0 at every
+    token, ``rows_without_gradient``): the same gradient and optimizer step, less work."""
+
+
+# Policy losses in which every token's gradient is its advantage times a finite factor, so a
+# row whose advantage is 0 at every token adds exactly 0 to the gradient. Not clip_cov and
+# kl_cov: they choose tokens by a covariance over the whole micro-batch, which those rows move.
+ADVANTAGE_WEIGHTED_LOSSES = ("ppo", "entropic", "cispo", "gspo", "gpg")
+
+
+def rows_without_gradient(batch: RolloutBatch, s: UpdateSettings) -> Tensor | None:
+    """(B,) bool: the rows of ``batch`` whose loss adds exactly 0 to the gradient, or None when
+    no row can be left out.
+
+    A row qualifies when its advantage is 0 at every response token (``token_advantages`` when
+    set, e.g. entropy-shaped, else the row's ``advantages``), the policy loss is weighted by
+    the advantage token by token (``ADVANTAGE_WEIGHTED_LOSSES``) and no other term acts on it
+    (no entropy bonus, no KL penalty in the loss). In GRPO-style batches these are the groups
+    whose samples all earned the same reward (``groups/zero_var_frac``): their advantage
+    A = r - mean(r) is 0. The update normalises by the whole mini-batch's tokens and sequences
+    either way, so leaving them out changes the gradient only by the order of float additions.
+    None also with ``s.skip_zero_advantage`` off and under FSDP sharding (``s.sharded``: every
+    rank must run the same passes)."""
+    extra_terms = s.entropy_coef > 0 or (s.kl_coef > 0 and s.kl_in_loss)
+    if not s.skip_zero_advantage or s.sharded or extra_terms:
+        return None
+    if s.loss not in ADVANTAGE_WEIGHTED_LOSSES:
+        return None
+    adv = batch.advantages[:, None] if batch.token_advantages is None else batch.token_advantages
+    return ((adv * batch.mask) == 0).all(1)
 
 
 def _stats_fn(s: UpdateSettings) -> Any:
@@ -193,21 +224,22 @@ def _grads_finite(model: Any, info: DistInfo) -> bool:
 class _Accumulator:
     """Combines per-micro-batch metrics of one update exactly, across micro-batches and ranks.
 
-    Token means are weighted by ``_count/tokens``; ``*/max`` keys take the max; ``loss/*`` keys
-    are summed (each micro-batch returns its share of the step's loss) and averaged over
-    optimizer steps; ``clip/upper_old_prob`` is weighted by the number of upper-clipped tokens.
+    Token means are weighted by ``_count/tokens``, each key over the micro-batches that report
+    it; ``*/max`` keys take the max; ``loss/*`` keys are summed (each micro-batch returns its
+    share of the step's loss) and averaged over optimizer steps; ``clip/upper_old_prob`` is
+    weighted by the number of upper-clipped tokens.
     """
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
         self.maxes: dict[str, float] = {}
         self.losses: dict[str, float] = {}
-        self.weight = self.upper_count = self.upper_prob = 0.0
+        self.upper_count = self.upper_prob = 0.0
 
     def add(self, m: dict[str, float]) -> None:
         w = float(m.pop("_count/tokens"))
         n_up = float(m.pop("_count/upper_clipped", 0.0))
-        self.weight += w
         self.upper_count += n_up
         self.upper_prob += m.pop("clip/upper_old_prob", 0.0) * n_up
         for k, v in m.items():
@@ -217,15 +249,19 @@ class _Accumulator:
                 self.maxes[k] = max(self.maxes.get(k, -math.inf), v)
             else:
                 self.sums[k] = self.sums.get(k, 0.0) + v * w
+                self.weights[k] = self.weights.get(k, 0.0) + w
 
     def result(self, info: DistInfo, n_steps: int) -> dict[str, float]:
-        local = {**self.sums, **self.losses, "_w": self.weight, "_uc": self.upper_count,
-                 "_up": self.upper_prob}  # fmt: skip
+        local = {**self.sums, **self.losses, **{f"_w:{k}": w for k, w in self.weights.items()},
+                 "_uc": self.upper_count, "_up": self.upper_prob}  # fmt: skip
         summed = reduce_metrics(local, info, default="sum")
         maxed = reduce_metrics(self.maxes, info, default="max")
-        w = max(summed.pop("_w"), 1.0)
         n_up, up = summed.pop("_uc"), summed.pop("_up")
-        out = {k: v / (max(n_steps, 1) if k.startswith("loss/") else w) for k, v in summed.items()}
+        weights = {k[3:]: summed.pop(k) for k in list(summed) if k.startswith("_w:")}
+        out = {
+            k: v / (max(n_steps, 1) if k.startswith("loss/") else max(weights[k], 1.0))
+            for k, v in summed.items()
+        }
         out["clip/upper_old_prob"] = up / n_up if n_up else 0.0
         out |= maxed
         return out
@@ -259,6 +295,12 @@ def ppo_update(
     ``logprobs``, ``entropy`` and ``top1`` at the rollout's weights are then written into
     ``pi_old_out`` (given empty; each (B, T) float32 on the CPU), as ``record_old_logprobs``
     would have returned them (values beyond a completion are meaningless: mask them).
+
+    ``s.skip_zero_advantage``: rows without a gradient (``rows_without_gradient``) are left
+    out of the forward and backward (with ``pi_old_out``, of the backward only); the
+    normalisers still count them, so the step is the same. The update's token-mean metrics
+    (ratio, clip fractions, ``kl/old_approx``) then describe the rows that ran, and
+    ``update/zero_adv_rows_frac`` says what share was left out.
     """
     assert batch.old_logprobs is not None or s.old_in_update
     if s.old_in_update:
@@ -271,14 +313,20 @@ def ppo_update(
     steps = bad = overflows = 0
     sizes = all_gather_sizes(len(batch), info)
     offset, n_local = sum(sizes[: info.rank]), len(batch)
+    silent = rows_without_gradient(batch, s)
+    left_out = 0
     for _ in range(s.epochs):
         perm = torch.randperm(sum(sizes), generator=generator)
         for mb_global in perm.tensor_split(s.mini_batches):
             if len(mb_global) == 0:
                 continue
             mine = mb_global[(mb_global >= offset) & (mb_global < offset + n_local)] - offset
-            mine = by_length(batch, mine, s.micro_batch_size, by_prompt=s.shared_prompt)
             num_tokens = float(all_reduce(batch.mask[mine].sum().double(), info))
+            mine, quiet = _split_silent(batch, mine, silent)
+            left_out += len(quiet)
+            if pi_old_out is not None and len(quiet):  # their pi_old: a forward, no backward
+                _record_forward(model, batch, quiet, s, pi_old_out, acc)
+            mine = by_length(batch, mine, s.micro_batch_size, by_prompt=s.shared_prompt)
             optimizer.zero_grad(set_to_none=True)
             finite = True
             for idx in micro_batches(mine, s.micro_batch_size, info, aligned=s.sharded):
@@ -326,6 +374,9 @@ def ppo_update(
                     stacklevel=2,
                 )
     metrics = acc.result(info, steps + bad + overflows)
+    if silent is not None:
+        n_left_out = float(all_reduce(torch.tensor(float(left_out)), info))
+        metrics["update/zero_adv_rows_frac"] = n_left_out / (s.epochs * max(sum(sizes), 1))
     if grad_norms:
         metrics["grad/norm"] = sum(grad_norms) / len(grad_norms)
     metrics["update/bad_steps"] = float(bad)
@@ -361,6 +412,46 @@ def by_length(
     rank = {k: r for r, k in enumerate(sorted(longest, key=lambda k: (longest[k], k)))}
     order = sorted(range(len(idx)), key=lambda i: (rank[keys[i]], int(lengths[i])))
     return idx[torch.tensor(order, dtype=torch.long)]
+
+
+def _split_silent(batch: RolloutBatch, idx: Tensor, silent: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The rows ``idx`` of one mini-batch split into those the update runs and those it leaves
+    out (``silent``: ``rows_without_gradient``). One row runs when all are silent (the
+    shortest): the optimizer then steps on zero gradients, as with every row (Adam's moments
+    and weight decay still act), and the update's metrics keep their keys."""
+    if silent is None or len(idx) == 0:
+        return idx, idx[:0]
+    flags = silent[idx]
+    live, quiet = idx[~flags], idx[flags]
+    if len(live) == 0:
+        first = int(batch.attention_mask[quiet].sum(1).argmin())
+        live, quiet = quiet[first : first + 1], torch.cat([quiet[:first], quiet[first + 1 :]])
+    return live, quiet
+
+
+@torch.no_grad()
+def _record_forward(
+    model: Any, batch: RolloutBatch, idx: Tensor, s: UpdateSettings,
+    pi_old_out: dict[str, Tensor], acc: _Accumulator,
+) -> None:  # fmt: skip
+    """pi_old's statistics of rows the update leaves out, when pi_old is the update's forward
+    (``s.old_in_update``): a no-grad forward writes them into ``pi_old_out``, and their TIS
+    metrics (``mismatch/k3``, ``tis/*``) join the update's token means."""
+    idx = by_length(batch, idx, s.micro_batch_size, by_prompt=s.shared_prompt)
+    for part in idx.split(s.micro_batch_size):
+        mb = batch.rows(part)
+        logp, ent, top1 = _stats_fn(s)(
+            model, mb, temperature=s.temperature, mode=s.logits_mode, chunk_size=s.chunk_size,
+            with_top1=True,
+        )  # fmt: skip
+        assert top1 is not None
+        for k, v in zip(("logprobs", "entropy", "top1"), (logp, ent, top1), strict=True):
+            pi_old_out[k][part, : v.shape[1]] = v.float().cpu()
+        if mb.sampler_logprobs is not None:
+            mask = mb.mask.to(logp.device)
+            sampler = mb.sampler_logprobs.to(logp.device)
+            _, tis = tis_weights(logp.float(), sampler, mask, cap=s.tis_cap)
+            acc.add({**tis, "_count/tokens": float(mask.sum())})
 
 
 def _zero_pass(model: Any, batch: RolloutBatch, s: UpdateSettings) -> Tensor:
