@@ -58,10 +58,15 @@ def step_flops(
     return gen, update
 
 
-def compute_limit(setting: Any, tokens: float, passes: int) -> dict[str, float]:
+def compute_limit(
+    setting: Any, tokens: float, passes: int, *, update_share: float = 1.0
+) -> dict[str, float]:
     """Seconds ours' step would take at this machine's GEMM rates, measured now: generation's
     FLOPs at the decode shapes (every weight times a (rows, D) activation), the update's at
-    the update's (times a (prompt + completion positions, D) one); see ``step_flops``."""
+    the update's (times a (prompt + completion positions, D) one); see ``step_flops``. The
+    update's FLOPs are scaled by ``update_share``, the share of rows it ran (rows with
+    advantage 0 are left out whole groups at a time: about that share of its prompts and
+    completion tokens; rows differ in length, so it is an estimate)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from decode import gemm_gflops, matmul_weights
@@ -83,6 +88,7 @@ def compute_limit(setting: Any, tokens: float, passes: int) -> dict[str, float]:
     }  # fmt: skip
     flops = [step_flops(prompt_lens=all_lens[k * p : k * p + p], **common) for k in range(draws)]
     gen, upd = (statistics.mean(f[i] for f in flops) for i in (0, 1))
+    upd *= update_share
     positions = round(statistics.mean(all_lens) * p + tokens)
     dec_rate = gemm_gflops([(setting.rows, w.shape[1], w.shape[0]) for w in weights])
     upd_rate = gemm_gflops([(positions, w.shape[1], w.shape[0]) for w in weights], repeats=3)
@@ -100,10 +106,12 @@ def print_limit(setting: Any, med: dict[str, dict[str, float]], args: Any) -> No
     if args.dtype != "float32":
         print("compute limit: not computed under bfloat16 (the calibration times float32 GEMMs)")
         return
-    lim = compute_limit(setting, med["ours"]["tokens"], args.passes)
+    share = 1.0 - med["ours"].get("zero_adv", 0.0)
+    lim = compute_limit(setting, med["ours"]["tokens"], args.passes, update_share=share)
     total = lim["gen_s"] + lim["update_s"]
+    ran = "" if share == 1.0 else f", over the {share:.0%} of rows it ran"
     print(f"compute limit of ours' step (its FLOPs at this machine's GEMM rates, measured now, "
-          f"{args.threads} threads): generation {lim['gen_gflop']:.0f} GFLOP at "
+          f"{args.threads} threads{ran}): generation {lim['gen_gflop']:.0f} GFLOP at "
           f"{lim['dec_rate']:.0f} GFLOP/s ({setting.rows}-row decode shapes) = "
           f"{lim['gen_s']:.2f} s; update {lim['update_gflop']:.0f} GFLOP at "
           f"{lim['upd_rate']:.0f} GFLOP/s = {lim['update_s']:.2f} s; step {total:.2f} s")  # fmt: skip

@@ -534,6 +534,9 @@ def speed(setting: Setting, args: Any) -> None:
                 r = med[v]["tok_per_s"] / med[base]["tok_per_s"]
                 t = med[base]["step_s"] / med[v]["step_s"]
                 print(f"{v} / {base}: tokens/s x{r:.2f}; time per step x{t:.2f} shorter")
+    for v, xs in zero_adv.items():
+        if xs:  # the limit line counts the update's work over the rows it ran
+            med[v]["zero_adv"] = statistics.mean(xs)
     print_limit(setting, med, args)
 
 
