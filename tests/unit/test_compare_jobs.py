@@ -90,6 +90,26 @@ def test_a_longer_study_resumes_a_shorter_run_with_the_new_step_count(
     assert where == run and cmd[-4:] == ["--resume", str(run), "--no-progress", "run.steps=5"]
 
 
+@pytest.mark.parametrize("logged", [True, False])
+def test_a_run_stopped_before_its_first_checkpoint_is_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logged: bool
+) -> None:
+    """A run killed before any checkpoint (a full disk at its first save) holds logged steps,
+    which a fresh start may not take: compare continues it with --resume (from step 0). A
+    directory with no logged step (a run that failed at start-up) starts afresh."""
+    run = tmp_path / "ppo" / "seed0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("run: {steps: 5}\n")
+    (run / "metrics.jsonl").write_text("".join(f'{{"step": {s}}}\n' for s in range(3 * logged)))
+    queued: list[tuple[Path, list[str]]] = []
+    monkeypatch.setattr(cmp, "run_jobs", lambda todo, **_: queued.extend(todo) or [todo[0][0]])
+    with pytest.raises(UserError):
+        cmp.compare([cmp.parse_setting(["ppo", "ppo"])], seeds=1, steps=5, out_dir=tmp_path,
+                    common=[], log=lambda _: None)  # fmt: skip
+    [(where, cmd)] = queued
+    assert where == run and ("--resume" in cmd) == logged
+
+
 class _Queued(Exception):
     pass
 

@@ -489,6 +489,8 @@ def compare(
         raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
     if len({s.label for s in settings}) != len(settings):
         raise ConfigError("two settings share a label; give each --variant a distinct LABEL")
+    from entropy_rl.train.rundir import holds_run  # imports torch: only where runs start
+
     common = list(common) + ([f"run.steps={steps}"] if steps else [])
     todo = []
     # seed-major: a study stopped part-way has every setting at (nearly) the same seeds
@@ -498,7 +500,7 @@ def compare(
             if finished_run(run, steps):
                 log(f"reuse {run}")
                 continue
-            if (run / "checkpoints" / "latest").exists():
+            if holds_run(run):  # a run stopped part-way (from step 0 without a checkpoint)
                 cmd = [
                     sys.executable,
                     "-m",

@@ -234,6 +234,13 @@ def _config_dict(cfg: Config) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the directory
 
 
+def holds_run(path: Path) -> bool:
+    """True when the directory ``path`` holds a run that a fresh start may not take (a complete
+    checkpoint or a logged step): ``--resume`` continues it, from step 0 when no checkpoint
+    survived."""
+    return bool(ckpt.step_dirs(path)) or _count_steps(path / "metrics.jsonl") > 0
+
+
 def _count_steps(path: Path) -> int:
     """Lines of ``path`` (a metrics.jsonl) with step >= 1."""
     if not path.is_file():
