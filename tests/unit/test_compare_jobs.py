@@ -75,18 +75,24 @@ def test_compare_queues_runs_seed_major(tmp_path: Path, monkeypatch: pytest.Monk
     assert all(cmd[-1] == "run.threads=1" and "data.task=trap" in cmd for _, cmd in queued)
 
 
+def _the_queued_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[str]]:
+    """The one (run, command) a 5-step, 1-seed ``ppo`` study in ``tmp_path`` queues."""
+    queued: list[tuple[Path, list[str]]] = []
+    monkeypatch.setattr(cmp, "run_jobs", lambda todo, **_: queued.extend(todo) or [todo[0][0]])
+    with pytest.raises(UserError):
+        cmp.compare([cmp.parse_setting(["ppo", "ppo"])], seeds=1, steps=5, out_dir=tmp_path,
+                    common=[], log=lambda _: None)  # fmt: skip
+    [one] = queued
+    return one
+
+
 def test_a_longer_study_resumes_a_shorter_run_with_the_new_step_count(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = tmp_path / "ppo" / "seed0"
     (run / "checkpoints" / "latest").mkdir(parents=True)
     (run / "metrics.jsonl").write_text("".join(f'{{"step": {s}}}\n' for s in range(3)))
-    queued: list[tuple[Path, list[str]]] = []
-    monkeypatch.setattr(cmp, "run_jobs", lambda todo, **_: queued.extend(todo) or [todo[0][0]])
-    with pytest.raises(UserError):
-        cmp.compare([cmp.parse_setting(["ppo", "ppo"])], seeds=1, steps=5, out_dir=tmp_path,
-                    common=[], log=lambda _: None)  # fmt: skip
-    [(where, cmd)] = queued
+    where, cmd = _the_queued_run(tmp_path, monkeypatch)
     assert where == run and cmd[-4:] == ["--resume", str(run), "--no-progress", "run.steps=5"]
 
 
@@ -101,12 +107,7 @@ def test_a_run_stopped_before_its_first_checkpoint_is_resumed(
     run.mkdir(parents=True)
     (run / "config.yaml").write_text("run: {steps: 5}\n")
     (run / "metrics.jsonl").write_text("".join(f'{{"step": {s}}}\n' for s in range(3 * logged)))
-    queued: list[tuple[Path, list[str]]] = []
-    monkeypatch.setattr(cmp, "run_jobs", lambda todo, **_: queued.extend(todo) or [todo[0][0]])
-    with pytest.raises(UserError):
-        cmp.compare([cmp.parse_setting(["ppo", "ppo"])], seeds=1, steps=5, out_dir=tmp_path,
-                    common=[], log=lambda _: None)  # fmt: skip
-    [(where, cmd)] = queued
+    where, cmd = _the_queued_run(tmp_path, monkeypatch)
     assert where == run and ("--resume" in cmd) == logged
 
 
