@@ -90,8 +90,8 @@ def test_a_longer_study_resumes_a_shorter_run_with_the_new_step_count(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = tmp_path / "ppo" / "seed0"
-    (run / "checkpoints" / "latest").mkdir(parents=True)
-    (run / "metrics.jsonl").write_text("".join(f'{{"step": {s}}}\n' for s in range(3)))
+    (run / "checkpoints" / "step_000002").mkdir(parents=True)
+    (run / "checkpoints" / "step_000002" / "COMPLETE").touch()  # and no logged step
     where, cmd = _the_queued_run(tmp_path, monkeypatch)
     assert where == run and cmd[-4:] == ["--resume", str(run), "--no-progress", "run.steps=5"]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,14 @@ class UpdateSettings:
 # row whose advantage is 0 at every token adds exactly 0 to the gradient. Not clip_cov and
 # kl_cov: they choose tokens by a covariance over the whole micro-batch, which those rows move.
 ADVANTAGE_WEIGHTED_LOSSES = ("ppo", "entropic", "cispo", "gspo", "gpg")
+# Metrics that are 0 on a token with advantage 0 under these losses (their clips need A > 0 or
+# A < 0; gpg has none), so the tokens of left-out rows join their token means as zeros and
+# the fractions keep their meaning, fractions of every response token. cispo clips the
+# weight whatever the sign of A: its fractions cover the rows that ran.
+_ZERO_AT_ZERO_ADVANTAGE = {
+    loss: ("clip/upper_frac", "clip/lower_frac", "clip/dual_frac")
+    for loss in ("ppo", "entropic", "gspo", "gpg")
+}
 
 
 def rows_without_gradient(batch: RolloutBatch, s: UpdateSettings) -> Tensor | None:
@@ -251,6 +260,11 @@ class _Accumulator:
                 self.sums[k] = self.sums.get(k, 0.0) + v * w
                 self.weights[k] = self.weights.get(k, 0.0) + w
 
+    def add_zeros(self, keys: Sequence[str], tokens: float) -> None:
+        """``tokens`` more tokens at value 0 in the means of ``keys``."""
+        for k in keys:
+            self.weights[k] = self.weights.get(k, 0.0) + tokens
+
     def result(self, info: DistInfo, n_steps: int) -> dict[str, float]:
         local = {**self.sums, **self.losses, **{f"_w:{k}": w for k, w in self.weights.items()},
                  "_uc": self.upper_count, "_up": self.upper_prob}  # fmt: skip
@@ -258,6 +272,7 @@ class _Accumulator:
         maxed = reduce_metrics(self.maxes, info, default="max")
         n_up, up = summed.pop("_uc"), summed.pop("_up")
         weights = {k[3:]: summed.pop(k) for k in list(summed) if k.startswith("_w:")}
+        # a key only left-out rows reported (add_zeros) has no sum: it stays absent
         out = {
             k: v / (max(n_steps, 1) if k.startswith("loss/") else max(weights[k], 1.0))
             for k, v in summed.items()
@@ -298,9 +313,12 @@ def ppo_update(
 
     ``s.skip_zero_advantage``: rows without a gradient (``rows_without_gradient``) are left
     out of the forward and backward (with ``pi_old_out``, of the backward only); the
-    normalisers still count them, so the step is the same. The update's token-mean metrics
-    (ratio, clip fractions, ``kl/old_approx``) then describe the rows that ran, and
-    ``update/zero_adv_rows_frac`` says what share was left out.
+    normalisers still count them, so the step is the same as long as their loss is finite (a
+    left-out row whose forward would give inf or NaN no longer makes the step non-finite).
+    The clip fractions still count their tokens (as zeros, ``_ZERO_AT_ZERO_ADVANTAGE``); the
+    other token means (ratio, ``kl/old_approx``, ``prob/confident_frac``, cispo's fractions)
+    describe the rows that ran, and ``update/zero_adv_rows_frac`` says what share was left
+    out.
     """
     assert batch.old_logprobs is not None or s.old_in_update
     if s.old_in_update:
@@ -324,6 +342,7 @@ def ppo_update(
             num_tokens = float(all_reduce(batch.mask[mine].sum().double(), info))
             mine, quiet = _split_silent(batch, mine, silent)
             left_out += len(quiet)
+            acc.add_zeros(_ZERO_AT_ZERO_ADVANTAGE.get(s.loss, ()), float(batch.mask[quiet].sum()))
             if pi_old_out is not None and len(quiet):  # their pi_old: a forward, no backward
                 _record_forward(model, batch, quiet, s, pi_old_out, acc)
             mine = by_length(batch, mine, s.micro_batch_size, by_prompt=s.shared_prompt)
@@ -415,10 +434,10 @@ def by_length(
 
 
 def _split_silent(batch: RolloutBatch, idx: Tensor, silent: Tensor | None) -> tuple[Tensor, Tensor]:
-    """The rows ``idx`` of one mini-batch split into those the update runs and those it leaves
-    out (``silent``: ``rows_without_gradient``). One row runs when all are silent (the
-    shortest): the optimizer then steps on zero gradients, as with every row (Adam's moments
-    and weight decay still act), and the update's metrics keep their keys."""
+    """The rows ``idx`` of this rank's share of one mini-batch split into those the update runs
+    and those it leaves out (``silent``: ``rows_without_gradient``). One row runs when all are
+    silent (the shortest): the optimizer then steps on zero gradients, as with every row
+    (Adam's moments and weight decay still act), and the update's metrics keep their keys."""
     if silent is None or len(idx) == 0:
         return idx, idx[:0]
     flags = silent[idx]
