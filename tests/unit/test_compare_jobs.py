@@ -3,7 +3,11 @@ reported with their logs (commands are short Python processes, no training)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +53,35 @@ def test_a_failing_run_is_returned_and_the_others_still_run(tmp_path: Path) -> N
     failed = cmp.run_jobs(todo, jobs=1, log=log.append, poll_s=0.01)
     assert failed == [tmp_path / "a" / "seed0"]
     assert log[1].startswith("FAILED") and log[-1].startswith("done") and "b" in log[-1]
+
+
+def test_stopping_compare_stops_its_runs(tmp_path: Path) -> None:
+    """SIGTERM to compare (kill, a job scheduler) stops the runs it started instead of leaving
+    them training on their own; the previous SIGTERM handler is back afterwards."""
+    pid_file = tmp_path / "child.pid"
+    child = [sys.executable, "-c",
+             f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+             "time.sleep(60)"]  # fmt: skip
+    before = signal.getsignal(signal.SIGTERM)
+    log: list[str] = []
+
+    def stop_once_started() -> None:
+        for _ in range(3000):  # the child has started once it wrote its pid (<= 30 s)
+            if pid_file.exists() and pid_file.read_text():
+                break
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    timer = threading.Thread(target=stop_once_started)
+    timer.start()
+    with pytest.raises(SystemExit) as stopped:
+        cmp.run_jobs([(tmp_path / "a" / "seed0", child)], jobs=1, log=log.append, poll_s=0.05)
+    timer.join()
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert log == [f"start {tmp_path / 'a' / 'seed0'}", f"stopped {tmp_path / 'a' / 'seed0'}"]
+    with pytest.raises(ProcessLookupError):  # ended and reaped
+        os.kill(int(pid_file.read_text()), 0)
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_compare_queues_runs_seed_major(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

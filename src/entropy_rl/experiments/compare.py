@@ -40,11 +40,13 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -443,29 +445,65 @@ def run_jobs(
 ) -> list[Path]:
     """Run each (run directory, command) in order, ``jobs`` at a time, each writing to
     ``<run>.log`` beside its directory; a slot is refilled as soon as any run ends (not
-    only the oldest). Returns the runs whose command exited non-zero."""
+    only the oldest). Returns the runs whose command exited non-zero.
+
+    When compare itself is stopped (Ctrl-C, or SIGTERM from ``kill`` or a job scheduler),
+    the runs still going are stopped with it, not left training on their own: each is sent
+    SIGTERM (a run directory survives that; the next compare resumes it from its checkpoint)."""
     queue = list(todo)
     running: list[tuple[Path, subprocess.Popen[bytes]]] = []
     failed = []
-    while queue or running:
-        while queue and len(running) < jobs:
-            run, cmd = queue.pop(0)
-            run.mkdir(parents=True, exist_ok=True)
-            log(f"start {run}")
-            with open(run.parent / f"{run.name}.log", "wb") as logf:
-                running.append((run, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)))
-        ended = [(r, p) for r, p in running if p.poll() is not None]
-        if not ended:
-            time.sleep(poll_s)
-            continue
-        for run, proc in ended:
-            running.remove((run, proc))
-            if proc.returncode != 0:
-                failed.append(run)
-                log(f"FAILED {run} (see {run.parent / (run.name + '.log')})")
-            else:
-                log(f"done {run}")
+    restore = _sigterm_raises()
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                run, cmd = queue.pop(0)
+                run.mkdir(parents=True, exist_ok=True)
+                log(f"start {run}")
+                with open(run.parent / f"{run.name}.log", "wb") as logf:
+                    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
+                    running.append((run, proc))
+            ended = [(r, p) for r, p in running if p.poll() is not None]
+            if not ended:
+                time.sleep(poll_s)
+                continue
+            for run, proc in ended:
+                running.remove((run, proc))
+                if proc.returncode != 0:
+                    failed.append(run)
+                    log(f"FAILED {run} (see {run.parent / (run.name + '.log')})")
+                else:
+                    log(f"done {run}")
+    finally:
+        restore()
+        for run, proc in running:
+            if proc.poll() is None:
+                proc.terminate()
+                log(f"stopped {run}")
+        for _, proc in running:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     return failed
+
+
+def _sigterm_raises() -> Callable[[], None]:
+    """Make SIGTERM raise SystemExit (so ``finally`` blocks run) until the returned function
+    restores the previous handler; a no-op off the main thread, where handlers cannot be set."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
 
 
 def compare(
