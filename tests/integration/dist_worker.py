@@ -38,7 +38,10 @@ class FixedSource:
 
 
 class ScriptedEngine:
-    """Deterministic completions: sample j is the right answer for even j, off by j otherwise."""
+    """Deterministic completions: sample j is the right answer for even j, off by j otherwise,
+    except for prompts whose first term a is a multiple of 3 or >= 26 (all of step 3's), whose
+    samples are all right: their advantage is 0 and the update leaves them out (step 3: every
+    row, so one row per mini-batch runs)."""
 
     def __init__(self, tokenizer) -> None:
         self.tok = tokenizer
@@ -52,7 +55,8 @@ class ScriptedEngine:
             text = self.tok.decode(p, skip_special_tokens=True)
             a, b = text.rstrip("=").split("+")
             for j in range(n):
-                ans = int(a) + int(b) + (0 if j % 2 == 0 else j)
+                silent = int(a) % 3 == 0 or int(a) >= 26
+                ans = int(a) + int(b) + (0 if j % 2 == 0 or silent else j)
                 ids = self.tok(str(ans), add_special_tokens=False)["input_ids"] + [
                     self.tok.eos_token_id
                 ]

@@ -34,5 +34,9 @@ def test_two_processes_match_one(tiny_model_dir: Path, tmp_path: Path):
         for key in ("reward/mean", "acc/train", "entropy/mean", "entropy/p50", "clip/upper_frac",
                     "clip/lower_frac", "ratio/abs_dev", "kl/old_approx", "cov/logp_adv",
                     "loss/policy", "length/mean", "groups/kept", "entropy/delta_same_batch",
-                    "entropy/first_order_delta"):  # fmt: skip
+                    "entropy/first_order_delta", "update/zero_adv_rows_frac"):  # fmt: skip
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    # rows with advantage 0 were left out (dist_worker: 2 of 8 groups at step 1, 3 at step 2,
+    # all 8 at step 3, where one row per mini-batch still ran on one of the two ranks)
+    left_out = [r["update/zero_adv_rows_frac"] for r in r1]
+    assert left_out == pytest.approx([8 / 32, 12 / 32, 29 / 32], abs=1e-12)

@@ -340,7 +340,8 @@ def ppo_update(
                 continue
             mine = mb_global[(mb_global >= offset) & (mb_global < offset + n_local)] - offset
             num_tokens = float(all_reduce(batch.mask[mine].sum().double(), info))
-            mine, quiet = _split_silent(batch, mine, silent)
+            first = int(mb_global[0]) - offset
+            mine, quiet = _split_silent(mine, silent, first, info)
             left_out += len(quiet)
             acc.add_zeros(_ZERO_AT_ZERO_ADVANTAGE.get(s.loss, ()), float(batch.mask[quiet].sum()))
             if pi_old_out is not None and len(quiet):  # their pi_old: a forward, no backward
@@ -433,18 +434,22 @@ def by_length(
     return idx[torch.tensor(order, dtype=torch.long)]
 
 
-def _split_silent(batch: RolloutBatch, idx: Tensor, silent: Tensor | None) -> tuple[Tensor, Tensor]:
-    """The rows ``idx`` of this rank's share of one mini-batch split into those the update runs
-    and those it leaves out (``silent``: ``rows_without_gradient``). One row runs when all are
-    silent (the shortest): the optimizer then steps on zero gradients, as with every row
-    (Adam's moments and weight decay still act), and the update's metrics keep their keys."""
-    if silent is None or len(idx) == 0:
+def _split_silent(
+    idx: Tensor, silent: Tensor | None, first: int, info: DistInfo
+) -> tuple[Tensor, Tensor]:
+    """This rank's rows ``idx`` of one mini-batch split into those the update runs and those it
+    leaves out (``silent``: ``rows_without_gradient``). When every rank's rows are silent, the
+    mini-batch's first row (``first``, this rank's index of it; outside ``idx`` on the other
+    ranks) still runs, on the rank that holds it: the optimizer then steps on zero gradients,
+    as with every row (Adam's moments and weight decay still act), the update's metrics keep
+    their keys, and 1 or N processes run the same rows."""
+    if silent is None:
         return idx, idx[:0]
     flags = silent[idx]
     live, quiet = idx[~flags], idx[flags]
-    if len(live) == 0:
-        first = int(batch.attention_mask[quiet].sum(1).argmin())
-        live, quiet = quiet[first : first + 1], torch.cat([quiet[:first], quiet[first + 1 :]])
+    if int(all_reduce(torch.tensor(len(live)), info)) == 0:
+        keep = quiet == first
+        live, quiet = quiet[keep], quiet[~keep]
     return live, quiet
 
 
