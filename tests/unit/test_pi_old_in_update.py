@@ -14,13 +14,12 @@ import torch
 
 from entropy_rl.tasks.model import build_tiny_model
 from entropy_rl.train.batch import RolloutBatch, build_batch
+from entropy_rl.train.token_weights import importance_weights, tis_weights
 from entropy_rl.train.update import (
     UpdateSettings,
-    importance_weights,
     pi_old_from_update,
     ppo_update,
     record_old_logprobs,
-    tis_weights,
 )
 
 

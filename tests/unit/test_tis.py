@@ -7,7 +7,7 @@ import math
 import torch
 
 from entropy_rl.train.batch import build_batch
-from entropy_rl.train.update import importance_weights
+from entropy_rl.train.token_weights import importance_weights
 
 
 def _batch(sampler: list[list[float]]):

@@ -71,14 +71,13 @@ from entropy_rl.train.rundir import RunDir, disk_error, restore_rng
 from entropy_rl.train.sharding import make_sharding
 from entropy_rl.train.shared_prompt import resolve_shared_prompt
 from entropy_rl.train.signals import SIGINT, Interrupted, StopSignals, signal_name
+from entropy_rl.train.token_weights import importance_weights, shape_advantages
 from entropy_rl.train.update import (
     UpdateSettings,
-    importance_weights,
     pi_old_from_update,
     ppo_update,
     record_old_logprobs,
     sampler_is_pi_old,
-    shape_advantages,
     warn_if_on_policy,
 )
 

@@ -8,7 +8,6 @@ token count (``num_tokens``), so accumulation does not change the loss.
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from torch import Tensor
 
 from entropy_rl.ops.kl import kl_ref_metrics
 from entropy_rl.ops.losses import policy_loss
-from entropy_rl.ops.regularizers import entropy_bonus, entropy_shaped_advantages, kl_penalty
+from entropy_rl.ops.regularizers import entropy_bonus, kl_penalty
 from entropy_rl.train.batch import RolloutBatch, policy_token_stats
 from entropy_rl.train.distributed import (
     DistInfo,
@@ -34,6 +33,7 @@ from entropy_rl.train.distributed import (
 from entropy_rl.train.precision import LossScaler
 from entropy_rl.train.sharding import sharded_token_stats
 from entropy_rl.train.shared_prompt import prompt_keys
+from entropy_rl.train.token_weights import tis_weights
 
 
 @dataclass
@@ -112,15 +112,30 @@ def rows_without_gradient(batch: RolloutBatch, s: UpdateSettings) -> Tensor | No
     return ((adv * batch.mask) == 0).all(1)
 
 
-def _stats_fn(s: UpdateSettings) -> Any:
-    """Token statistics for the update and pi_old: unsharded, without the attention mask on
-    right-padded rows (``policy_token_stats(skip_pad_mask=True)``: the same values at
-    completion tokens, less work)."""
+def _token_stats(
+    model: Any, rows: RolloutBatch, s: UpdateSettings, *, with_top1: bool = False
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(log-prob, entropy, top-1 or None) of ``rows``' completion tokens under ``model``, for
+    the update and pi_old: unsharded without the attention mask on right-padded rows
+    (``policy_token_stats(skip_pad_mask=True)``: the same values at completion tokens, less
+    work), sharded inside the model's forward (``sharded_token_stats``)."""
+    kw: dict[str, Any] = {"temperature": s.temperature, "mode": s.logits_mode,
+                          "chunk_size": s.chunk_size, "with_top1": with_top1}  # fmt: skip
     if s.sharded:
-        return functools.partial(sharded_token_stats, autocast=s.autocast)
-    return functools.partial(
-        policy_token_stats, skip_pad_mask=True, autocast=s.autocast, shared_prompt=s.shared_prompt
+        return sharded_token_stats(model, rows, autocast=s.autocast, **kw)
+    return policy_token_stats(
+        model, rows, skip_pad_mask=True, autocast=s.autocast, shared_prompt=s.shared_prompt, **kw
     )
+
+
+def _write_pi_old(
+    pi_old_out: dict[str, Tensor], idx: Tensor, stats: tuple[Tensor, Tensor, Tensor | None]
+) -> None:
+    """Rows ``idx`` of ``pi_old_out``'s log-prob, entropy and top-1 (each (B, T) on the CPU)
+    from one forward's statistics, each (len(idx), T') with T' <= T."""
+    for k, v in zip(("logprobs", "entropy", "top1"), stats, strict=True):
+        assert v is not None
+        pi_old_out[k][idx, : v.shape[1]] = v.float().cpu()
 
 
 def warn_if_on_policy(epochs: int, mini_batches: int) -> None:
@@ -194,29 +209,21 @@ def record_old_logprobs(
                 raise ValueError(f"from_sampler=True needs batch.sampler_{k}; it is None")
             parts[k].append(v.float().cpu().clone())
 
-    def stats(
-        m: Any, rows: RolloutBatch, with_top1: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        return _stats_fn(s)(
-            m, rows, temperature=s.temperature, mode=s.logits_mode,
-            chunk_size=s.chunk_size, with_top1=with_top1,
-        )  # fmt: skip
-
     policy = not (from_sampler or s.old_in_update)
     forwards = ([model] if policy else []) + ([] if ref_model is None else [ref_model])
     aligned = s.sharded and bool(forwards)
     for idx in micro_batches(torch.arange(len(batch)), s.micro_batch_size, info, aligned=aligned):
         if len(idx) == 0:  # sharded: keep step with the other ranks' forwards, output unused
             for m in forwards:
-                stats(m, batch.rows(torch.arange(1)))
+                _token_stats(m, batch.rows(torch.arange(1)), s)
             continue
         mb = batch.rows(idx)  # trimmed to its own longest completion: pad back to t
         mb_out: dict[str, Tensor | None] = {}
         if policy:
-            lp, ent, top1 = stats(model, mb, with_top1=True)
+            lp, ent, top1 = _token_stats(model, mb, s, with_top1=True)
             mb_out = {"logprobs": lp, "entropy": ent, "top1": top1}
         if ref_model is not None:
-            mb_out["ref_logprobs"] = stats(ref_model, mb)[0]
+            mb_out["ref_logprobs"] = _token_stats(ref_model, mb, s)[0]
         for k, v in mb_out.items():
             assert v is not None
             parts[k].append(torch.nn.functional.pad(v.cpu(), (0, t - v.shape[1])))
@@ -357,8 +364,7 @@ def ppo_update(
                     model, batch.rows(idx), s, num_tokens=num_tokens, num_seqs=len(mb_global)
                 )
                 if pi_old_out is not None and seen is not None:
-                    for k, v in zip(("logprobs", "entropy", "top1"), seen, strict=True):
-                        pi_old_out[k][idx, : v.shape[1]] = v.float().cpu()
+                    _write_pi_old(pi_old_out, idx, seen)
                 if not torch.isfinite(loss):
                     finite = False
                     if s.sharded:
@@ -464,13 +470,9 @@ def _record_forward(
     idx = by_length(batch, idx, s.micro_batch_size, by_prompt=s.shared_prompt)
     for part in idx.split(s.micro_batch_size):
         mb = batch.rows(part)
-        logp, ent, top1 = _stats_fn(s)(
-            model, mb, temperature=s.temperature, mode=s.logits_mode, chunk_size=s.chunk_size,
-            with_top1=True,
-        )  # fmt: skip
-        assert top1 is not None
-        for k, v in zip(("logprobs", "entropy", "top1"), (logp, ent, top1), strict=True):
-            pi_old_out[k][part, : v.shape[1]] = v.float().cpu()
+        stats = _token_stats(model, mb, s, with_top1=True)
+        _write_pi_old(pi_old_out, part, stats)
+        logp = stats[0]
         if mb.sampler_logprobs is not None:
             mask = mb.mask.to(logp.device)
             sampler = mb.sampler_logprobs.to(logp.device)
@@ -481,10 +483,7 @@ def _record_forward(
 def _zero_pass(model: Any, batch: RolloutBatch, s: UpdateSettings) -> Tensor:
     """0 x (the statistics of one row): the same forward and backward as a micro-batch, so every
     parameter gets its (zero) gradient and the sharded collectives line up across ranks."""
-    logp, ent, _ = _stats_fn(s)(
-        model, batch.rows(torch.arange(1)), temperature=s.temperature, mode=s.logits_mode,
-        chunk_size=s.chunk_size,
-    )  # fmt: skip
+    logp, ent, _ = _token_stats(model, batch.rows(torch.arange(1)), s)
     return (logp.sum() + ent.sum()) * 0.0
 
 
@@ -494,10 +493,7 @@ def _micro_batch_loss(
     """Policy loss (+ entropy bonus, + KL) of one micro-batch, scaled for accumulation, its
     metrics, and with ``s.old_in_update`` the forward's detached (log-prob, entropy, top-1),
     which are pi_old's (else None)."""
-    logp, ent, top1 = _stats_fn(s)(
-        model, mb, temperature=s.temperature, mode=s.logits_mode, chunk_size=s.chunk_size,
-        with_top1=s.old_in_update,
-    )  # fmt: skip
+    logp, ent, top1 = _token_stats(model, mb, s, with_top1=s.old_in_update)
     mask = mb.mask.to(logp.device)
     adv = mb.advantages.to(logp.device)  # (B,)
     if mb.token_advantages is not None:  # (B, T), e.g. entropy-shaped (Cheng et al.)
@@ -542,65 +538,3 @@ def _micro_batch_loss(
         return total, metrics, None
     assert top1 is not None
     return total, metrics, (old, ent.detach(), top1.detach())
-
-
-# ---------------------------------------------------------------- per-token advantage changes
-
-
-def importance_weights(
-    batch: RolloutBatch,
-    *,
-    cap: float | None,
-    info: DistInfo = DistInfo(),  # noqa: B008  (frozen dataclass: a safe default)
-) -> dict[str, float]:
-    """Truncated importance sampling (TIS) for the train/inference mismatch: sets
-    ``batch.token_weights`` (B, T) = min(pi_old / pi_sampler, cap) on response tokens when the
-    engine reported its own log-probs (vLLM kernels, precision), and returns ``mismatch/k3``
-    (k3 of log(pi_old / pi_sampler), token mean) plus ``tis/weight_mean`` and
-    ``tis/capped_frac``. No sampler log-probs: {} and no weights; ``cap`` None: only the k3.
-    The metrics are token means over every rank's tokens (``info``), like those the update
-    computes per micro-batch when pi_old is its own forward (``pi_old_from_update``)."""
-    if batch.sampler_logprobs is None or batch.old_logprobs is None:
-        return {}
-    batch.token_weights, local = tis_weights(
-        batch.old_logprobs, batch.sampler_logprobs, batch.mask, cap=cap
-    )
-    n = batch.mask.sum().double()
-    sums = all_reduce(
-        torch.stack([torch.tensor(v, dtype=torch.float64) * n for v in local.values()] + [n]), info
-    )
-    return {k: float(sums[i] / sums[-1].clamp(min=1)) for i, k in enumerate(local)}
-
-
-def tis_weights(
-    old: Tensor, sampler: Tensor, mask: Tensor, *, cap: float | None
-) -> tuple[Tensor | None, dict[str, float]]:
-    """Truncated importance weights min(pi_old / pi_sampler, cap) * mask, each (B, T), and their
-    metrics as token means over ``mask``: ``mismatch/k3`` (k3 of d = log(pi_old / pi_sampler):
-    exp(-d) - 1 + d), ``tis/weight_mean``, ``tis/capped_frac``. ``cap`` None: no weights, the
-    k3 alone."""
-    n = mask.sum().clamp(min=1)
-    d = old - sampler  # log(pi_old / pi_sampler)
-    out = {"mismatch/k3": float(((torch.exp(-d) - 1 + d) * mask).sum() / n)}
-    if cap is None:
-        return None, out
-    ratio = torch.exp(d)
-    weights = ratio.clamp(max=cap) * mask
-    out["tis/weight_mean"] = float((weights * mask).sum() / n)
-    out["tis/capped_frac"] = float(((ratio > cap).float() * mask).sum() / n)
-    return weights, out
-
-
-def shape_advantages(
-    batch: RolloutBatch, entropy: Tensor, *, alpha: float, kappa: float, info: DistInfo
-) -> dict[str, float]:
-    """Entropy-based advantage shaping (Cheng et al. 2025; ops.regularizers): sets
-    ``batch.token_advantages`` (B, T) = (A + min(alpha * H_old, |A| / kappa)) on response tokens,
-    ``entropy`` (B, T) the rollout policy's; returns ``adv/entropy_bonus``, the bonus's mean over
-    all ranks' response tokens."""
-    shaped = entropy_shaped_advantages(batch.advantages, entropy, alpha=alpha, kappa=kappa)
-    batch.token_advantages = shaped * batch.mask
-    sums = torch.stack([((shaped - batch.advantages[:, None]) * batch.mask).sum(),
-                        batch.mask.sum()])  # fmt: skip
-    all_reduce(sums, info)  # a global mean, like every logged metric
-    return {"adv/entropy_bonus": float(sums[0] / sums[1].clamp(min=1))}
