@@ -522,8 +522,9 @@ def speed(setting: Setting, args: Any) -> None:
     for v in args.variants:
         for curve in rewards[v]:
             print(f"  {v:10s} " + " ".join(f"{r:.3f}" for r in curve))
-    for v, xs in zero_adv.items():
-        if xs and v != "ours-allrows":
+    for v, xs in zero_adv.items():  # empty where no row is left out (ours-allrows, trl)
+        if xs:  # the limit line counts the update's work over the rows it ran
+            med[v]["zero_adv"] = statistics.mean(xs)
             print(f"{v}: rows with advantage 0, left out of the update: "
                   + " ".join(f"{x:.2f}" for x in xs) + " (timed steps)")  # fmt: skip
     for base in ("trl", "trl-nogc", "trl-nogc-mb32"):
@@ -534,9 +535,6 @@ def speed(setting: Setting, args: Any) -> None:
                 r = med[v]["tok_per_s"] / med[base]["tok_per_s"]
                 t = med[base]["step_s"] / med[v]["step_s"]
                 print(f"{v} / {base}: tokens/s x{r:.2f}; time per step x{t:.2f} shorter")
-    for v, xs in zero_adv.items():
-        if xs:  # the limit line counts the update's work over the rows it ran
-            med[v]["zero_adv"] = statistics.mean(xs)
     print_limit(setting, med, args)
 
 
